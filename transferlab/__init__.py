@@ -1,0 +1,12 @@
+"""transferlab: which pretrained backbone and which adaptation paradigm works best on your images.
+
+    import transferlab
+    transferlab.study("examples/quickstart.yaml")          # the grid, leaderboard and report
+    transferlab.run("digits", "tf_efficientnet_lite0", "linear")   # one cell
+"""
+
+from .api import report, run, study
+from .errors import TransferlabError
+
+__version__ = "0.1.0"
+__all__ = ["TransferlabError", "__version__", "report", "run", "study"]

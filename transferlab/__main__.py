@@ -1,0 +1,5 @@
+"""`python -m transferlab ...` (what torchrun launches) is the CLI."""
+
+from .cli import main
+
+main()

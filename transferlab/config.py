@@ -1,0 +1,263 @@
+"""Typed specs for a run and a study: YAML in, validated, one-line errors out.
+
+Precedence (as in timm's `resolve_data_config`): what the user wrote (CLI / YAML, then per-cell overrides)
+> the paradigm's defaults > the backbone's pretrained config. Only the first is stored here; the others are
+resolved where they live (paradigm params models, `models.backbones`).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import TransferlabError
+
+
+@contextmanager
+def _as_field_error():
+    """Inside a validator, a TransferlabError becomes a field error, so the message gets its location."""
+    try:
+        yield
+    except TransferlabError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class Spec(BaseModel):
+    """Base for every spec: immutable, and an unknown key is an error that lists the allowed ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = list(cls.model_fields)
+            for key in data:
+                if key not in allowed:
+                    close = difflib.get_close_matches(str(key), allowed, n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise ValueError(f"unknown key '{key}'{hint}; allowed: {', '.join(allowed)}")
+        return data
+
+
+Size = int | float  # an image count, or a fraction of the pool when < 1
+
+
+class DataSpec(Spec):
+    """Where the images come from and how they are split.
+
+    `source` is a builtin dataset name (see `transferlab.data.sources.BUILTINS`) or an image-folder root
+    (`root/<class>/<image>`). With only a root, test and validation are carved from it; `val` / `test`
+    name explicit folders instead. Official test sets are used as they are (or a fixed stratified subset).
+    """
+
+    source: str
+    name: str | None = None
+    val: str | None = None
+    test: str | None = None
+    train_size: int | None = Field(None, gt=0, description="few-shot: training images, stratified")
+    val_size: Size = Field(0.2, gt=0, description="validation carved from train: count or fraction")
+    test_size: Size | None = Field(None, gt=0, description="test carved from a single root (default 0.2), "
+                                   "or a fixed stratified subset of an official test set")
+    limit_per_class: int | None = Field(None, gt=0)
+    split_seed: int = Field(0, description="seed of the test split, fixed across run seeds")
+    skip_bad: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"source": data} if isinstance(data, str) else data
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.source.rstrip("/")).name or self.source
+
+
+WeightsChoice = str  # "auto" | "offline" | "hub" | "random" | a file path
+
+
+class BackboneSpec(Spec):
+    """A timm model and where its weights come from.
+
+    weights: `auto` (offline registry if it has the model, else the hub), `offline`, `hub`, `random`
+    (timm's default init), or a path to a .safetensors / .pth file.
+    """
+
+    name: str
+    weights: WeightsChoice = "auto"
+    image_size: int | None = Field(None, ge=16, description="override the pretrained input size")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from .models.backbones import check_model_name
+
+        with _as_field_error():
+            check_model_name(name)
+        return name
+
+    @property
+    def label(self) -> str:
+        return self.name if self.image_size is None else f"{self.name}@{self.image_size}"
+
+
+class ParadigmSpec(Spec):
+    """A paradigm by registry name plus its hyper-parameters, validated against the paradigm's own model.
+
+    YAML forms: `knn`, or `{name: knn, k: 10, metric: euclidean}`; `label` names the leaderboard row.
+    """
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_params(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, dict) and "params" not in data:
+            reserved = {"name", "label"}
+            params = {k: v for k, v in data.items() if k not in reserved}
+            return {**{k: v for k, v in data.items() if k in reserved}, "params": params}
+        return data
+
+    @model_validator(mode="after")
+    def _valid_params(self) -> ParadigmSpec:
+        from .paradigms import validate_params
+
+        with _as_field_error():
+            validate_params(self.name, self.params)
+        return self
+
+    @property
+    def row_label(self) -> str:
+        if self.label:
+            return self.label
+        if not self.params:
+            return self.name
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.name}({inner})"
+
+
+Engine = Literal["auto", "torch", "onnx"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class RunSpec(Spec):
+    """One cell of a study: a dataset, a backbone (none for paradigms that need none), a paradigm, a seed."""
+
+    data: DataSpec
+    backbone: BackboneSpec | None = None
+    paradigm: ParadigmSpec
+    seed: int = 0
+    device: Device = "auto"
+    engine: Engine = "auto"
+    batch_size: int = Field(32, gt=0)
+
+    @model_validator(mode="after")
+    def _backbone_when_needed(self) -> RunSpec:
+        from .paradigms import get_paradigm_class
+
+        with _as_field_error():
+            needs = get_paradigm_class(self.paradigm.name).needs_backbone
+        if needs and self.backbone is None:
+            raise ValueError(f"paradigm '{self.paradigm.name}' needs a backbone; give one (e.g. "
+                             "tf_efficientnet_lite0)")
+        if not needs and self.backbone is not None:
+            raise ValueError(f"paradigm '{self.paradigm.name}' uses no backbone; leave backbone empty")
+        return self
+
+    @property
+    def run_id(self) -> str:
+        parts = [self.data.label, self.backbone.label if self.backbone else "none",
+                 self.paradigm.row_label, f"seed{self.seed}"]
+        return "__".join(re.sub(r"[^A-Za-z0-9._=,@-]+", "-", p) for p in parts)
+
+
+class Where(Spec):
+    """Selects study cells by their labels; an empty field matches every cell."""
+
+    dataset: str | None = None
+    backbone: str | None = None
+    paradigm: str | None = None
+
+
+class Override(Spec):
+    """Per-cell override: `set` is a partial run spec merged into every cell that `where` selects."""
+
+    where: Where = Field(default_factory=Where)
+    set: dict[str, Any]
+
+
+class StudySpec(Spec):
+    """datasets × backbones × paradigms × seeds, with per-cell overrides."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    datasets: list[DataSpec] = Field(min_length=1)
+    backbones: list[BackboneSpec] = Field(default_factory=list)
+    paradigms: list[ParadigmSpec] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    overrides: list[Override] = Field(default_factory=list)
+    device: Device = "auto"
+    engine: Engine = "auto"
+    batch_size: int = Field(32, gt=0)
+
+
+def validated(model: type[Spec], data: Any, where: str) -> Any:
+    """`model.model_validate(data)`, with pydantic's report turned into one line naming `where` and the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise TransferlabError(f"{where}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(problems)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise TransferlabError(f"{path}: no such spec file; give the path of a YAML study spec")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark else ""
+        raise TransferlabError(f"{path}: not valid YAML{at}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise TransferlabError(f"{path}: a study spec is a YAML mapping (name, datasets, backbones, ...)")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def load_study_spec(path: str | Path) -> StudySpec:
+    return validated(StudySpec, load_yaml(path), str(path))
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged

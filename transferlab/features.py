@@ -1,0 +1,203 @@
+"""The feature store: each image goes through a frozen encoder once, ever, and every paradigm reuses it.
+
+Features are cached per image, not per split: seeds that draw different training subsets from the same
+pool share every image they have in common. Layout:
+
+    $TRANSFERLAB_CACHE/features/<encoder key>/<source fingerprint>/<chunk>.safetensors
+
+A chunk holds `indices` (positions in the source), `features` (float32) and `bad` (indices whose image
+could not be decoded, with the reasons in its metadata), plus a sha256 of its tensors checked on every
+read: a stale or corrupt chunk is deleted and its images encoded again, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from .data.sources import ImageSource, UnreadableImage
+from .engines import EncodeFn, make_encoder, select_engine
+from .errors import TransferlabError
+from .models.backbones import Backbone
+from .paths import cache_root
+from .progress import progress_bar
+
+
+class Encoder:
+    """What turns images into feature vectors. `key` must change whenever the features would."""
+
+    key: str
+    transform: Callable[[Image.Image], torch.Tensor]  # runs in the decoding thread
+
+    def encode(self, batch: torch.Tensor) -> np.ndarray:  # N×... → N×D float32
+        raise NotImplementedError
+
+
+class PixelEncoder(Encoder):
+    """Raw pixels, resized and scaled to [0, 1]: the no-transfer reference."""
+
+    def __init__(self, size: int, grayscale: bool):
+        from torchvision.transforms import v2
+
+        self.key = f"pixels-{size}-{'L' if grayscale else 'RGB'}"
+        steps = [v2.Grayscale()] if grayscale else []
+        self.transform = v2.Compose([v2.PILToTensor(), *steps, v2.Resize((size, size), antialias=True),
+                                     v2.ToDtype(torch.float32, scale=True)])
+
+    def encode(self, batch: torch.Tensor) -> np.ndarray:
+        return batch.flatten(1).numpy()
+
+
+class BackboneEncoder(Encoder):
+    """Pooled features of a frozen backbone; the engine is built on first use, so a cache hit costs nothing."""
+
+    def __init__(self, backbone: Backbone, device: torch.device, engine: str):
+        self.backbone, self.device, self.requested_engine = backbone, device, engine
+        self.key = backbone.key
+        self.transform = backbone.eval_transform()
+        self.engine: str | None = None  # the engine actually used, once built
+        self._encode: EncodeFn | None = None
+
+    def encode(self, batch: torch.Tensor) -> np.ndarray:
+        if self._encode is None:
+            engine = select_engine(self.requested_engine, self.device)
+            self._encode, self.engine = make_encoder(self.backbone.feature_model(),
+                                                     tuple(self.backbone.data_config["input_size"]),
+                                                     self.device, engine, cache_key=self.key)
+        return self._encode(batch)
+
+
+@dataclass
+class Extraction:
+    """Features of the requested indices, in request order, and what it cost."""
+
+    features: np.ndarray
+    bad: dict[int, str] = field(default_factory=dict)  # source index → "path: reason" (rows are NaN)
+    encoded: int = 0  # images that went through the encoder in this call (0 = all from cache)
+
+
+class FeatureStore:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root else cache_root() / "features"
+
+    def get(self, source: ImageSource, indices: np.ndarray, encoder: Encoder, *, batch_size: int = 32,
+            skip_bad: bool = False, label: str = "features") -> Extraction:
+        folder = self.root / encoder.key / source.fingerprint
+        rows, bad = self._read(folder)
+        missing = np.array(sorted(set(map(int, indices)) - rows.keys() - bad.keys()), dtype=np.int64)
+        if len(missing):
+            new_rows, new_bad = _encode(source, missing, encoder, batch_size, skip_bad, label)
+            self._write(folder, new_rows, new_bad)
+            rows.update(new_rows)
+            bad.update(new_bad)
+        wanted_bad = {int(i): bad[int(i)] for i in indices if int(i) in bad}
+        if wanted_bad and not skip_bad:
+            raise TransferlabError(f"{next(iter(wanted_bad.values()))}; fix or delete the file, or pass "
+                                   "--skip-bad (skip_bad: true) to skip unreadable images")
+        dim = len(next(iter(rows.values()))) if rows else 0
+        nan_row = np.full(dim, np.nan, dtype=np.float32)
+        features = np.stack([rows.get(int(i), nan_row) for i in indices]) if len(indices) else np.zeros((0, dim))
+        return Extraction(features.astype(np.float32), wanted_bad, encoded=len(missing))
+
+    def _read(self, folder: Path) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+        rows: dict[int, np.ndarray] = {}
+        bad: dict[int, str] = {}
+        for chunk in sorted(folder.glob("*.safetensors")):
+            try:
+                tensors, meta = _load_chunk(chunk)
+            except (OSError, ValueError, KeyError, SafetensorError):
+                chunk.unlink(missing_ok=True)  # stale or corrupt: recompute, never trust
+                continue
+            rows.update(zip(tensors["indices"].tolist(), tensors["features"], strict=True))
+            bad.update({int(k): v for k, v in json.loads(meta["bad"]).items()})
+        return rows, bad
+
+    def _write(self, folder: Path, rows: dict[int, np.ndarray], bad: dict[int, str]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        indices = np.array(sorted(rows), dtype=np.int64)
+        features = np.stack([rows[i] for i in indices]).astype(np.float32) if len(indices) else np.zeros((0, 0), np.float32)
+        tensors = {"indices": indices, "features": features, "bad": np.array(sorted(bad), dtype=np.int64)}
+        meta = {"sha256": _digest(tensors), "bad": json.dumps({str(k): v for k, v in bad.items()})}
+        name = hashlib.sha256(indices.tobytes() + tensors["bad"].tobytes()).hexdigest()[:16]
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, folder / f"{name}.safetensors")  # atomic: a killed run leaves no half chunk
+
+
+def _load_chunk(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+    tensors = load_file(str(path))
+    if meta.get("sha256") != _digest(tensors):
+        raise ValueError(f"{path}: checksum mismatch")
+    return tensors, meta
+
+
+def _digest(tensors: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode() + str(tensors[name].shape).encode() + np.ascontiguousarray(tensors[name]).tobytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- the extraction loop
+
+
+def decode_batch(source: ImageSource, indices: np.ndarray, transform) -> tuple[torch.Tensor | None, list[int], dict[int, str]]:
+    """Decode and transform a batch; unreadable images are reported, not raised."""
+    tensors, good, bad = [], [], {}
+    for index in map(int, indices):
+        try:
+            tensors.append(transform(source.load(index)))
+            good.append(index)
+        except UnreadableImage as exc:
+            bad[index] = str(exc)
+    return (torch.stack(tensors) if tensors else None), good, bad
+
+
+def prefetched(batches: list[np.ndarray], decode: Callable, lookahead: int = 3) -> Iterator:
+    """`decode(batch)` for each batch, run ahead in a thread so decoding overlaps the encoder.
+
+    A thread, not DataLoader worker processes: PIL and ONNX Runtime release the GIL, and once images
+    reach the encoder as uint8 a decode costs ~0.7 ms, less than shipping the tensor between processes
+    (measured on 2 cores: 155 img/s with one thread, 130 with one worker process).
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = deque(pool.submit(decode, b) for b in batches[:lookahead])
+        for batch in batches[lookahead:]:
+            yield pending.popleft().result()
+            pending.append(pool.submit(decode, batch))
+        while pending:
+            yield pending.popleft().result()
+
+
+def _encode(source: ImageSource, indices: np.ndarray, encoder: Encoder, batch_size: int, skip_bad: bool,
+            label: str) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    rows: dict[int, np.ndarray] = {}
+    bad: dict[int, str] = {}
+    with progress_bar(label, total=len(indices), unit="img") as advance:
+        for batch, positions, batch_bad in prefetched(batches, partial(decode_batch, source, transform=encoder.transform)):
+            if batch_bad and not skip_bad:
+                raise TransferlabError(f"{next(iter(batch_bad.values()))}; fix or delete the file, or pass "
+                                       "--skip-bad (skip_bad: true) to skip unreadable images")
+            bad.update(batch_bad)
+            if batch is not None:
+                rows.update(zip(positions, encoder.encode(batch), strict=True))
+            advance(len(positions) + len(batch_bad))
+    return rows, bad

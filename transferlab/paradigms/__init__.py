@@ -1,0 +1,9 @@
+"""Paradigms: interchangeable strategies behind one interface (see base.py), found by name.
+
+Adding one: a module with a `@register`-ed `Paradigm` subclass, imported below.
+"""
+
+from . import knn, linear, mlp, pixels, rff  # noqa: F401  (each registers itself)
+from .base import PARADIGMS, Paradigm, create_paradigm, get_paradigm_class, validate_params
+
+__all__ = ["PARADIGMS", "Paradigm", "create_paradigm", "get_paradigm_class", "validate_params"]

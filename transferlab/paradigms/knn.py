@@ -1,0 +1,32 @@
+"""k-nearest neighbours on frozen features: the cheapest probe of what a backbone already separates."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from sklearn.neighbors import KNeighborsClassifier
+
+from ..config import Spec
+from .base import SklearnParadigm, as_list, pick_best, register
+
+
+class KnnParams(Spec):
+    k: int | list[int] = Field(5, description="neighbours; a list is searched on validation")
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    weights: Literal["uniform", "distance"] = "uniform"
+
+
+@register
+class Knn(SklearnParadigm):
+    name = "knn"
+    Params = KnnParams
+
+    def fit(self, X, y, X_val, y_val):
+        candidates = []
+        for k in as_list(self.params.k):
+            model = KNeighborsClassifier(n_neighbors=min(k, len(X)), metric=self.params.metric,
+                                         weights=self.params.weights, algorithm="brute").fit(X, y)
+            candidates.append(({"k": k}, model, float((model.predict(X_val) == y_val).mean())))
+        self.selected_, self.model_ = pick_best(candidates)
+        return self

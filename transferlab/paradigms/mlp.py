@@ -1,0 +1,76 @@
+"""A new MLP head trained with torch on cached features: dropout, L2, early stopping on validation."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..config import Spec
+from .base import Paradigm, register
+
+
+class MlpParams(Spec):
+    hidden: int = Field(512, ge=0, description="hidden units; 0 gives a linear head")
+    dropout: float = Field(0.5, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, description="L2, decoupled (AdamW)")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, gt=0)
+    max_epochs: int = Field(200, gt=0)
+    patience: int = Field(15, gt=0, description="epochs without a better validation loss before stopping")
+
+
+@register
+class Mlp(Paradigm):
+    name = "mlp"
+    Params = MlpParams
+
+    def _build(self, n_features: int) -> nn.Module:
+        p = self.params
+        if p.hidden == 0:
+            return nn.Sequential(nn.Dropout(p.dropout), nn.Linear(n_features, self.n_classes))
+        return nn.Sequential(nn.Linear(n_features, p.hidden), nn.ReLU(), nn.Dropout(p.dropout),
+                             nn.Linear(p.hidden, self.n_classes))
+
+    def fit(self, X, y, X_val, y_val):
+        p = self.params
+        torch.manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        # Standardise as StandardScaler does: a constant feature (a dead ReLU) is centred, not blown up.
+        std = X.std(0)
+        self.mean_, self.std_ = X.mean(0), np.where(std > 1e-8, std, 1.0)
+        X_t, y_t = self._tensor(X), torch.as_tensor(y)
+        X_v, y_v = self._tensor(X_val), torch.as_tensor(y_val)
+        model = self._build(X.shape[1])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        loss_fn = nn.CrossEntropyLoss()
+        best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
+        for epoch in range(p.max_epochs):
+            model.train()
+            for batch in torch.randperm(len(X_t), generator=generator).split(p.batch_size):
+                optimizer.zero_grad()
+                loss_fn(model(X_t[batch]), y_t[batch]).backward()
+                optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                val_loss = loss_fn(model(X_v), y_v).item()
+            if val_loss < best_loss - 1e-4:
+                best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
+            else:
+                stale += 1
+                if stale >= p.patience:
+                    break
+        model.load_state_dict(best_state)
+        self.model_ = model.eval()
+        self.selected_ = {"best_epoch": best_epoch + 1, "epochs_run": epoch + 1, "val_loss": round(best_loss, 5)}
+        return self
+
+    def _tensor(self, X: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor((X - self.mean_) / self.std_, dtype=torch.float32)
+
+    def predict_proba(self, X):
+        with torch.no_grad():
+            return self.model_(self._tensor(X)).softmax(dim=1).double().numpy()

@@ -1,0 +1,138 @@
+"""One run, top to bottom: data → splits → encoder → feature store → paradigm → metrics → run record.
+
+The record is the run's only output and everything downstream (leaderboard, report) reads it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import RunSpec
+from .data import Pools, Split, make_splits, open_pools, split_sizes
+from .engines import resolve_device
+from .evaluate import HEADLINE, classification_metrics
+from .features import BackboneEncoder, Encoder, FeatureStore
+from .models import load_backbone
+from .paradigms import create_paradigm
+
+RECORD_VERSION = 1
+VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "scikit-learn", "numpy", "onnxruntime")
+
+
+def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None, pools: Pools | None = None,
+                store: FeatureStore | None = None) -> dict[str, Any]:
+    """Run `spec`, write `out_dir/runs/<run id>.json`, return the record. `pools` / `store` may be shared."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    store = store or FeatureStore()
+
+    with _timed(timings, "data_s"):
+        pools = pools or open_pools(spec.data)
+        splits = make_splits(pools, spec.data, spec.seed)
+        classes = pools.train.classes
+        paradigm = create_paradigm(spec.paradigm.name, spec.paradigm.params, n_classes=len(classes),
+                                   seed=spec.seed)
+        encoder, backbone_info = _encoder_for(spec, paradigm, pools)
+
+    features, passes, skipped = {}, {}, []
+    with _timed(timings, "features_s"):
+        for name, split in splits.items():
+            got = store.get(split.source, split.indices, encoder, batch_size=spec.batch_size,
+                            skip_bad=spec.data.skip_bad, label=f"{name:>5} · {encoder_label(spec)}")
+            keep = ~np.isnan(got.features).any(axis=1)
+            splits[name] = Split(split.source, split.indices[keep])
+            features[name], passes[name] = got.features[keep], got.encoded
+            skipped += sorted(got.bad.values())
+
+    y = {name: split.labels for name, split in splits.items()}
+    with _timed(timings, "fit_s"):
+        paradigm.fit(features["train"], y["train"], features["val"], y["val"])
+    with _timed(timings, "predict_s"):
+        val_proba = paradigm.predict_proba(features["val"])
+        test_proba = paradigm.predict_proba(features["test"])  # the one time test is touched
+    timings["total_s"] = time.perf_counter() - started
+
+    if isinstance(encoder, BackboneEncoder) and encoder.engine:
+        backbone_info["engine"] = encoder.engine
+    record = {
+        "record_version": RECORD_VERSION,
+        "run_id": spec.run_id,
+        "study": study,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "spec": spec.model_dump(mode="json"),
+        "labels": {"dataset": spec.data.label, "backbone": spec.backbone.label if spec.backbone else "none",
+                   "paradigm": spec.paradigm.row_label},
+        "seed": spec.seed,
+        "classes": classes,
+        "splits": split_sizes(splits),
+        "backbone": backbone_info,
+        "selected": paradigm.selected_,
+        "val_metrics": classification_metrics(y["val"], val_proba, classes, detailed=False),
+        "metrics": classification_metrics(y["test"], test_proba, classes),
+        "backbone_passes": passes,
+        "skipped": skipped,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "versions": library_versions(),
+    }
+    write_record(record, out_dir)
+    return record
+
+
+def _encoder_for(spec: RunSpec, paradigm, pools: Pools) -> tuple[Encoder, dict[str, Any]]:
+    if not paradigm.needs_backbone:
+        encoder = paradigm.encoder(pools.train)
+        return encoder, {"name": None, "encoder": encoder.key}
+    backbone = load_backbone(spec.backbone, seed=spec.seed)
+    encoder = BackboneEncoder(backbone, resolve_device(spec.device), spec.engine)
+    info = {"name": backbone.name, "weights": vars(backbone.weights),
+            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
+            "feature_key": backbone.key, "engine": "cache"}
+    return encoder, info
+
+
+def encoder_label(spec: RunSpec) -> str:
+    return spec.backbone.label if spec.backbone else spec.paradigm.name
+
+
+def headline(record: dict[str, Any]) -> str:
+    m = record["metrics"]
+    return " ".join(f"{k}={m[k]:.4f}" for k in HEADLINE)
+
+
+def write_record(record: dict[str, Any], out_dir: str | Path) -> Path:
+    path = Path(out_dir) / "runs" / f"{record['run_id']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def library_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+
+
