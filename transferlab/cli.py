@@ -19,11 +19,12 @@ app = typer.Typer(help="Find the pretrained backbone and adaptation paradigm tha
 @app.command()
 def study(spec: Path = typer.Argument(..., help="YAML study spec (datasets × backbones × paradigms × seeds)"),
           out: Path | None = typer.Option(None, help="output folder [default: runs/<spec name>]"),
-          skip_bad: bool = typer.Option(False, help="skip unreadable images and list them in the run records")):
+          skip_bad: bool = typer.Option(False, help="skip unreadable images and list them in the run records"),
+          force: bool = typer.Option(False, help="recompute cells whose records are up to date")):
     """Run every cell of a study; print the leaderboard; write records, leaderboard.csv and report.html."""
     from .api import study as run_study
 
-    run_study(spec, out, skip_bad=skip_bad)
+    run_study(spec, out, skip_bad=skip_bad, force=force)
 
 
 @app.command()
@@ -40,7 +41,8 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
         engine: str = typer.Option("auto", help="frozen-pass engine: auto | onnx | torch"),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         out: Path = typer.Option(DEFAULT_RUN_DIR, help="output folder; the record goes to OUT/runs/<run id>.json"),
-        skip_bad: bool = typer.Option(False, help="skip unreadable images and list them in the record")):
+        skip_bad: bool = typer.Option(False, help="skip unreadable images and list them in the record"),
+        force: bool = typer.Option(False, help="recompute even if the record is up to date")):
     """Run one dataset × backbone × paradigm cell and write its record."""
     from .api import run as run_one
     from .progress import results
@@ -51,7 +53,7 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
     backbone_spec = {"name": backbone, "weights": weights, "image_size": image_size} if backbone else None
     paradigm_spec = {"name": paradigm, **_parse_params(param)}
     record = run_one({k: v for k, v in data_spec.items() if v is not None}, backbone_spec, paradigm_spec,
-                     seed=seed, out=out, engine=engine, device=device)
+                     seed=seed, out=out, force=force, engine=engine, device=device)
     results.print(f"{record['run_id']}: {headline(record)}")
     results.print(f"record: {Path(out) / 'runs' / (record['run_id'] + '.json')}")
 

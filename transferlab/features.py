@@ -128,8 +128,9 @@ class FeatureStore:
     def _write(self, folder: Path, rows: dict[int, np.ndarray], bad: dict[int, str]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         indices = np.array(sorted(rows), dtype=np.int64)
-        features = np.stack([rows[i] for i in indices]).astype(np.float32) if len(indices) else np.zeros((0, 0), np.float32)
-        tensors = {"indices": indices, "features": features, "bad": np.array(sorted(bad), dtype=np.int64)}
+        features = np.stack([rows[i] for i in indices]) if len(indices) else np.zeros((0, 0))
+        bad_indices = np.array(sorted(bad), dtype=np.int64)
+        tensors = {"indices": indices, "features": features.astype(np.float32), "bad": bad_indices}
         meta = {"sha256": _digest(tensors), "bad": json.dumps({str(k): v for k, v in bad.items()})}
         name = hashlib.sha256(indices.tobytes() + tensors["bad"].tobytes()).hexdigest()[:16]
         tmp = folder / f".{name}.{os.getpid()}.tmp"
@@ -158,7 +159,10 @@ def _digest(tensors: dict[str, np.ndarray]) -> str:
 # ---------------------------------------------------------------- the extraction loop
 
 
-def decode_batch(source: ImageSource, indices: np.ndarray, transform) -> tuple[torch.Tensor | None, list[int], dict[int, str]]:
+Decoded = tuple[torch.Tensor | None, list[int], dict[int, str]]  # batch of the good images, their indices, bad ones
+
+
+def decode_batch(source: ImageSource, indices: np.ndarray, transform) -> Decoded:
     """Decode and transform a batch; unreadable images are reported, not raised."""
     tensors, good, bad = [], [], {}
     for index in map(int, indices):
@@ -192,7 +196,8 @@ def _encode(source: ImageSource, indices: np.ndarray, encoder: Encoder, batch_si
     rows: dict[int, np.ndarray] = {}
     bad: dict[int, str] = {}
     with progress_bar(label, total=len(indices), unit="img") as advance:
-        for batch, positions, batch_bad in prefetched(batches, partial(decode_batch, source, transform=encoder.transform)):
+        decode = partial(decode_batch, source, transform=encoder.transform)
+        for batch, positions, batch_bad in prefetched(batches, decode):
             if batch_bad and not skip_bad:
                 raise TransferlabError(f"{next(iter(batch_bad.values()))}; fix or delete the file, or pass "
                                        "--skip-bad (skip_bad: true) to skip unreadable images")

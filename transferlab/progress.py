@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -19,7 +20,8 @@ from rich.progress import (
 from rich.text import Text
 
 console = Console(stderr=True)  # progress, notes, errors
-results = Console()  # what the user asked for: the leaderboard
+# What the user asked for (the leaderboard), on stdout; wide enough for the table when piped to a file.
+results = Console(width=None if sys.stdout.isatty() else 150)
 
 
 class _Rate(ProgressColumn):
@@ -38,4 +40,8 @@ def progress_bar(label: str, total: int, unit: str = "it") -> Iterator[Callable[
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(label, total=total)
-        yield lambda n=1: progress.advance(task, n)
+        try:
+            yield lambda n=1: progress.advance(task, n)
+        except BaseException:
+            progress.live.transient = True  # on failure the error line, not a half bar, is what remains
+            raise

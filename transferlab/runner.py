@@ -5,6 +5,7 @@ The record is the run's only output and everything downstream (leaderboard, repo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -29,8 +30,12 @@ VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "scikit-lea
 
 
 def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None, pools: Pools | None = None,
-                store: FeatureStore | None = None) -> dict[str, Any]:
-    """Run `spec`, write `out_dir/runs/<run id>.json`, return the record. `pools` / `store` may be shared."""
+                store: FeatureStore | None = None, reuse: bool = True) -> dict[str, Any]:
+    """Run `spec`, write `out_dir/runs/<run id>.json`, return the record. `pools` / `store` may be shared.
+
+    Like make: when the record already there was computed from the same inputs (same `cell_key`), it is
+    returned as it is (marked `reused`) and nothing is recomputed; `reuse=False` recomputes.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
     store = store or FeatureStore()
@@ -42,6 +47,10 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         paradigm = create_paradigm(spec.paradigm.name, spec.paradigm.params, n_classes=len(classes),
                                    seed=spec.seed)
         encoder, backbone_info = _encoder_for(spec, paradigm, pools)
+        key = cell_key(spec, pools, encoder)
+    previous = read_record(record_path(out_dir, spec.run_id))
+    if reuse and previous and previous.get("cell_key") == key:
+        return {**previous, "reused": True}
 
     features, passes, skipped = {}, {}, []
     with _timed(timings, "features_s"):
@@ -66,6 +75,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
     record = {
         "record_version": RECORD_VERSION,
         "run_id": spec.run_id,
+        "cell_key": key,
         "study": study,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "spec": spec.model_dump(mode="json"),
@@ -108,8 +118,27 @@ def headline(record: dict[str, Any]) -> str:
     return " ".join(f"{k}={m[k]:.4f}" for k in HEADLINE)
 
 
+def cell_key(spec: RunSpec, pools: Pools, encoder: Encoder) -> str:
+    """Everything a run's result depends on: its spec, the data's content, the encoder, the record format."""
+    parts = [spec.model_dump_json(), encoder.key, str(RECORD_VERSION), library_versions()["transferlab"],
+             *(pool.fingerprint for pool in (pools.train, pools.val, pools.test) if pool is not None)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def record_path(out_dir: str | Path, run_id: str) -> Path:
+    return Path(out_dir) / "runs" / f"{run_id}.json"
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The record at `path`, or None when there is none or it does not parse (then it is recomputed)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_record(record: dict[str, Any], out_dir: str | Path) -> Path:
-    path = Path(out_dir) / "runs" / f"{record['run_id']}.json"
+    path = record_path(out_dir, record["run_id"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1))

@@ -8,6 +8,8 @@ reference row) run once per dataset and seed, not once per backbone.
 from __future__ import annotations
 
 import csv
+import json
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -60,8 +62,12 @@ def _matches(where, dataset: str, backbone, paradigm) -> bool:
     return all(wanted is None or wanted in names[field] for field, wanted in where.model_dump().items())
 
 
-def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, skip_bad: bool = False) -> list[dict]:
-    """Run every cell, write records, leaderboard.csv and report.html under `out` (default runs/<name>)."""
+def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, skip_bad: bool = False,
+              force: bool = False) -> list[dict]:
+    """Run every cell, write records, leaderboard.csv and report.html under `out` (default runs/<name>).
+
+    Cells whose record is up to date are reused (see `execute_run`); `force` recomputes every cell.
+    """
     if not isinstance(spec, StudySpec):
         spec = load_study_spec(spec)
     out_dir = Path(out) if out else Path("runs") / spec.name
@@ -71,16 +77,20 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "study.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
+    started = time.perf_counter()
     store, pools_by_data, records = FeatureStore(), {}, []
     for number, cell in enumerate(cells, 1):
         data_key = cell.data.model_dump_json(include={"source", "val", "test"})
         if data_key not in pools_by_data:
             pools_by_data[data_key] = open_pools(cell.data)
-        console.print(f"[bold]run {number}/{len(cells)}[/] {cell.run_id}")
-        record = execute_run(cell, out_dir, study=spec.name, pools=pools_by_data[data_key], store=store)
-        console.print(f"   {headline(record)}  fit {record['timings']['fit_s']:.1f}s  "
-                      f"backbone passes {sum(record['backbone_passes'].values())}")
+        record = execute_run(cell, out_dir, study=spec.name, pools=pools_by_data[data_key], store=store,
+                             reuse=not force)
+        how = ("reused: record up to date" if record.get("reused") else
+               f"fit {record['timings']['fit_s']:.1f}s, backbone passes {sum(record['backbone_passes'].values())}")
+        console.print(f"[bold]run {number}/{len(cells)}[/] {cell.run_id}: {headline(record)} ({how})")
         records.append(record)
+    summary = invocation_summary(records, time.perf_counter() - started)
+    (out_dir / "last_invocation.json").write_text(json.dumps(summary, indent=1))
 
     rows = leaderboard(records)
     write_leaderboard_csv(rows, out_dir / "leaderboard.csv")
@@ -88,8 +98,17 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
     from .report import build_report
 
     report = build_report(out_dir)
+    console.print(f"{summary['computed']} runs computed, {summary['reused']} reused, "
+                  f"{summary['backbone_passes']} backbone passes, {summary['seconds']:.1f}s")
     console.print(f"records in {out_dir / 'runs'}, leaderboard {out_dir / 'leaderboard.csv'}, report {report}")
     return records
+
+
+def invocation_summary(records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """What this invocation cost: runs computed vs reused, and images that went through a backbone."""
+    computed = [r for r in records if not r.get("reused")]
+    return {"computed": len(computed), "reused": len(records) - len(computed), "seconds": round(seconds, 2),
+            "backbone_passes": sum(sum(r["backbone_passes"].values()) for r in computed)}
 
 
 # ---------------------------------------------------------------- leaderboard

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,16 +116,32 @@ def load_backbone(spec: BackboneSpec, seed: int = 0) -> Backbone:
     return Backbone(spec.name, model, weights, data_config)
 
 
+HUB_HOST = ("huggingface.co", 443)
+
+
 def _from_hub(name: str) -> tuple[torch.nn.Module, WeightsInfo]:
+    advice = (f"use weights: offline ({', '.join(offline_models())}) or weights: path/to/file.safetensors "
+              "(weights already in your Hugging Face cache: set HF_HUB_OFFLINE=1)")
+    if not _hub_reachable():
+        raise TransferlabError(f"{name}: hub weights need internet and {HUB_HOST[0]} is unreachable; {advice}")
     try:
         model = timm.create_model(name, pretrained=True)
     except Exception as exc:  # noqa: BLE001 - network, missing tag, HF errors: all get the same advice
-        offline = f"weights: offline ({', '.join(offline_models())})"
-        raise TransferlabError(f"{name}: could not get hub weights ({type(exc).__name__}; offline?); use "
-                               f"{offline}, or weights: path/to/file.safetensors") from None
+        raise TransferlabError(f"{name}: could not get hub weights ({type(exc).__name__}); {advice}") from None
     cfg = model.pretrained_cfg
     tag = f"{cfg.get('hf_hub_id') or cfg.get('url') or name}:{cfg.get('tag', '')}"
     return model, WeightsInfo("hub", tag, hashlib.sha256(tag.encode()).hexdigest())
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so that an offline machine gets one line at once instead of a minute of retries."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
+        return True  # the cache or the proxy decides; let huggingface_hub try
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _load_file_into(model: torch.nn.Module, path: Path) -> None:

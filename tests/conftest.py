@@ -1,0 +1,61 @@
+"""Shared fixtures: real data only (Debian's Fashion-MNIST, scikit-learn digits, skimage photos).
+
+Every test session gets its own feature cache, shared by its tests (ONNX exports are cached there too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from transferlab.data import open_pools
+from transferlab.data.export import export_image_folder
+from transferlab.data.sources import FASHION_MNIST_DIRS
+
+HAVE_FASHION_MNIST = any((d / "t10k-images-idx3-ubyte.gz").is_file() for d in FASHION_MNIST_DIRS)
+needs_fashion_mnist = pytest.mark.skipif(
+    not HAVE_FASHION_MNIST, reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist (.ci/run does)")
+
+SMALL_SIZE = 64  # backbone input size for fast tests (the ONNX export at this size is shared by the session)
+FOLDER_CLASSES = (0, 1, 7)  # T-shirt/top, Trouser, Sneaker
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    cache = tmp_path_factory.mktemp("cache")
+    mp.setenv("TRANSFERLAB_CACHE", str(cache))
+    yield cache
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def fashion_pools():
+    if not HAVE_FASHION_MNIST:
+        pytest.skip("Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
+    from transferlab.config import DataSpec
+
+    return open_pools(DataSpec(source="fashion-mnist"))
+
+
+def take_per_class(labels: np.ndarray, classes, n: int) -> np.ndarray:
+    return np.concatenate([np.flatnonzero(labels == c)[:n] for c in classes])
+
+
+@pytest.fixture(scope="session")
+def image_folder(fashion_pools, tmp_path_factory):
+    """A real image folder: 3 Fashion-MNIST classes × 40 training PNGs, plus a test folder of 3 × 20."""
+    root = tmp_path_factory.mktemp("folder")
+    train = export_image_folder(fashion_pools.train, take_per_class(fashion_pools.train.labels, FOLDER_CLASSES, 40),
+                                root / "train")
+    test = export_image_folder(fashion_pools.test, take_per_class(fashion_pools.test.labels, FOLDER_CLASSES, 20),
+                               root / "test")
+    return train, test
+
+
+@pytest.fixture
+def copy_folder(image_folder, tmp_path):
+    """A private copy of the training folder, for tests that damage or change files."""
+    import shutil
+
+    return shutil.copytree(image_folder[0], tmp_path / "train")

@@ -1,0 +1,65 @@
+"""The command line as a user meets it: real processes, exit codes, one-line errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import SMALL_SIZE
+
+
+def transferlab(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "transferlab", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def one_error_line(result) -> str:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("transferlab: error: ")
+    return lines[0]
+
+
+def test_run_on_a_folder_prints_metrics_and_writes_the_record(image_folder, tmp_path):
+    train, test = image_folder
+    result = transferlab("run", "--data", train, "--test", test, "--backbone", "tf_efficientnet_lite0",
+                         "--image-size", SMALL_SIZE, "--paradigm", "knn", "-p", "k=3", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "accuracy=" in result.stdout
+    (record_file,) = (tmp_path / "runs").glob("*.json")
+    record = json.loads(record_file.read_text())
+    assert record["spec"]["paradigm"]["params"] == {"k": 3} and record["metrics"]["accuracy"] > 0.8
+
+
+@pytest.mark.parametrize("args, names", [
+    (["run", "--data", "/no/such/folder", "--paradigm", "pixels"], "/no/such/folder"),
+    (["run", "--data", "digits", "--backbone", "resnet_fifty", "--paradigm", "knn"], "resnet_fifty"),
+    (["run", "--data", "digits", "--paradigm", "pixels", "-p", "C"], "--param C"),
+    (["study", "/no/spec.yaml"], "/no/spec.yaml"),
+    (["report", "/no/study"], "/no/study/runs"),
+])
+def test_bad_input_exits_non_zero_with_one_line_naming_the_thing(args, names):
+    assert names in one_error_line(transferlab(*args))
+
+
+def test_bad_yaml_names_the_file_and_line(tmp_path):
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("name: x\ndatasets: [digits\n")
+    assert "broken.yaml: not valid YAML (line" in one_error_line(transferlab("study", spec))
+
+
+def test_unreadable_image_fails_naming_it_and_skip_bad_lists_it_in_the_record(copy_folder, tmp_path):
+    victim = sorted(copy_folder.glob("Trouser/*.png"))[0]
+    victim.write_bytes(b"")
+    args = ["run", "--data", copy_folder, "--paradigm", "pixels", "--out", tmp_path]
+    assert victim.name in one_error_line(transferlab(*args))
+    result = transferlab(*args, "--skip-bad")
+    assert result.returncode == 0, result.stderr
+    (record_file,) = (tmp_path / "runs").glob("*.json")
+    record = json.loads(record_file.read_text())
+    assert len(record["skipped"]) == 1 and victim.name in record["skipped"][0]
+    assert sum(record["splits"].values()) == 119  # 120 images, one skipped, none else lost

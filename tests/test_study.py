@@ -1,0 +1,107 @@
+"""A study end to end on a real image folder: records, leaderboard.csv, report, reuse, overrides."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from transferlab.config import StudySpec, validated
+from transferlab.errors import TransferlabError
+from transferlab.report import build_report
+from transferlab.study import expand, run_study
+
+from .conftest import SMALL_SIZE
+
+
+def study_spec(folder, **extra):
+    train, test = folder
+    return {"name": "tiny", "datasets": [{"source": str(train), "test": str(test), "name": "fm3"}],
+            "backbones": [{"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE}],
+            "paradigms": ["knn", {"name": "linear", "C": [0.1, 1.0]}, "pixels"], "seeds": [0, 1], **extra}
+
+
+@pytest.fixture(scope="module")
+def finished_study(image_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    records = run_study(validated(StudySpec, study_spec(image_folder), "test"), out)
+    return out, records
+
+
+def test_study_writes_one_record_per_cell_with_the_promised_fields(finished_study):
+    out, records = finished_study
+    assert len(records) == 6  # (knn, linear) × 2 seeds + pixels × 2 seeds (pixels needs no backbone)
+    files = sorted((out / "runs").glob("*.json"))
+    assert len(files) == 6
+    record = json.loads(files[0].read_text())
+    for key in ("spec", "seed", "metrics", "timings", "versions", "splits", "selected", "backbone_passes"):
+        assert key in record
+    for metric in ("accuracy", "top3_accuracy", "macro_f1", "log_loss", "per_class"):
+        assert metric in record["metrics"]
+    assert record["splits"]["test"] == 60 and record["versions"]["torch"]
+
+
+def test_leaderboard_csv_has_the_documented_columns_and_mean_std(finished_study):
+    out, records = finished_study
+    with open(out / "leaderboard.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["dataset", "backbone", "paradigm", "n_seeds", "accuracy_mean", "accuracy_std",
+                             "top3_accuracy_mean", "top3_accuracy_std", "macro_f1_mean", "macro_f1_std",
+                             "fit_seconds_mean"]
+    assert {(r["backbone"], r["paradigm"]) for r in rows} == {
+        (f"tf_efficientnet_lite0@{SMALL_SIZE}", "knn"), (f"tf_efficientnet_lite0@{SMALL_SIZE}", "linear(C=[0.1, 1.0])"),
+        ("none", "pixels")}
+    knn = next(r for r in rows if r["paradigm"] == "knn")
+    accs = [r["metrics"]["accuracy"] for r in records if r["labels"]["paradigm"] == "knn"]
+    assert float(knn["accuracy_mean"]) == pytest.approx(sum(accs) / 2, abs=1e-5)
+    assert knn["n_seeds"] == "2"
+    assert all(float(r["accuracy_mean"]) > 0.8 for r in rows)  # 3 easy classes: every row learns them
+
+
+def test_rerun_reuses_every_record_and_does_no_backbone_pass(finished_study, image_folder):
+    out, records = finished_study
+    again = run_study(validated(StudySpec, study_spec(image_folder), "test"), out)
+    assert all(r.get("reused") for r in again)
+    summary = json.loads((out / "last_invocation.json").read_text())
+    assert summary == {**summary, "computed": 0, "reused": 6, "backbone_passes": 0}
+    assert [r["metrics"]["accuracy"] for r in again] == [r["metrics"]["accuracy"] for r in records]
+
+
+def test_force_recomputes_from_cached_features_with_the_same_numbers(finished_study, image_folder, tmp_path):
+    out, records = finished_study
+    fresh = run_study(validated(StudySpec, study_spec(image_folder), "test"), tmp_path, force=True)
+    assert not any(r.get("reused") for r in fresh)
+    assert sum(sum(r["backbone_passes"].values()) for r in fresh) == 0  # features came from the cache
+    assert [r["metrics"] for r in fresh] == [r["metrics"] for r in records]  # same seed, same numbers
+
+
+def test_report_is_rebuilt_from_records_alone(finished_study, tmp_path, monkeypatch):
+    out, _ = finished_study
+    (out / "report.html").unlink()
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "empty-cache"))
+    html = build_report(out).read_text()
+    assert "Leaderboard" in html and "fm3" in html and html.count("data:image/png;base64,") == 2
+    assert not list((tmp_path / "empty-cache").rglob("*.safetensors"))
+
+
+def test_overrides_change_only_the_cells_they_select(image_folder):
+    spec = validated(StudySpec, study_spec(image_folder, overrides=[
+        {"where": {"paradigm": "knn"}, "set": {"paradigm": {"k": 3}, "seed": 7}}]), "test")
+    cells = expand(spec)
+    knn = [c for c in cells if c.paradigm.name == "knn"]
+    assert [c.paradigm.params for c in knn] == [{"k": 3}, {"k": 3}] and {c.seed for c in knn} == {7}
+    assert all(c.paradigm.params == {"C": [0.1, 1.0]} for c in cells if c.paradigm.name == "linear")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seedz": [1]}, "unknown key 'seedz' \\(did you mean 'seeds'\\?\\); allowed: name, datasets"),
+    ({"backbones": ["tf_efficientnet_lite_0"]}, "backbones.0.name: .*unknown timm model.*did you mean"),
+    ({"paradigms": ["linaer"]}, "unknown paradigm 'linaer' \\(did you mean 'linear'\\?\\)"),
+    ({"paradigms": [{"name": "knn", "k": "many"}]}, "paradigm 'knn': k"),
+    ({"overrides": [{"where": {"paradigm": "knn"}, "set": {"paradigm": {"kk": 1}}}]}, "cell 1: .*unknown key 'kk'"),
+])
+def test_bad_specs_fail_before_any_work_with_one_line(image_folder, change, message):
+    with pytest.raises(TransferlabError, match=message) as err:
+        expand(validated(StudySpec, study_spec(image_folder, **change), "spec.yaml"))
+    assert "\n" not in str(err.value)
