@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import TransferlabError
 from .paths import cache_root
 from .progress import console
 
@@ -31,8 +32,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        from .errors import TransferlabError
-
         raise TransferlabError("device: cuda was asked for but no CUDA GPU is visible; use device: cpu or auto")
     return torch.device(device)
 

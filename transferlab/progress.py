@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console(stderr=True)  # progress, notes, errors
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)  # progress, notes, errors
 # What the user asked for (the leaderboard), on stdout; wide enough for the table when piped to a file.
 results = Console(width=None if sys.stdout.isatty() else 150)
 

@@ -20,6 +20,7 @@ import numpy as np
 from .config import RunSpec
 from .data import Pools, Split, make_splits, open_pools, split_sizes
 from .engines import resolve_device
+from .errors import TransferlabError
 from .evaluate import HEADLINE, classification_metrics
 from .features import BackboneEncoder, Encoder, FeatureStore
 from .models import load_backbone
@@ -57,7 +58,10 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         for name, split in splits.items():
             got = store.get(split.source, split.indices, encoder, batch_size=spec.batch_size,
                             skip_bad=spec.data.skip_bad, label=f"{name:>5} · {encoder_label(spec)}")
-            keep = ~np.isnan(got.features).any(axis=1)
+            keep = ~np.isin(split.indices, list(got.bad))  # skip-and-report: only unreadable images go
+            if not keep.any():
+                raise TransferlabError(f"{name} split of {spec.data.label}: no readable image left "
+                                       f"({len(got.bad)} skipped, e.g. {next(iter(got.bad.values()))})")
             splits[name] = Split(split.source, split.indices[keep])
             features[name], passes[name] = got.features[keep], got.encoded
             skipped += sorted(got.bad.values())
@@ -88,7 +92,8 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         "selected": paradigm.selected_,
         "val_metrics": classification_metrics(y["val"], val_proba, classes, detailed=False),
         "metrics": classification_metrics(y["test"], test_proba, classes),
-        "backbone_passes": passes,
+        "encoded": passes,  # images that went through the encoder in this run (0: all from the cache)
+        "backbone_passes": passes if spec.backbone else dict.fromkeys(passes, 0),
         "skipped": skipped,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": library_versions(),

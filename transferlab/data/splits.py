@@ -33,10 +33,6 @@ class Split:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def without(self, bad: set[int]) -> Split:
-        """The split minus the source indices in `bad` (skip-and-report of unreadable images)."""
-        return Split(self.source, self.indices[~np.isin(self.indices, list(bad))])
-
 
 def make_splits(pools: Pools, spec: DataSpec, seed: int) -> dict[str, Split]:
     """train / val / test splits of `pools` following `spec`; the same inputs give the same indices."""
