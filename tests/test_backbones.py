@@ -36,7 +36,8 @@ def test_offline_weights_are_real_imagenet_weights(name):
 def test_random_init_is_not_imagenet_and_is_seeded():
     a = load_backbone(BackboneSpec(name="tf_efficientnet_lite0", weights="random"), seed=1)
     b = load_backbone(BackboneSpec(name="tf_efficientnet_lite0", weights="random"), seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=False))
+    pairs = zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+    assert all(torch.equal(x, y) for x, y in pairs)
     offline = load_backbone(BackboneSpec(name="tf_efficientnet_lite0"))
     assert a.key != offline.key  # different weights → different feature cache
 
