@@ -1,65 +1,102 @@
 """One suite every registered paradigm must pass (scikit-learn's check_estimator idea).
 
-Inputs are real: scikit-learn's digits as feature vectors (a paradigm sees only vectors).
+Inputs are real (scikit-learn's digits): feature paradigms see the pixel vectors, training paradigms see
+the images as uint8 tensors through their own view (tf_efficientnet_lite0 at 32 px for the ones that
+need a backbone), trained for a few epochs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
+import torch
 
+from transferlab.config import BackboneSpec, DataSpec
+from transferlab.data import open_pools
+from transferlab.data.decode import decode_images
+from transferlab.models import load_backbone
 from transferlab.paradigms import PARADIGMS, create_paradigm
+from transferlab.paradigms.trained import TrainingContext
 
-FAST = {"mlp": {"max_epochs": 30}, "rff": {"n_components": 512}}
+FAST = {"mlp": {"max_epochs": 30}, "rff": {"n_components": 512},
+        "finetune": {"epochs": 2, "lr": 0.05, "augment": "none", "from_stage": -1},
+        "scratch": {"epochs": 2, "lr": 0.05, "augment": "none"},
+        "simple-cnn": {"epochs": 4, "image_size": 16, "augment": "none"}}
+ACCURACY_FLOOR = {"scratch": 0.2, "simple-cnn": 0.5}  # 2-4 epochs from random init (chance: 0.1); others > 0.85
+CASES = sorted(PARADIGMS)
 
 
 @pytest.fixture(scope="module")
 def digits():
-    d = load_digits()
-    X, y = d.data.astype(np.float32), d.target
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(y))
-    train, val, test = order[:600], order[600:900], order[900:]
-    return X[train], y[train], X[val], y[val], X[test], y[test]
+    source = open_pools(DataSpec(source="digits")).train
+    order = np.random.default_rng(0).permutation(len(source))
+    return source, {"train": order[:600], "val": order[600:900], "test": order[900:]}
 
 
-def fit(name, digits, seed=0, **params):
-    X, y, Xv, yv, _, _ = digits
-    return create_paradigm(name, {**FAST.get(name, {}), **params}, n_classes=10, seed=seed).fit(X, y, Xv, yv)
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone(BackboneSpec(name="tf_efficientnet_lite0", image_size=32))
 
 
-@pytest.mark.parametrize("name", sorted(PARADIGMS))
-def test_fits_predicts_probabilities_and_beats_chance_by_far(name, digits):
-    model = fit(name, digits)
-    proba = model.predict_proba(digits[4])
-    assert proba.shape == (len(digits[4]), 10)
+def make(name, seed=0, backbone=None, **params):
+    paradigm = create_paradigm(name, {**FAST.get(name, {}), **params}, n_classes=10, seed=seed)
+    if paradigm.input == "images":
+        paradigm.bind(TrainingContext(backbone if paradigm.needs_backbone else None, torch.device("cpu")))
+    return paradigm
+
+
+def inputs(paradigm, digits, keep=None):
+    """(X, y) per split in the form the paradigm takes; `keep(labels)` filters train and val."""
+    source, splits = digits
+    out = {}
+    for split, idx in splits.items():
+        if keep is not None and split != "test":
+            idx = idx[keep(source.labels[idx])]
+        if paradigm.input == "images":
+            x, _, _ = decode_images(source, idx, paradigm.view())
+        else:
+            x = source.images[idx].reshape(len(idx), -1).astype(np.float32)
+        out[split] = (x, source.labels[idx])
+    return out
+
+
+def fit(paradigm, data):
+    return paradigm.fit(*data["train"], *data["val"])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fits_predicts_probabilities_and_beats_chance(name, digits, backbone):
+    paradigm = make(name, backbone=backbone)
+    data = inputs(paradigm, digits)
+    fit(paradigm, data)
+    X_test, y_test = data["test"]
+    proba = paradigm.predict_proba(X_test)
+    assert proba.shape == (len(y_test), 10)
     assert np.allclose(proba.sum(axis=1), 1, atol=1e-6) and (proba >= 0).all()
-    assert (model.predict(digits[4]) == digits[5]).mean() > 0.85
-    assert isinstance(model.selected_, dict) and model.selected_
+    assert (proba.argmax(1) == y_test).mean() > ACCURACY_FLOOR.get(name, 0.85)
+    assert isinstance(paradigm.selected_, dict) and paradigm.selected_
 
 
-@pytest.mark.parametrize("name", sorted(PARADIGMS))
-def test_same_seed_same_predictions(name, digits):
-    a = fit(name, digits, seed=3).predict_proba(digits[4])
-    b = fit(name, digits, seed=3).predict_proba(digits[4])
-    assert np.array_equal(a, b)
+@pytest.mark.parametrize("name", CASES)
+def test_same_seed_same_predictions(name, digits, backbone):
+    a, b = make(name, seed=3, backbone=backbone), make(name, seed=3, backbone=backbone)
+    data = inputs(a, digits)
+    assert np.array_equal(fit(a, data).predict_proba(data["test"][0]), fit(b, data).predict_proba(data["test"][0]))
 
 
-@pytest.mark.parametrize("name", sorted(PARADIGMS))
-def test_a_class_missing_from_training_still_gets_a_column(name, digits):
-    X, y, Xv, yv, Xt, _ = digits
-    keep, keep_val = y != 9, yv != 9
-    model = create_paradigm(name, FAST.get(name, {}), n_classes=10, seed=0).fit(X[keep], y[keep], Xv[keep_val],
-                                                                                 yv[keep_val])
-    proba = model.predict_proba(Xt)
+@pytest.mark.parametrize("name", CASES)
+def test_a_class_missing_from_training_still_gets_a_column(name, digits, backbone):
+    paradigm = make(name, backbone=backbone)
+    data = inputs(paradigm, digits, keep=lambda labels: labels != 9)
+    proba = fit(paradigm, data).predict_proba(data["test"][0])
     assert proba.shape[1] == 10 and np.allclose(proba.sum(axis=1), 1, atol=1e-6)
 
 
 def test_hyper_parameters_are_chosen_on_validation_from_the_given_grid(digits):
-    assert fit("linear", digits, C=[0.0001, 1.0]).selected_ == {"C": 1.0}  # 1e-4 underfits badly
-    assert fit("knn", digits, k=[1, 3, 50]).selected_["k"] in (1, 3)
-    mlp = fit("mlp", digits, max_epochs=200, patience=3)
+    data = inputs(make("linear"), digits)
+    assert fit(make("linear", C=[0.0001, 1.0]), data).selected_ == {"C": 1.0}  # 1e-4 underfits badly
+    assert fit(make("knn", k=[1, 3, 50]), data).selected_["k"] in (1, 3)
+    mlp = fit(make("mlp", max_epochs=200, patience=3), data)
     assert mlp.selected_["epochs_run"] < 200 and mlp.selected_["best_epoch"] <= mlp.selected_["epochs_run"]
 
 
@@ -68,3 +105,5 @@ def test_unknown_or_out_of_range_params_are_rejected_with_the_allowed_keys():
         create_paradigm("mlp", {"hiden": 3}, n_classes=2, seed=0)
     with pytest.raises(ValueError, match="metric"):
         create_paradigm("knn", {"metric": "manhattan-ish"}, n_classes=2, seed=0)
+    with pytest.raises(ValueError, match="from_stage or from_fraction, not both"):
+        create_paradigm("finetune", {"from_stage": 1, "from_fraction": 0.5}, n_classes=2, seed=0)

@@ -20,11 +20,12 @@ app = typer.Typer(help="Find the pretrained backbone and adaptation paradigm tha
 def study(spec: Path = typer.Argument(..., help="YAML study spec (datasets × backbones × paradigms × seeds)"),
           out: Path | None = typer.Option(None, help="output folder [default: runs/<spec name>]"),
           skip_bad: bool = typer.Option(False, help="skip unreadable images and list them in the run records"),
-          force: bool = typer.Option(False, help="recompute cells whose records are up to date")):
+          force: bool = typer.Option(False, help="recompute cells whose records are up to date"),
+          resume: bool = typer.Option(False, help="continue interrupted training runs from their last epoch")):
     """Run every cell of a study; print the leaderboard; write records, leaderboard.csv and report.html."""
     from .api import study as run_study
 
-    run_study(spec, out, skip_bad=skip_bad, force=force)
+    run_study(spec, out, skip_bad=skip_bad, force=force, resume=resume)
 
 
 @app.command()
@@ -34,7 +35,8 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
         backbone: str | None = typer.Option(None, help="timm model name (none for the pixels paradigm)"),
         weights: str = typer.Option("auto", help="auto | offline | hub | random | path to .safetensors/.pth"),
         image_size: int | None = typer.Option(None, help="override the backbone's pretrained input size"),
-        paradigm: str = typer.Option("linear", help="knn | linear | rff | mlp | pixels"),
+        paradigm: str = typer.Option("linear", help="knn | linear | rff | mlp | pixels | finetune | scratch | "
+                                     "simple-cnn"),
         param: list[str] = typer.Option([], "--param", "-p", help="paradigm hyper-parameter KEY=VALUE (YAML)"),
         train_size: int | None = typer.Option(None, help="few-shot: training images (stratified)"),
         seed: int = typer.Option(0, help="seed for the val/train draw and the paradigm"),
@@ -42,7 +44,8 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
         out: Path = typer.Option(DEFAULT_RUN_DIR, help="output folder; the record goes to OUT/runs/<run id>.json"),
         skip_bad: bool = typer.Option(False, help="skip unreadable images and list them in the record"),
-        force: bool = typer.Option(False, help="recompute even if the record is up to date")):
+        force: bool = typer.Option(False, help="recompute even if the record is up to date"),
+        resume: bool = typer.Option(False, help="continue an interrupted training run from its last epoch")):
     """Run one dataset × backbone × paradigm cell and write its record."""
     from .api import run as run_one
     from .progress import results
@@ -53,7 +56,8 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
     backbone_spec = {"name": backbone, "weights": weights, "image_size": image_size} if backbone else None
     paradigm_spec = {"name": paradigm, **_parse_params(param)}
     record = run_one({k: v for k, v in data_spec.items() if v is not None}, backbone_spec, paradigm_spec,
-                     seed=seed, out=out, force=force, engine=engine, device=device)
+                     seed=seed, out=out, force=force, resume=resume, engine=engine,
+                     device=device)
     results.print(f"{record['run_id']}: {headline(record)}")
     results.print(f"record: {Path(out) / 'runs' / (record['run_id'] + '.json')}")
 

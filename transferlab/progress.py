@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -33,15 +33,28 @@ class _Rate(ProgressColumn):
         return Text(f"{task.speed:.1f} {self.unit}/s" if task.speed else "", style="cyan")
 
 
+class Bar:
+    """`bar(n)` advances; `bar.note(text)` shows a running figure (loss, accuracy) beside the bar."""
+
+    def __init__(self, progress: Progress, task):
+        self._progress, self._task = progress, task
+
+    def __call__(self, n: int = 1) -> None:
+        self._progress.advance(self._task, n)
+
+    def note(self, text: str) -> None:
+        self._progress.update(self._task, note=text)
+
+
 @contextmanager
-def progress_bar(label: str, total: int, unit: str = "it") -> Iterator[Callable[[int], None]]:
-    """`with progress_bar("features", 1000, "img") as advance: advance(32)`."""
+def progress_bar(label: str, total: int, unit: str = "it") -> Iterator[Bar]:
+    """`with progress_bar("features", 1000, "img") as bar: bar(32)`."""
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(unit),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(label, total=total)
+        task = progress.add_task(label, total=total, note="")
         try:
-            yield lambda n=1: progress.advance(task, n)
+            yield Bar(progress, task)
         except BaseException:
             progress.live.transient = True  # on failure the error line, not a half bar, is what remains
             raise

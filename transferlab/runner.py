@@ -19,27 +19,30 @@ import numpy as np
 
 from .config import RunSpec
 from .data import Pools, Split, make_splits, open_pools, split_sizes
+from .data.decode import decode_images
 from .engines import resolve_device
 from .errors import TransferlabError
 from .evaluate import HEADLINE, classification_metrics
 from .features import BackboneEncoder, Encoder, FeatureStore
-from .models import load_backbone
+from .models import Backbone, load_backbone
 from .paradigms import create_paradigm
+from .paradigms.trained import TrainingContext
 
 RECORD_VERSION = 1
 VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "scikit-learn", "numpy", "onnxruntime")
 
 
 def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None, pools: Pools | None = None,
-                store: FeatureStore | None = None, reuse: bool = True) -> dict[str, Any]:
+                store: FeatureStore | None = None, reuse: bool = True, resume: bool = False) -> dict[str, Any]:
     """Run `spec`, write `out_dir/runs/<run id>.json`, return the record. `pools` / `store` may be shared.
 
     Like make: when the record already there was computed from the same inputs (same `cell_key`), it is
-    returned as it is (marked `reused`) and nothing is recomputed; `reuse=False` recomputes.
+    returned as it is (marked `reused`) and nothing is recomputed; `reuse=False` recomputes. `resume`
+    continues a training paradigm from its last epoch checkpoint (under `out_dir/checkpoints/<run id>`).
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    store = store or FeatureStore()
+    device = resolve_device(spec.device)
 
     with _timed(timings, "data_s"):
         pools = pools or open_pools(spec.data)
@@ -47,35 +50,34 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         classes = pools.train.classes
         paradigm = create_paradigm(spec.paradigm.name, spec.paradigm.params, n_classes=len(classes),
                                    seed=spec.seed)
-        encoder, backbone_info = _encoder_for(spec, paradigm, pools)
-        key = cell_key(spec, pools, encoder)
+        backbone = load_backbone(spec.backbone, seed=spec.seed) if paradigm.needs_backbone else None
+        if paradigm.input == "images":
+            checkpoints = Path(out_dir) / "checkpoints" / spec.run_id
+            paradigm.bind(TrainingContext(backbone, device, checkpoints=checkpoints, resume=resume))
+            encoder, input_key = None, f"{backbone.key if backbone else 'none'}|{paradigm.view()}"
+        else:
+            encoder = BackboneEncoder(backbone, device, spec.engine) if backbone else paradigm.encoder(pools.train)
+            input_key = encoder.key
+        key = cell_key(spec, pools, input_key)
     previous = read_record(record_path(out_dir, spec.run_id))
     if reuse and previous and previous.get("cell_key") == key:
         return {**previous, "reused": True}
 
-    features, passes, skipped = {}, {}, []
-    with _timed(timings, "features_s"):
-        for name, split in splits.items():
-            got = store.get(split.source, split.indices, encoder, batch_size=spec.batch_size,
-                            skip_bad=spec.data.skip_bad, label=f"{name:>5} · {encoder_label(spec)}")
-            keep = ~np.isin(split.indices, list(got.bad))  # skip-and-report: only unreadable images go
-            if not keep.any():
-                raise TransferlabError(f"{name} split of {spec.data.label}: no readable image left "
-                                       f"({len(got.bad)} skipped, e.g. {next(iter(got.bad.values()))})")
-            splits[name] = Split(split.source, split.indices[keep])
-            features[name], passes[name] = got.features[keep], got.encoded
-            skipped += sorted(got.bad.values())
+    with _timed(timings, "inputs_s"):
+        if encoder is None:
+            inputs, encoded, skipped = _decoded_images(spec, splits, paradigm.view())
+        else:
+            inputs, encoded, skipped = _cached_features(spec, splits, encoder, store or FeatureStore())
 
     y = {name: split.labels for name, split in splits.items()}
     with _timed(timings, "fit_s"):
-        paradigm.fit(features["train"], y["train"], features["val"], y["val"])
+        paradigm.fit(inputs["train"], y["train"], inputs["val"], y["val"])
     with _timed(timings, "predict_s"):
-        val_proba = paradigm.predict_proba(features["val"])
-        test_proba = paradigm.predict_proba(features["test"])  # the one time test is touched
+        val_proba = paradigm.predict_proba(inputs["val"])
+        test_proba = paradigm.predict_proba(inputs["test"])  # the one time test is touched
     timings["total_s"] = time.perf_counter() - started
 
-    if isinstance(encoder, BackboneEncoder) and encoder.engine:
-        backbone_info["engine"] = encoder.engine
+    history = getattr(paradigm, "history_", None)
     record = {
         "record_version": RECORD_VERSION,
         "run_id": spec.run_id,
@@ -88,12 +90,13 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         "seed": spec.seed,
         "classes": classes,
         "splits": split_sizes(splits),
-        "backbone": backbone_info,
+        "backbone": _backbone_info(backbone, encoder),
         "selected": paradigm.selected_,
         "val_metrics": classification_metrics(y["val"], val_proba, classes, detailed=False),
         "metrics": classification_metrics(y["test"], test_proba, classes),
-        "encoded": passes,  # images that went through the encoder in this run (0: all from the cache)
-        "backbone_passes": passes if spec.backbone else dict.fromkeys(passes, 0),
+        "encoded": encoded,  # images encoded (features) or decoded (training) in this run; 0 = from the cache
+        "backbone_passes": _backbone_passes(spec, splits, encoded, history, encoder),
+        "history": history,
         "skipped": skipped,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": library_versions(),
@@ -102,16 +105,52 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
     return record
 
 
-def _encoder_for(spec: RunSpec, paradigm, pools: Pools) -> tuple[Encoder, dict[str, Any]]:
-    if not paradigm.needs_backbone:
-        encoder = paradigm.encoder(pools.train)
-        return encoder, {"name": None, "encoder": encoder.key}
-    backbone = load_backbone(spec.backbone, seed=spec.seed)
-    encoder = BackboneEncoder(backbone, resolve_device(spec.device), spec.engine)
-    info = {"name": backbone.name, "weights": vars(backbone.weights),
+def _cached_features(spec: RunSpec, splits: dict[str, Split], encoder: Encoder, store: FeatureStore):
+    """Features of every split from the store (encoding only what it lacks); unreadable images dropped."""
+    features, encoded, skipped = {}, {}, []
+    for name, split in splits.items():
+        got = store.get(split.source, split.indices, encoder, batch_size=spec.batch_size,
+                        skip_bad=spec.data.skip_bad, label=f"{name:>5} · {encoder_label(spec)}")
+        keep = ~np.isin(split.indices, list(got.bad))  # skip-and-report: only unreadable images go
+        if not keep.any():
+            raise TransferlabError(f"{name} split of {spec.data.label}: no readable image left "
+                                   f"({len(got.bad)} skipped, e.g. {next(iter(got.bad.values()))})")
+        splits[name] = Split(split.source, split.indices[keep])
+        features[name], encoded[name] = got.features[keep], got.encoded
+        skipped += sorted(got.bad.values())
+    return features, encoded, skipped
+
+
+def _decoded_images(spec: RunSpec, splits: dict[str, Split], view):
+    """Every split decoded once into a uint8 tensor at the paradigm's view (training paradigms)."""
+    images, decoded, skipped = {}, {}, []
+    for name, split in splits.items():
+        x, kept, bad = decode_images(split.source, split.indices, view, batch_size=spec.batch_size,
+                                     skip_bad=spec.data.skip_bad, label=f"{name:>5} · decode")
+        splits[name] = Split(split.source, kept)
+        images[name], decoded[name] = x, len(kept)
+        skipped += sorted(bad.values())
+    return images, decoded, skipped
+
+
+def _backbone_passes(spec, splits, encoded, history, encoder) -> dict[str, int]:
+    """Images that went through a backbone in this run (training: every epoch's train and val passes)."""
+    if spec.backbone is None:
+        return dict.fromkeys(splits, 0)
+    if encoder is not None:
+        return encoded
+    epochs = len(history or [])
+    return {"train": len(splits["train"]) * epochs, "val": len(splits["val"]) * (epochs + 1),
+            "test": len(splits["test"])}
+
+
+def _backbone_info(backbone: Backbone | None, encoder: Encoder | None) -> dict[str, Any]:
+    if backbone is None:
+        return {"name": None, "encoder": encoder.key if encoder else None}
+    engine = encoder.engine if isinstance(encoder, BackboneEncoder) else "torch (training)"
+    return {"name": backbone.name, "weights": vars(backbone.weights),
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
-            "feature_key": backbone.key, "engine": "cache"}
-    return encoder, info
+            "feature_key": backbone.key, "engine": engine or "cache"}
 
 
 def encoder_label(spec: RunSpec) -> str:
@@ -123,9 +162,9 @@ def headline(record: dict[str, Any]) -> str:
     return " ".join(f"{k}={m[k]:.4f}" for k in HEADLINE)
 
 
-def cell_key(spec: RunSpec, pools: Pools, encoder: Encoder) -> str:
-    """Everything a run's result depends on: its spec, the data's content, the encoder, the record format."""
-    parts = [spec.model_dump_json(), encoder.key, str(RECORD_VERSION), library_versions()["transferlab"],
+def cell_key(spec: RunSpec, pools: Pools, input_key: str) -> str:
+    """Everything a run's result depends on: its spec, the data's content, its inputs, the record format."""
+    parts = [spec.model_dump_json(), input_key, str(RECORD_VERSION), library_versions()["transferlab"],
              *(pool.fingerprint for pool in (pools.train, pools.val, pools.test) if pool is not None)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 

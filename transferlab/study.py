@@ -63,10 +63,11 @@ def _matches(where, dataset: str, backbone, paradigm) -> bool:
 
 
 def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, skip_bad: bool = False,
-              force: bool = False) -> list[dict]:
+              force: bool = False, resume: bool = False) -> list[dict]:
     """Run every cell, write records, leaderboard.csv and report.html under `out` (default runs/<name>).
 
-    Cells whose record is up to date are reused (see `execute_run`); `force` recomputes every cell.
+    Cells whose record is up to date are reused (see `execute_run`); `force` recomputes every cell;
+    `resume` continues interrupted training runs from their last epoch checkpoint.
     """
     if not isinstance(spec, StudySpec):
         spec = load_study_spec(spec)
@@ -84,7 +85,7 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
         if data_key not in pools_by_data:
             pools_by_data[data_key] = open_pools(cell.data)
         record = execute_run(cell, out_dir, study=spec.name, pools=pools_by_data[data_key], store=store,
-                             reuse=not force)
+                             reuse=not force, resume=resume)
         how = ("reused: record up to date" if record.get("reused") else
                f"fit {record['timings']['fit_s']:.1f}s, backbone passes {sum(record['backbone_passes'].values())}")
         console.print(f"[bold]run {number}/{len(cells)}[/] {cell.run_id}: {headline(record)} ({how})")

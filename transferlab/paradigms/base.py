@@ -21,7 +21,8 @@ from ..errors import TransferlabError
 class Paradigm(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[Spec]]  # the hyper-parameters, with their defaults
-    needs_backbone: ClassVar[bool] = True  # False: the paradigm brings its own `encoder(source)`
+    needs_backbone: ClassVar[bool] = True  # False: the paradigm brings its own `encoder(source)` / `view()`
+    input: ClassVar[str] = "features"  # "features": X is N × D vectors; "images": X is N×3×H×W uint8 images
 
     def __init__(self, params: Spec, *, n_classes: int, seed: int):
         self.params, self.n_classes, self.seed = params, n_classes, seed

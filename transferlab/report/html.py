@@ -45,6 +45,8 @@ def build_report(study_dir: str | Path) -> Path:
         best=best,
         confusion=_data_uri(plots.confusion(best["metrics"]["confusion_matrix"], best["classes"],
                                             f"{best['run_id']} (test)")),
+        curves=_data_uri(plots.learning_curves(trained)) if (trained := [r for r in records if r.get("history")])
+        else None,
         records=records,
         versions=records[0]["versions"],
     )

@@ -58,3 +58,20 @@ def confusion(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
     ax.set_title(title)
     return _png(fig)
+
+
+def learning_curves(records: list[dict[str, Any]]) -> bytes:
+    """Train loss and validation accuracy per epoch, one line per run that trained weights."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for record in records:
+        history = record["history"]
+        epochs = range(1, len(history) + 1)
+        label = f"{record['labels']['paradigm']} ({record['labels']['backbone']}) s{record['seed']}"
+        line, = loss_ax.plot(epochs, [h["train_loss"] for h in history], label=label)
+        acc_ax.plot(epochs, [h["val_accuracy"] for h in history], color=line.get_color(), label=label)
+    loss_ax.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)

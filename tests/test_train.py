@@ -1,0 +1,131 @@
+"""The training engine: schedules, freezing, two-phase, failures, and exact resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from transferlab.config import BackboneSpec, DataSpec
+from transferlab.data import open_pools
+from transferlab.data.decode import decode_images
+from transferlab.errors import TransferlabError
+from transferlab.models import load_backbone
+from transferlab.paradigms import create_paradigm
+from transferlab.paradigms.trained import TrainingContext
+from transferlab.train.optim import make_optimizer, make_schedule
+from transferlab.train.params import TrainParams
+
+
+def lr_trajectory(schedule: str, steps_per_epoch=10, epochs=10, **params):
+    p = TrainParams(schedule=schedule, lr=1.0, epochs=epochs, **params)
+    optimizer = make_optimizer([{"params": [nn.Parameter(torch.zeros(1))], "lr": 1.0}], p)
+    sched = make_schedule(optimizer, p, steps_per_epoch, epochs)
+    lrs, momenta = [], []
+    for _ in range(steps_per_epoch * epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        momenta.append(optimizer.param_groups[0].get("momentum"))
+        optimizer.step()
+        sched.step()
+    return np.array(lrs), momenta
+
+
+def test_schedules_have_their_shapes():
+    cosine, _ = lr_trajectory("cosine", warmup_epochs=1)
+    assert cosine[0] < 0.01 and cosine[10] == pytest.approx(1.0, rel=1e-3) and cosine[-1] < 0.01
+    step, _ = lr_trajectory("step", step_epochs=3, gamma=0.1)
+    assert step[29] == pytest.approx(1.0) and step[30] == pytest.approx(0.1) and step[60] == pytest.approx(0.01)
+    multistep, _ = lr_trajectory("multistep", milestones=[0.5], gamma=0.5)
+    assert multistep[49] == pytest.approx(1.0) and multistep[50] == pytest.approx(0.5)
+    expo, _ = lr_trajectory("exponential", gamma=0.5)
+    assert expo[10] == pytest.approx(0.5) and expo[20] == pytest.approx(0.25)
+    onecycle, momenta = lr_trajectory("onecycle", pct_start=0.3)
+    peak = int(np.argmax(onecycle))
+    assert 25 <= peak <= 32 and onecycle[0] < 0.05 and onecycle[-1] < 1e-3
+    assert momenta[peak] < momenta[0]  # momentum cycles against the learning rate
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    source = open_pools(DataSpec(source="digits")).train
+    backbone = load_backbone(BackboneSpec(name="tf_efficientnet_lite0", image_size=32))
+    x, _, _ = decode_images(source, np.arange(300), backbone.eval_transform())
+    return backbone, x, source.labels[:300]
+
+
+def test_finetune_from_the_last_stage_leaves_earlier_stages_and_their_bn_statistics_untouched(digit_images):
+    backbone, x, y = digit_images
+    paradigm = create_paradigm("finetune", {"epochs": 1, "from_stage": -1, "augment": "none"}, n_classes=10, seed=0)
+    paradigm.bind(TrainingContext(backbone, torch.device("cpu"))).fit(x[:200], y[:200], x[200:], y[200:])
+    before, after = backbone.model.state_dict(), paradigm.model_.model.state_dict()
+    assert torch.equal(before["blocks.4.0.conv_pw.weight"], after["blocks.4.0.conv_pw.weight"])
+    assert torch.equal(before["blocks.4.0.bn1.running_mean"], after["blocks.4.0.bn1.running_mean"])
+    assert not torch.equal(before["blocks.6.0.conv_pw.weight"], after["blocks.6.0.conv_pw.weight"])
+    assert not torch.equal(before["blocks.6.0.bn1.running_mean"], after["blocks.6.0.bn1.running_mean"])
+    assert after["classifier.weight"].shape == (10, 1280)  # 1000 ImageNet classes → 10, no fuss
+
+
+def test_two_phase_trains_the_head_first_then_unfreezes_with_lower_spread_rates(digit_images):
+    backbone, x, y = digit_images
+    paradigm = create_paradigm("finetune", {"epochs": 1, "head_epochs": 1, "augment": "none", "lr": 0.02},
+                               n_classes=10, seed=0)
+    paradigm.bind(TrainingContext(backbone, torch.device("cpu"))).fit(x[:200], y[:200], x[200:], y[200:])
+    assert [h["phase"] for h in paradigm.history_] == ["head", "finetune"]
+    assert paradigm.selected_["trainable_parameters"] == sum(p.numel() for p in paradigm.model_.parameters())
+
+
+def test_a_diverging_loss_stops_with_one_line_naming_epoch_step_and_lr(digit_images):
+    backbone, x, y = digit_images
+    paradigm = create_paradigm("simple-cnn", {"epochs": 2, "lr": 1e12, "optimizer": "sgd", "image_size": 16},
+                               n_classes=10, seed=0)
+    paradigm.bind(TrainingContext(None, torch.device("cpu")))
+    images = torch.nn.functional.interpolate(x.float(), size=16).to(torch.uint8)
+    with pytest.raises(TransferlabError, match=r"epoch \d+/2, step \d+: the loss became .*lower the learning rate"):
+        paradigm.fit(images[:200], y[:200], images[200:], y[200:])
+
+
+def run_cli(out, *extra, wait=True):
+    args = [sys.executable, "-m", "transferlab", "run", "--data", "digits", "--paradigm", "simple-cnn", "--seed", "1",
+            "-p", "epochs=8", "-p", "image_size=32", "-p", "augment=light", "--out", str(out), *extra]
+    if wait:
+        return subprocess.run(args, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def only_record(out):
+    (path,) = (out / "runs").glob("*.json")
+    return json.loads(path.read_text())
+
+
+def test_kill_9_mid_training_then_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
+    victim = run_cli(tmp_path / "killed", wait=False)
+    checkpoint = None
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        found = list((tmp_path / "killed" / "checkpoints").glob("*/last.pt"))
+        if found and len(torch.load(found[0], weights_only=True)["history"]) >= 2:
+            checkpoint = found[0]
+            break
+        time.sleep(0.05)
+    assert checkpoint is not None and victim.poll() is None, "training ended before it could be killed"
+    os.kill(victim.pid, signal.SIGKILL)  # during epoch 3
+    victim.wait()
+    assert not (tmp_path / "killed" / "runs").exists()
+
+    resumed = run_cli(tmp_path / "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    straight = run_cli(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    a, b = only_record(tmp_path / "killed"), only_record(tmp_path / "straight")
+    assert 2 <= a["selected"]["resumed_from_epoch"] <= 3  # lost at most the epoch it was killed in
+    assert a["metrics"] == b["metrics"]
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in a["history"]]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in b["history"]]

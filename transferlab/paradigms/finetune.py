@@ -1,0 +1,95 @@
+"""Fine-tuning: the backbone's weights change. `finetune` starts from the pretrained weights, `scratch`
+from timm's default initialisation of the same architecture (what pretraining buys).
+
+finetune options: unfreeze `from_stage: k` (timm feature stages, -1 = the last), `from_fraction: f`, or
+all (neither given); `lr_decay`: each stage toward the input trains at lr × lr_decay^distance;
+`head_epochs: N`: fastai's `fine_tune` — N epochs on the new head alone (one-cycle, pct_start 0.99), then
+unfreeze with the base lr halved, spread over the stages from lr/100 to lr unless `lr_decay` is given.
+BatchNorm layers of frozen stages keep their ImageNet statistics. The new head always fits n_classes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import timm
+import torch
+from pydantic import Field, model_validator
+
+from ..models.backbones import Normalized
+from ..train.freeze import classifier_names, layer_groups, set_trainable, trainable_from_fraction, trainable_from_stage
+from ..train.params import TrainParams
+from .base import register
+from .trained import TrainedParadigm
+
+FASTAI_LR_SPREAD = 100  # fine_tune's slice(base_lr / lr_mult, base_lr), lr_mult = 100
+
+
+class FinetuneParams(TrainParams):
+    from_stage: int | None = Field(None, description="unfreeze from this timm feature stage (-1: the last)")
+    from_fraction: float | None = Field(None, gt=0, le=1, description="unfreeze the last fraction of layers")
+    head_epochs: int = Field(0, ge=0, description="two-phase: epochs on the frozen backbone first")
+    lr_decay: float | None = Field(None, gt=0, le=1, description="per-stage lr factor toward the input")
+
+    @model_validator(mode="after")
+    def _one_cut(self):
+        if self.from_stage is not None and self.from_fraction is not None:
+            raise ValueError("give from_stage or from_fraction, not both")
+        return self
+
+
+@register
+class Finetune(TrainedParadigm):
+    name = "finetune"
+    Params = FinetuneParams
+
+    def build_model(self) -> Normalized:
+        backbone = self.context.backbone
+        torch.manual_seed(self.seed)  # the new head's initialisation
+        model = copy.deepcopy(backbone.model)
+        model.reset_classifier(self.n_classes)
+        return backbone.with_normalization(model)
+
+    def trainable(self, net) -> set[str]:
+        p = self.params
+        if p.from_stage is not None:
+            return trainable_from_stage(net, p.from_stage)
+        if p.from_fraction is not None:
+            return trainable_from_fraction(net, p.from_fraction)
+        return {name for name, _ in net.named_parameters()}
+
+    def fit(self, X, y, X_val, y_val):
+        p = self.params
+        model = self.build_model()
+        net = model.model
+        lr, decay = p.lr, p.lr_decay
+        if p.head_epochs:
+            set_trainable(net, classifier_names(net))
+            head = p.model_copy(update={"pct_start": 0.99}) if p.schedule == "onecycle" else p
+            self.record_history("head", self.train_phase(model, [(list(net.parameters()), lr)], X, y, X_val, y_val,
+                                                         params=head, phase="head", epochs=p.head_epochs))
+            groups = layer_groups(net)
+            lr, decay = lr / 2, decay or (1 / FASTAI_LR_SPREAD) ** (1 / max(1, len(groups) - 1))
+        set_trainable(net, self.trainable(net))
+        groups = layer_groups(net)
+        rates = [lr * (decay or 1.0) ** (len(groups) - 1 - i) for i in range(len(groups))]
+        result = self.train_phase(model, list(zip(groups, rates, strict=True)), X, y, X_val, y_val,
+                                  phase="finetune" if p.head_epochs else "")
+        self.record_history("finetune" if p.head_epochs else "", result)
+        self.selected_["trainable_parameters"] = sum(q.numel() for q in net.parameters() if q.requires_grad)
+        self.model_ = model.eval()
+        return self
+
+
+@register
+class Scratch(TrainedParadigm):
+    """The same architecture, randomly initialised (timm's default init), every layer trained."""
+
+    name = "scratch"
+    Params = TrainParams
+
+    def build_model(self) -> Normalized:
+        backbone = self.context.backbone
+        torch.manual_seed(self.seed)
+        net = timm.create_model(backbone.name, pretrained=False, num_classes=self.n_classes)
+        return backbone.with_normalization(net)

@@ -1,0 +1,52 @@
+"""`simple-cnn`: a small VGG-style network trained from scratch, the baseline every transfer row must beat.
+
+Three blocks of two 3×3 conv-BN-ReLU layers and a 2×2 max-pool (32, 64, 128 channels), global average
+pooling, dropout and a linear classifier. It needs no backbone: images are resized to `image_size`.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import nn
+from torchvision.transforms import v2
+
+from ..models.backbones import Normalized
+from ..train.params import Optimizer, TrainParams
+from .base import register
+from .trained import TrainedParadigm
+
+
+class SimpleCnnParams(TrainParams):
+    image_size: int = Field(64, ge=16)
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    optimizer: Optimizer = "adamw"
+    lr: float = Field(3e-3, gt=0)
+
+
+def simple_cnn(widths: list[int], n_classes: int, dropout: float) -> nn.Sequential:
+    layers, channels = [], 3
+    for width in widths:
+        for _ in range(2):
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+            channels = width
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                         nn.Linear(channels, n_classes))
+
+
+@register
+class SimpleCnn(TrainedParadigm):
+    name = "simple-cnn"
+    Params = SimpleCnnParams
+    needs_backbone = False
+
+    def view(self):
+        size = self.params.image_size
+        return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+
+    def build_model(self) -> Normalized:
+        torch.manual_seed(self.seed)  # timm-free: torch's default init
+        net = simple_cnn(self.params.widths, self.n_classes, self.params.dropout)
+        return Normalized(net, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

@@ -1,0 +1,72 @@
+"""The base of paradigms that train weights: they see uint8 images (`input = "images"`), not vectors.
+
+The runner decodes each split once at the paradigm's `view()` geometry and calls `bind(context)` before
+`fit`; training goes through the one loop in `train/loop.py`. What was learned per epoch is `history_`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.backbones import Backbone
+from ..train.loop import Images, TrainResult, fit, predict_logits
+from ..train.optim import param_groups
+from .base import Paradigm
+
+
+@dataclass
+class TrainingContext:
+    backbone: Backbone | None
+    device: torch.device
+    checkpoints: Path | None = None  # where the loop checkpoints every epoch
+    resume: bool = False
+
+
+class TrainedParadigm(Paradigm):
+    input = "images"
+
+    def bind(self, context: TrainingContext) -> TrainedParadigm:
+        self.context = context
+        return self
+
+    def view(self):
+        """PIL image → uint8 tensor: the backbone's pretrained geometry by default."""
+        return self.context.backbone.eval_transform()
+
+    def build_model(self) -> nn.Module:
+        """uint8 images → logits over n_classes."""
+        raise NotImplementedError
+
+    def fit(self, X, y, X_val, y_val):
+        """Default: build the model and train every layer (scratch, simple-cnn); finetune overrides."""
+        model = self.build_model()
+        self.record_history("", self.train_phase(model, [(list(model.parameters()), self.params.lr)],
+                                                 X, y, X_val, y_val))
+        self.model_ = model.eval()
+        return self
+
+    def train_phase(self, model: nn.Module, groups: list[tuple[list[nn.Parameter], float]], X, y, X_val, y_val,
+                    *, params=None, phase: str = "", epochs: int | None = None) -> TrainResult:
+        p = params or self.params
+        folder = self.context.checkpoints / phase if self.context.checkpoints and phase else self.context.checkpoints
+        return fit(model, param_groups(groups, p.weight_decay), Images(X, torch.as_tensor(y)),
+                   Images(X_val, torch.as_tensor(y_val)), p, n_classes=self.n_classes, seed=self.seed,
+                   device=self.context.device, checkpoints=folder, resume=self.context.resume,
+                   label=f"{self.name}{' ' + phase if phase else ''}", epochs=epochs)
+
+    def record_history(self, phase: str, result: TrainResult) -> None:
+        self.history_: list[dict[str, Any]] = getattr(self, "history_", [])
+        self.history_ += [{"phase": phase, **epoch} for epoch in result.history]
+        self.selected_[f"{phase}_best_epoch" if phase else "best_epoch"] = result.best_epoch
+        if result.resumed_from:
+            self.selected_["resumed_from_epoch"] = result.resumed_from
+
+    def predict_proba(self, X) -> np.ndarray:
+        logits = predict_logits(self.model_, X, self.params.batch_size, self.context.device)
+        return logits.softmax(dim=1).double().numpy()

@@ -1,0 +1,198 @@
+"""The one training loop every weight-training paradigm uses.
+
+Data are uint8 image tensors decoded once (small datasets); each epoch shuffles with a generator seeded by
+(seed, epoch) and augments on the fly, so an epoch is reproducible on its own. At every epoch end the loop
+writes a checkpoint (model: safetensors; optimizer, scheduler, RNG, history: a torch file loaded with
+weights_only=True), so `resume` continues exactly where a killed run left off: same seed, same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from torchvision.transforms import v2
+
+from ..errors import TransferlabError
+from ..progress import progress_bar
+from .optim import make_loss, make_optimizer, make_schedule
+from .params import TrainParams
+
+
+@dataclass
+class Images:
+    """uint8 images N×3×H×W and their integer labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float | None = None
+    resumed_from: int = 0  # epochs taken from a checkpoint
+
+
+def augmenter(kind: str, size: int):
+    """Per-image augmentation on uint8 tensors (torchvision v2), drawn from torch's global RNG."""
+    if kind == "none":
+        return None
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+
+
+def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: TrainParams, *, n_classes: int,
+        seed: int, device: torch.device, checkpoints: Path | None = None, resume: bool = False,
+        label: str = "train", epochs: int | None = None) -> TrainResult:
+    """Train `model` (its trainable parameters, in `groups`) and leave it holding the best epoch's weights."""
+    epochs = epochs or p.epochs
+    torch.manual_seed(seed)
+    model.to(device)
+    if device.type == "cuda" and p.amp:
+        model.to(memory_format=torch.channels_last)
+    steps = (len(train) + p.batch_size - 1) // p.batch_size
+    optimizer = make_optimizer(groups, p)
+    schedule = make_schedule(optimizer, p, steps, epochs)
+    loss_fn = make_loss(p, train.y.numpy(), n_classes)
+    augment = augmenter(p.augment, train.x.shape[-1])
+    result, best_state, stale = TrainResult(), None, 0
+
+    if resume and checkpoints and (checkpoints / "last.pt").is_file():
+        result, stale = _restore(checkpoints, model, optimizer, schedule)
+        best_state = _load_best(checkpoints, model)
+
+    for epoch in range(result.resumed_from, epochs):
+        started = time.perf_counter()
+        train_loss, train_acc = _train_epoch(model, optimizer, schedule, loss_fn, train, p, augment, seed, epoch,
+                                             device, f"{label} · epoch {epoch + 1}/{epochs}")
+        val_loss, val_acc = evaluate(model, val, loss_fn, p.batch_size, device)
+        result.history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+                               "val_loss": val_loss, "val_accuracy": val_acc,
+                               "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started})
+        score = val_acc if p.monitor == "val_accuracy" else -val_loss
+        if result.best_score is None or score > result.best_score:
+            result.best_score, result.best_epoch, stale = score, epoch + 1, 0
+            best_state = copy.deepcopy(model.state_dict())
+            if checkpoints:
+                _atomic(lambda path: save_model(model, str(path)), checkpoints / "best.safetensors")
+        else:
+            stale += 1
+        if checkpoints:
+            _save(checkpoints, model, optimizer, schedule, result, stale)
+        if p.patience and stale >= p.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return result
+
+
+def _train_epoch(model, optimizer, schedule, loss_fn, data: Images, p: TrainParams, augment, seed: int, epoch: int,
+                 device: torch.device, label: str) -> tuple[float, float]:
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    set_train_mode(model)
+    total_loss, correct, seen = 0.0, 0, 0
+    autocast = device.type == "cuda" and p.amp
+    with progress_bar(label, total=len(data), unit="img") as bar:
+        for step, batch in enumerate(order.split(p.batch_size)):
+            x = data.x[batch]
+            if augment is not None:
+                x = torch.stack([augment(image) for image in x])
+            x, y = x.to(device, non_blocking=True), data.y[batch].to(device, non_blocking=True)
+            try:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logits = model(x)
+                    loss = loss_fn(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise TransferlabError(f"{label}, step {step + 1}: the loss became {loss.item()}; lower the "
+                                           f"learning rate (lr={p.lr}) or set grad_clip")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if p.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+                optimizer.step()
+            except torch.OutOfMemoryError:
+                raise TransferlabError(f"{label}: out of memory at batch_size={p.batch_size}; lower batch_size "
+                                       "(or the image size)") from None
+            schedule.step()
+            total_loss += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar(len(y))
+            bar.note(f"loss {total_loss / seen:.3f} acc {correct / seen:.3f}")
+    return total_loss / seen, correct / seen
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """train(), except BatchNorm layers whose parameters are frozen keep their ImageNet statistics."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(q.requires_grad for q in params):
+                module.eval()
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(chunk.to(device)).float().cpu() for chunk in x.split(batch_size)])
+
+
+def evaluate(model, data: Images, loss_fn, batch_size: int, device: torch.device) -> tuple[float, float]:
+    logits = predict_logits(model, data.x, batch_size, device)
+    return float(loss_fn(logits, data.y)), float((logits.argmax(1) == data.y).float().mean())
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _atomic(write, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def _save(folder: Path, model, optimizer, schedule, result: TrainResult, stale: int) -> None:
+    _atomic(lambda path: save_model(model, str(path)), folder / "last.safetensors")
+    state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
+             "history": result.history, "best_epoch": result.best_epoch, "best_score": result.best_score,
+             "stale": stale}
+    _atomic(lambda path: torch.save(state, path), folder / "last.pt")
+
+
+def _restore(folder: Path, model, optimizer, schedule) -> tuple[TrainResult, int]:
+    try:
+        state = torch.load(folder / "last.pt", weights_only=True)
+        load_model(model, str(folder / "last.safetensors"))
+    except Exception as exc:  # noqa: BLE001 - any damage means the checkpoint cannot be trusted
+        raise TransferlabError(f"{folder}: checkpoint unreadable ({type(exc).__name__}); delete the folder to "
+                               "start over") from None
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"])
+    history = state["history"]
+    result = TrainResult(history, state["best_epoch"], state["best_score"], resumed_from=len(history))
+    return result, state["stale"]
+
+
+def _load_best(folder: Path, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    if not (folder / "best.safetensors").is_file():
+        return None
+    current = copy.deepcopy(model.state_dict())
+    load_model(model, str(folder / "best.safetensors"))
+    best = copy.deepcopy(model.state_dict())
+    model.load_state_dict(current)
+    return best
+
