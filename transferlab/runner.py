@@ -53,7 +53,9 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         backbone = load_backbone(spec.backbone, seed=spec.seed) if paradigm.needs_backbone else None
         if paradigm.input == "images":
             checkpoints = Path(out_dir) / "checkpoints" / spec.run_id
-            paradigm.bind(TrainingContext(backbone, device, checkpoints=checkpoints, resume=resume))
+            first = pools.train.load(int(splits["train"].indices[0]))
+            paradigm.bind(TrainingContext(backbone, device, checkpoints=checkpoints, resume=resume,
+                                          sample_hw=(first.height, first.width)))
             encoder, input_key = None, f"{backbone.key if backbone else 'none'}|{paradigm.view()}"
         else:
             encoder = BackboneEncoder(backbone, device, spec.engine) if backbone else paradigm.encoder(pools.train)

@@ -26,6 +26,7 @@ class TrainingContext:
     device: torch.device
     checkpoints: Path | None = None  # where the loop checkpoints every epoch
     resume: bool = False
+    sample_hw: tuple[int, int] | None = None  # (H, W) of a training image as stored (BiT's resolution rule)
 
 
 class TrainedParadigm(Paradigm):
@@ -52,13 +53,15 @@ class TrainedParadigm(Paradigm):
         return self
 
     def train_phase(self, model: nn.Module, groups: list[tuple[list[nn.Parameter], float]], X, y, X_val, y_val,
-                    *, params=None, phase: str = "", epochs: int | None = None) -> TrainResult:
+                    *, params=None, phase: str = "", epochs: int | None = None, penalty=None,
+                    augment=None) -> TrainResult:
         p = params or self.params
         folder = self.context.checkpoints / phase if self.context.checkpoints and phase else self.context.checkpoints
         return fit(model, param_groups(groups, p.weight_decay), Images(X, torch.as_tensor(y)),
                    Images(X_val, torch.as_tensor(y_val)), p, n_classes=self.n_classes, seed=self.seed,
                    device=self.context.device, checkpoints=folder, resume=self.context.resume,
-                   label=f"{self.name}{' ' + phase if phase else ''}", epochs=epochs)
+                   label=f"{self.name}{' ' + phase if phase else ''}", epochs=epochs, penalty=penalty,
+                   augment=augment)
 
     def record_history(self, phase: str, result: TrainResult) -> None:
         self.history_: list[dict[str, Any]] = getattr(self, "history_", [])

@@ -54,8 +54,12 @@ def augmenter(kind: str, size: int):
 
 def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: TrainParams, *, n_classes: int,
         seed: int, device: torch.device, checkpoints: Path | None = None, resume: bool = False,
-        label: str = "train", epochs: int | None = None) -> TrainResult:
-    """Train `model` (its trainable parameters, in `groups`) and leave it holding the best epoch's weights."""
+        label: str = "train", epochs: int | None = None, penalty=None, augment=None) -> TrainResult:
+    """Train `model` (its trainable parameters, in `groups`) and leave it holding the best epoch's weights.
+
+    `penalty()`, if given, is added to the training loss (e.g. an L1 term on a head's weights);
+    `augment`, if given, replaces the `p.augment` preset (per-image, uint8 in, uint8 out).
+    """
     epochs = epochs or p.epochs
     torch.manual_seed(seed)
     model.to(device)
@@ -65,7 +69,8 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
     optimizer = make_optimizer(groups, p)
     schedule = make_schedule(optimizer, p, steps, epochs)
     loss_fn = make_loss(p, train.y.numpy(), n_classes)
-    augment = augmenter(p.augment, train.x.shape[-1])
+    train_loss_fn = loss_fn if penalty is None else (lambda logits, y: loss_fn(logits, y) + penalty())
+    augment = augment or augmenter(p.augment, train.x.shape[-1])
     result, best_state, stale = TrainResult(), None, 0
 
     if resume and checkpoints and (checkpoints / "last.pt").is_file():
@@ -74,7 +79,7 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
 
     for epoch in range(result.resumed_from, epochs):
         started = time.perf_counter()
-        train_loss, train_acc = _train_epoch(model, optimizer, schedule, loss_fn, train, p, augment, seed, epoch,
+        train_loss, train_acc = _train_epoch(model, optimizer, schedule, train_loss_fn, train, p, augment, seed, epoch,
                                              device, f"{label} · epoch {epoch + 1}/{epochs}")
         val_loss, val_acc = evaluate(model, val, loss_fn, p.batch_size, device)
         result.history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
@@ -109,10 +114,14 @@ def _train_epoch(model, optimizer, schedule, loss_fn, data: Images, p: TrainPara
             if augment is not None:
                 x = torch.stack([augment(image) for image in x])
             x, y = x.to(device, non_blocking=True), data.y[batch].to(device, non_blocking=True)
+            x, mix = _mixup(x, p.mixup)
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     logits = model(x)
                     loss = loss_fn(logits.float(), y)
+                    if mix is not None:  # MixUp: the loss mixes like the images did
+                        lam, partner = mix
+                        loss = lam * loss + (1 - lam) * loss_fn(logits.float(), y[partner])
                 if not torch.isfinite(loss):
                     raise TransferlabError(f"{label}, step {step + 1}: the loss became {loss.item()}; lower the "
                                            f"learning rate (lr={p.lr}) or set grad_clip")
@@ -131,6 +140,19 @@ def _train_epoch(model, optimizer, schedule, loss_fn, data: Images, p: TrainPara
             bar(len(y))
             bar.note(f"loss {total_loss / seen:.3f} acc {correct / seen:.3f}")
     return total_loss / seen, correct / seen
+
+
+def _mixup(x: torch.Tensor, alpha: float):
+    """MixUp (Zhang et al.): each image blended with a partner image by λ ~ Beta(α, α), from torch's RNG.
+
+    Written here rather than with timm's Mixup because that one needs soft-target losses; mixing the loss
+    keeps every loss of the engine (CE, BCE, MSE) as it is.
+    """
+    if not alpha:
+        return x, None
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    partner = torch.randperm(len(x), device=x.device)
+    return lam * x.float() + (1 - lam) * x[partner].float(), (lam, partner)
 
 
 def set_train_mode(model: nn.Module) -> None:

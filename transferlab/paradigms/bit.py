@@ -1,0 +1,68 @@
+"""`bit`: fine-tune every layer with BiT-HyperRule (train/hyperrule.py), for any timm backbone.
+
+SGD with momentum 0.9, lr 0.003 × batch/512, linear warm-up then ×0.1 at the rule's decay steps, a
+zero-initialised head, MixUp from 20 000 examples, and the rule's resolution: images resized to the
+rule's size, a fresh random crop (+ flip) every step for training, the centre crop for evaluation; the
+crop is capped by `max_resolution`. Every decision goes into `selected_` and so into the run record.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from pydantic import Field
+from torchvision.transforms import v2
+
+from ..train.hyperrule import decide
+from ..train.params import TrainParams
+from .base import register
+from .trained import TrainedParadigm
+
+
+class BitParams(TrainParams):
+    batch_size: int = Field(64, gt=0, description="the rule's lr scales with it (0.003 at 512)")
+    max_resolution: int | None = Field(128, ge=16, description="cap on the rule's crop size (CPU budgets)")
+
+
+@register
+class Bit(TrainedParadigm):
+    name = "bit"
+    Params = BitParams
+
+    def rule(self, dataset_size: int) -> dict:
+        hw = self.context.sample_hw or tuple(self.context.backbone.data_config["input_size"][1:])
+        return decide(dataset_size, hw, self.params.batch_size, self.params.max_resolution)
+
+    def view(self):
+        size = self.rule(0)["resize"]  # the resolution depends on the image size only
+        return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+
+    def fit(self, X, y, X_val, y_val):
+        rule = self.rule(len(y))
+        steps_per_epoch = math.ceil(len(y) / self.params.batch_size)
+        p = self.params.model_copy(update={
+            "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "lr": rule["lr"], "epochs": rule["epochs"],
+            "schedule": "multistep", "warmup_epochs": rule["warmup_steps"] / steps_per_epoch,
+            "milestones": [s / rule["steps"] for s in rule["decay_steps"]], "gamma": 0.1,
+            "mixup": rule["mixup_alpha"]})
+        backbone = self.context.backbone
+        net = copy.deepcopy(backbone.model)
+        net.reset_classifier(self.n_classes)
+        for tensor in net.get_classifier().parameters():
+            torch.nn.init.zeros_(tensor)  # BiT's zero-initialised head
+        self.model_ = backbone.with_normalization(net)
+        self.crop_ = rule["crop"]
+        augment = v2.Compose([v2.RandomCrop(self.crop_), v2.RandomHorizontalFlip()])
+        self.record_history("", self.train_phase(self.model_, [(list(net.parameters()), p.lr)], X, y,
+                                                 self._center(X_val), y_val, params=p, augment=augment))
+        self.selected_["hyperrule"] = rule
+        self.model_.eval()
+        return self
+
+    def _center(self, X):
+        return v2.functional.center_crop(X, [self.crop_, self.crop_])
+
+    def predict_proba(self, X):
+        return super().predict_proba(self._center(X))

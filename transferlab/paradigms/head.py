@@ -1,0 +1,87 @@
+"""`head`: a new head (linear, or an MLP with dropout and L1/L2) on a frozen backbone, with augmentation.
+
+The frozen backbone runs without autograd through the same engine as feature extraction (ONNX Runtime
+on CPU), so an epoch costs one fast forward pass per image and a backward pass through the head alone.
+`views: K` instead encodes K augmented views of every training image once and trains the head on those
+features (offline augmentation): after that, epochs cost no backbone pass at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..engines import make_encoder, select_engine
+from ..train.loop import augmenter
+from ..train.params import Optimizer, TrainParams
+from .base import register
+from .trained import TrainedParadigm
+
+
+class HeadParams(TrainParams):
+    hidden: int = Field(0, ge=0, description="0: a linear head; else one hidden layer of this width")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    l1: float = Field(0.0, ge=0, description="L1 penalty on the head's weights (L2 is weight_decay)")
+    views: int = Field(0, ge=0, description="0: augment online every epoch; K: K augmented views encoded once")
+    optimizer: Optimizer = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(15, gt=0)
+
+
+class FrozenThenHead(nn.Module):
+    """uint8 images → frozen features (no autograd, fast engine) → trainable head."""
+
+    def __init__(self, encode, head: nn.Module):
+        super().__init__()
+        self.encode, self.head = encode, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = torch.from_numpy(self.encode(images.cpu()))
+        return self.head(features.to(next(self.head.parameters()).device))
+
+
+@register
+class Head(TrainedParadigm):
+    name = "head"
+    Params = HeadParams
+
+    def _head(self, n_features: int) -> nn.Module:
+        p = self.params
+        torch.manual_seed(self.seed)
+        if p.hidden == 0:
+            return nn.Sequential(nn.Dropout(p.dropout), nn.Linear(n_features, self.n_classes))
+        return nn.Sequential(nn.Linear(n_features, p.hidden), nn.ReLU(), nn.Dropout(p.dropout),
+                             nn.Linear(p.hidden, self.n_classes))
+
+    def fit(self, X, y, X_val, y_val):
+        p, backbone = self.params, self.context.backbone
+        device = self.context.device
+        self.encode_, self.engine_ = make_encoder(backbone.feature_model(), tuple(backbone.data_config["input_size"]),
+                                                  device, select_engine("auto", device), cache_key=backbone.key)
+        head = self._head(backbone.model.num_features)
+        weights = [m.weight for m in head if isinstance(m, nn.Linear)]
+        penalty = (lambda: p.l1 * sum(w.abs().sum() for w in weights)) if p.l1 else None
+        if p.views:
+            X, y = self._augmented_views(X, y)
+            result = self.train_phase(head, [(list(head.parameters()), p.lr)], X, y, self._features(X_val), y_val,
+                                      params=p.model_copy(update={"augment": "none"}), penalty=penalty)
+        else:
+            model = FrozenThenHead(self.encode_, head)
+            result = self.train_phase(model, [(list(head.parameters()), p.lr)], X, y, X_val, y_val, penalty=penalty)
+        self.record_history("", result)
+        self.selected_["engine"] = self.engine_
+        self.model_ = FrozenThenHead(self.encode_, head.eval())
+        return self
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.from_numpy(self.encode_(chunk)) for chunk in images.split(self.params.batch_size)])
+
+    def _augmented_views(self, X: torch.Tensor, y) -> tuple[torch.Tensor, np.ndarray]:
+        """K augmented copies of every training image, encoded once (seeded: the same views every rerun)."""
+        torch.manual_seed(self.seed)
+        augment = augmenter(self.params.augment, X.shape[-1]) or (lambda image: image)
+        views = [self._features(torch.stack([augment(image) for image in X])) for _ in range(self.params.views)]
+        return torch.cat(views), np.tile(np.asarray(y), self.params.views)
