@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from ..models.backbones import Normalized
 from ..train.freeze import classifier_names, layer_groups, set_trainable, trainable_from_fraction, trainable_from_stage
 from ..train.params import TrainParams
+from ..train.partial import activations, split_at_first_trainable_block
 from .base import register
 from .trained import TrainedParadigm
 
@@ -30,6 +31,7 @@ class FinetuneParams(TrainParams):
     from_fraction: float | None = Field(None, gt=0, le=1, description="unfreeze the last fraction of layers")
     head_epochs: int = Field(0, ge=0, description="two-phase: epochs on the frozen backbone first")
     lr_decay: float | None = Field(None, gt=0, le=1, description="per-stage lr factor toward the input")
+    cache_activations: bool = Field(True, description="with augment: none, run the frozen stages only once")
 
     @model_validator(mode="after")
     def _one_cut(self):
@@ -72,10 +74,20 @@ class Finetune(TrainedParadigm):
             lr, decay = lr / 2, decay or (1 / FASTAI_LR_SPREAD) ** (1 / max(1, len(groups) - 1))
         set_trainable(net, self.trainable(net))
         groups = layer_groups(net)
-        rates = [lr * (decay or 1.0) ** (len(groups) - 1 - i) for i in range(len(groups))]
-        result = self.train_phase(model, list(zip(groups, rates, strict=True)), X, y, X_val, y_val,
-                                  phase="finetune" if p.head_epochs else "")
-        self.record_history("finetune" if p.head_epochs else "", result)
+        rates = list(zip(groups, [lr * (decay or 1.0) ** (len(groups) - 1 - i) for i in range(len(groups))],
+                         strict=True))
+        phase = "finetune" if p.head_epochs else ""
+        split = split_at_first_trainable_block(net) if p.augment == "none" and p.cache_activations else None
+        if split is None:
+            result = self.train_phase(model, rates, X, y, X_val, y_val, phase=phase)
+        else:  # the frozen bottom runs once; epochs train the top (net's own modules) on its cached output
+            bottom, top = split
+            bottom = self.context.backbone.with_normalization(bottom)
+            device, batch = self.context.device, p.batch_size
+            result = self.train_phase(top, rates, activations(bottom, X, batch, device), y,
+                                      activations(bottom, X_val, batch, device), y_val, phase=phase)
+            self.selected_["cached_activations_from_block"] = top.first
+        self.record_history(phase, result)
         self.selected_["trainable_parameters"] = sum(q.numel() for q in net.parameters() if q.requires_grad)
         self.model_ = model.eval()
         return self

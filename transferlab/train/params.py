@@ -35,4 +35,4 @@ class TrainParams(Spec):
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     augment: Literal["none", "light"] = Field("light", description="light: random resized crop + flip")
     mixup: float = Field(0.0, ge=0, description="MixUp alpha (0: off)")
-    amp: bool = Field(True, description="bf16 autocast and channels_last on CUDA (ignored on CPU)")
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
