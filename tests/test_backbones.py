@@ -34,12 +34,16 @@ def test_offline_weights_are_real_imagenet_weights(name):
 
 
 def test_random_init_is_not_imagenet_and_is_seeded():
-    a = load_backbone(BackboneSpec(name="tf_efficientnet_lite0", weights="random"), seed=1)
-    b = load_backbone(BackboneSpec(name="tf_efficientnet_lite0", weights="random"), seed=1)
-    pairs = zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
-    assert all(torch.equal(x, y) for x, y in pairs)
+    def weights(seed):
+        backbone = load_backbone(BackboneSpec(name="tf_efficientnet_lite0", weights="random"), seed=seed)
+        return backbone, backbone.model.state_dict()["conv_stem.weight"]
+
+    (a, wa), (_, wb), (c, wc) = weights(1), weights(1), weights(2)
     offline = load_backbone(BackboneSpec(name="tf_efficientnet_lite0"))
-    assert a.key != offline.key  # different weights → different feature cache
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    assert not torch.equal(wa, offline.model.state_dict()["conv_stem.weight"])
+    assert imagenet_top1(a, photos.coffee()) != [ESPRESSO]
+    assert len({a.key, c.key, offline.key}) == 3  # different weights → different feature caches
 
 
 def test_preprocessing_follows_the_pretrained_config_and_the_size_override():

@@ -19,7 +19,9 @@ def study_spec(folder, **extra):
     train, test = folder
     return {"name": "tiny", "datasets": [{"source": str(train), "test": str(test), "name": "fm3"}],
             "backbones": [{"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE}],
-            "paradigms": ["knn", {"name": "linear", "C": [0.1, 1.0]}, "pixels"], "seeds": [0, 1], **extra}
+            "paradigms": ["knn", {"name": "linear", "C": [0.1, 1.0]}, "pixels",
+                          {"name": "simple-cnn", "label": "cnn", "epochs": 3, "image_size": 16, "augment": "none"}],
+            "seeds": [0, 1], **extra}
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +33,9 @@ def finished_study(image_folder, tmp_path_factory):
 
 def test_study_writes_one_record_per_cell_with_the_promised_fields(finished_study):
     out, records = finished_study
-    assert len(records) == 6  # (knn, linear) × 2 seeds + pixels × 2 seeds (pixels needs no backbone)
+    assert len(records) == 8  # (knn, linear) × 2 seeds + (pixels, cnn) × 2 seeds: those need no backbone
     files = sorted((out / "runs").glob("*.json"))
-    assert len(files) == 6
+    assert len(files) == 8
     record = json.loads(files[0].read_text())
     for key in ("spec", "seed", "metrics", "timings", "versions", "splits", "selected", "backbone_passes"):
         assert key in record
@@ -51,12 +53,21 @@ def test_leaderboard_csv_has_the_documented_columns_and_mean_std(finished_study)
                              "fit_seconds_mean"]
     assert {(r["backbone"], r["paradigm"]) for r in rows} == {
         (f"tf_efficientnet_lite0@{SMALL_SIZE}", "knn"), (f"tf_efficientnet_lite0@{SMALL_SIZE}", "linear(C=[0.1, 1.0])"),
-        ("none", "pixels")}
+        ("none", "pixels"), ("none", "cnn")}
     knn = next(r for r in rows if r["paradigm"] == "knn")
     accs = [r["metrics"]["accuracy"] for r in records if r["labels"]["paradigm"] == "knn"]
     assert float(knn["accuracy_mean"]) == pytest.approx(sum(accs) / 2, abs=1e-5)
     assert knn["n_seeds"] == "2"
-    assert all(float(r["accuracy_mean"]) > 0.8 for r in rows)  # 3 easy classes: every row learns them
+    floors = {"cnn": 0.5}  # 3 epochs from scratch at 16 px on 80 images; chance is 1/3
+    assert all(float(r["accuracy_mean"]) > floors.get(r["paradigm"], 0.8) for r in rows)  # 3 easy classes
+
+
+def test_trained_runs_record_their_learning_curve(finished_study):
+    _, records = finished_study
+    cnn = [r for r in records if r["labels"]["paradigm"] == "cnn"]
+    assert len(cnn) == 2 and all(len(r["history"]) == 3 for r in cnn)
+    assert {"train_loss", "val_accuracy", "lr"} <= set(cnn[0]["history"][0])
+    assert all(r["history"] is None for r in records if r["labels"]["paradigm"] != "cnn")
 
 
 def test_rerun_reuses_every_record_and_does_no_backbone_pass(finished_study, image_folder):
@@ -64,7 +75,7 @@ def test_rerun_reuses_every_record_and_does_no_backbone_pass(finished_study, ima
     again = run_study(validated(StudySpec, study_spec(image_folder), "test"), out)
     assert all(r.get("reused") for r in again)
     summary = json.loads((out / "last_invocation.json").read_text())
-    assert summary == {**summary, "computed": 0, "reused": 6, "backbone_passes": 0}
+    assert summary == {**summary, "computed": 0, "reused": 8, "backbone_passes": 0}
     assert [r["metrics"]["accuracy"] for r in again] == [r["metrics"]["accuracy"] for r in records]
 
 
@@ -81,7 +92,8 @@ def test_report_is_rebuilt_from_records_alone(finished_study, tmp_path, monkeypa
     (out / "report.html").unlink()
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "empty-cache"))
     html = build_report(out).read_text()
-    assert "Leaderboard" in html and "fm3" in html and html.count("data:image/png;base64,") == 2
+    assert "Leaderboard" in html and "fm3" in html and "Learning curves" in html
+    assert html.count("data:image/png;base64,") == 3  # accuracy bars, learning curves, confusion matrix
     assert not list((tmp_path / "empty-cache").rglob("*.safetensors"))
 
 
@@ -100,6 +112,8 @@ def test_overrides_change_only_the_cells_they_select(image_folder):
     ({"paradigms": ["linaer"]}, "unknown paradigm 'linaer' \\(did you mean 'linear'\\?\\)"),
     ({"paradigms": [{"name": "knn", "k": "many"}]}, "paradigm 'knn': k"),
     ({"overrides": [{"where": {"paradigm": "knn"}, "set": {"paradigm": {"kk": 1}}}]}, "cell 1: .*unknown key 'kk'"),
+    ({"paradigms": [{"name": "knn", "k": 3}, {"name": "knn", "k": 3, "metric": "euclidean", "label": "knn(k=3)"}]},
+     "two cells are both named .*distinct `label:`s"),
 ])
 def test_bad_specs_fail_before_any_work_with_one_line(image_folder, change, message):
     with pytest.raises(TransferlabError, match=message) as err:

@@ -80,6 +80,9 @@ def test_two_phase_trains_the_head_first_then_unfreezes_with_lower_spread_rates(
     paradigm.bind(TrainingContext(backbone, torch.device("cpu"))).fit(x[:200], y[:200], x[200:], y[200:])
     assert [h["phase"] for h in paradigm.history_] == ["head", "finetune"]
     assert paradigm.selected_["trainable_parameters"] == sum(p.numel() for p in paradigm.model_.parameters())
+    rates = paradigm.selected_["stage_lrs"]  # fastai: base lr halved, spread from base/100 (input) to base
+    assert rates[-1] == pytest.approx(0.01) and rates[0] == pytest.approx(0.0001)
+    assert rates == sorted(rates) and len(rates) == 9  # stem, 7 block stages, head
 
 
 def test_a_diverging_loss_stops_with_one_line_naming_epoch_step_and_lr(digit_images):
@@ -90,6 +93,29 @@ def test_a_diverging_loss_stops_with_one_line_naming_epoch_step_and_lr(digit_ima
     images = torch.nn.functional.interpolate(x.float(), size=16).to(torch.uint8)
     with pytest.raises(TransferlabError, match=r"epoch \d+/2, step \d+: the loss became .*lower the learning rate"):
         paradigm.fit(images[:200], y[:200], images[200:], y[200:])
+
+
+def test_resume_continues_nothing_once_finished_and_refuses_another_runs_checkpoint(digit_images, tmp_path):
+    from transferlab.train.loop import Images, fit
+    from transferlab.train.optim import param_groups
+
+    _, x, y = digit_images
+    images = torch.nn.functional.interpolate(x.float(), size=16).to(torch.uint8)
+    train, val = Images(images[:200], torch.as_tensor(y[:200])), Images(images[200:], torch.as_tensor(y[200:]))
+    p = TrainParams(epochs=30, patience=1, lr=0.05, optimizer="adamw", augment="none", schedule="constant")
+
+    def go(key, resume):
+        torch.manual_seed(0)
+        model = create_paradigm("simple-cnn", {"image_size": 16}, n_classes=10, seed=0).build_model()
+        return fit(model, param_groups([(list(model.parameters()), p.lr)], 0.0), train, val, p, n_classes=10,
+                   seed=0, device=torch.device("cpu"), checkpoints=tmp_path, resume=resume, run_key=key)
+
+    first = go("run-a", resume=False)
+    assert len(first.history) < 30  # stopped early
+    again = go("run-a", resume=True)
+    assert again.history == first.history and again.best_epoch == first.best_epoch
+    with pytest.raises(TransferlabError, match="belongs to another version of the run"):
+        go("run-b", resume=True)
 
 
 def run_cli(out, *extra, wait=True):

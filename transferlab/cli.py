@@ -76,12 +76,18 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise TransferlabError(f"--param {pair}: write KEY=VALUE, e.g. --param k=10 or --param 'C=[0.1, 1]'")
-        params[key.strip()] = yaml.safe_load(value)
+        try:
+            params[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise TransferlabError(f"--param {pair}: the value is not valid YAML; e.g. --param 'C=[0.1, 1]'") from None
     return params
 
 
 def main() -> None:
+    from . import distributed
+
     try:
+        distributed.init_from_env()  # a no-op unless launched by torchrun
         app()
     except TransferlabError as exc:
         print(f"transferlab: error: {exc}", file=sys.stderr)
@@ -89,3 +95,5 @@ def main() -> None:
     except KeyboardInterrupt:
         print("transferlab: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        distributed.shutdown()

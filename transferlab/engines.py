@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import TransferlabError
-from .paths import cache_root
+from .paths import atomic_write, cache_root
 from .progress import console
 
 EncodeFn = Callable[[torch.Tensor], np.ndarray]  # batch N×3×H×W uint8 → N×D float32 features
@@ -30,7 +29,7 @@ PARITY_TOLERANCE = 1e-3  # max |Δfeature| accepted between ONNX Runtime and PyT
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise TransferlabError("device: cuda was asked for but no CUDA GPU is visible; use device: cpu or auto")
     return torch.device(device)
@@ -96,16 +95,17 @@ def _onnx_encoder(model: torch.nn.Module, input_size: tuple[int, int, int], cach
 
 
 def _export_onnx(model: torch.nn.Module, input_size: tuple[int, int, int], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     example = _example_images(2, input_size)  # batch 2: a batch of 1 would be specialised away
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    # The exporter prints its progress and warnings; a user needs none of it.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.cpu().eval(), (example,), str(tmp), input_names=["images"],
-                          output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                          dynamo=True, optimize=True, verbose=False, external_data=False)
-    os.replace(tmp, path)
+
+    def export(tmp: Path) -> None:
+        # The exporter prints its progress and warnings; a user needs none of it.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.cpu().eval(), (example,), str(tmp), input_names=["images"],
+                              output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                              dynamo=True, optimize=True, verbose=False, external_data=False)
+
+    atomic_write(path, export)
 
 
 def _check_parity(model: torch.nn.Module, encode: EncodeFn, input_size: tuple[int, int, int], path: Path) -> None:

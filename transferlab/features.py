@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,9 +27,10 @@ from safetensors.numpy import load_file, save_file
 
 from .data.decode import bad_image_error, decode_batch, prefetched
 from .data.sources import ImageSource
+from .distributed import is_main
 from .engines import EncodeFn, make_encoder, select_engine
 from .models.backbones import Backbone
-from .paths import cache_root
+from .paths import atomic_write, cache_root
 from .progress import progress_bar
 
 
@@ -98,7 +98,8 @@ class FeatureStore:
         missing = np.array(sorted(set(map(int, indices)) - rows.keys() - bad.keys()), dtype=np.int64)
         if len(missing):
             new_rows, new_bad = _encode(source, missing, encoder, batch_size, skip_bad, label)
-            self._write(folder, new_rows, new_bad)
+            if is_main():  # under torchrun every rank encodes the same images; one writes them
+                self._write(folder, new_rows, new_bad)
             rows.update(new_rows)
             bad.update(new_bad)
         wanted_bad = {int(i): bad[int(i)] for i in indices if int(i) in bad}
@@ -130,9 +131,7 @@ class FeatureStore:
         tensors = {"indices": indices, "features": features.astype(np.float32), "bad": bad_indices}
         meta = {"sha256": _digest(tensors), "bad": json.dumps({str(k): v for k, v in bad.items()})}
         name = hashlib.sha256(indices.tobytes() + tensors["bad"].tobytes()).hexdigest()[:16]
-        tmp = folder / f".{name}.{os.getpid()}.tmp"
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, folder / f"{name}.safetensors")  # atomic: a killed run leaves no half chunk
+        atomic_write(folder / f"{name}.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def _load_chunk(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -51,7 +51,9 @@ def progress_bar(label: str, total: int, unit: str = "it") -> Iterator[Bar]:
     """`with progress_bar("features", 1000, "img") as bar: bar(32)`."""
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(unit),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
-    with Progress(*columns, console=console) as progress:
+    from .distributed import is_main
+
+    with Progress(*columns, console=console, disable=not is_main()) as progress:
         task = progress.add_task(label, total=total, note="")
         try:
             yield Bar(progress, task)

@@ -5,6 +5,7 @@ The record is the run's only output and everything downstream (leaderboard, repo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -20,6 +21,8 @@ import numpy as np
 from .config import RunSpec
 from .data import Pools, Split, make_splits, open_pools, split_sizes
 from .data.decode import decode_images
+from .data.sources import UnreadableImage
+from .distributed import barrier, is_main, world_size
 from .engines import resolve_device
 from .errors import TransferlabError
 from .evaluate import HEADLINE, classification_metrics
@@ -27,6 +30,7 @@ from .features import BackboneEncoder, Encoder, FeatureStore
 from .models import Backbone, load_backbone
 from .paradigms import create_paradigm
 from .paradigms.trained import TrainingContext
+from .paths import atomic_write
 
 RECORD_VERSION = 1
 VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "scikit-learn", "numpy", "onnxruntime")
@@ -53,14 +57,15 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         backbone = load_backbone(spec.backbone, seed=spec.seed) if paradigm.needs_backbone else None
         if paradigm.input == "images":
             checkpoints = Path(out_dir) / "checkpoints" / spec.run_id
-            first = pools.train.load(int(splits["train"].indices[0]))
             paradigm.bind(TrainingContext(backbone, device, checkpoints=checkpoints, resume=resume,
-                                          sample_hw=(first.height, first.width)))
+                                          sample_hw=_sample_hw(pools.train, splits["train"])))
             encoder, input_key = None, f"{backbone.key if backbone else 'none'}|{paradigm.view()}"
         else:
             encoder = BackboneEncoder(backbone, device, spec.engine) if backbone else paradigm.encoder(pools.train)
             input_key = encoder.key
         key = cell_key(spec, pools, input_key)
+        if paradigm.input == "images":
+            paradigm.context.run_key = key  # a checkpoint resumes only the run that wrote it
     previous = read_record(record_path(out_dir, spec.run_id))
     if reuse and previous and previous.get("cell_key") == key:
         return {**previous, "reused": True}
@@ -100,11 +105,25 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         "backbone_passes": _backbone_passes(spec, splits, encoded, history, encoder),
         "history": history,
         "skipped": skipped,
+        "world_size": world_size(),  # processes that trained it (torchrun)
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": library_versions(),
     }
-    write_record(record, out_dir)
+    if is_main():
+        write_record(record, out_dir)
+    barrier()  # under torchrun nobody reads the run folder before rank 0 has written it
     return record
+
+
+def _sample_hw(source, split: Split) -> tuple[int, int] | None:
+    """(H, W) of the first readable training image (BiT's resolution rule), or None."""
+    for index in split.indices[:20]:
+        try:
+            image = source.load(int(index))
+            return image.height, image.width
+        except UnreadableImage:
+            continue
+    return None
 
 
 def _cached_features(spec: RunSpec, splits: dict[str, Split], encoder: Encoder, store: FeatureStore):
@@ -166,9 +185,21 @@ def headline(record: dict[str, Any]) -> str:
 
 def cell_key(spec: RunSpec, pools: Pools, input_key: str) -> str:
     """Everything a run's result depends on: its spec, the data's content, its inputs, the record format."""
-    parts = [spec.model_dump_json(), input_key, str(RECORD_VERSION), library_versions()["transferlab"],
+    parts = [spec.model_dump_json(), input_key, str(RECORD_VERSION), source_digest(), str(world_size()),
              *(pool.fingerprint for pool in (pools.train, pools.val, pools.test) if pool is not None)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+@functools.cache
+def source_digest() -> str:
+    """A hash of transferlab's own code: a change to a paradigm or the loop makes old records stale.
+
+    (The version number would not: it stays 0.1.0 across every edit of an editable install.)
+    """
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def record_path(out_dir: str | Path, run_id: str) -> Path:
@@ -184,12 +215,8 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 def write_record(record: dict[str, Any], out_dir: str | Path) -> Path:
-    path = record_path(out_dir, record["run_id"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
-    return path
+    return atomic_write(record_path(out_dir, record["run_id"]),
+                        lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
 
 
 def library_versions() -> dict[str, str]:

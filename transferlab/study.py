@@ -20,6 +20,7 @@ from rich.table import Table
 
 from .config import RunSpec, StudySpec, deep_merge, load_study_spec, validated
 from .data import open_pools
+from .distributed import is_main
 from .errors import TransferlabError
 from .evaluate import HEADLINE
 from .features import FeatureStore
@@ -50,6 +51,12 @@ def expand(spec: StudySpec) -> list[RunSpec]:
                         if _matches(override.where, data.label, backbone, paradigm):
                             cell = deep_merge(cell, override.set)
                     cells.append(validated(RunSpec, cell, f"study '{spec.name}', cell {len(cells) + 1}"))
+    seen: dict[str, RunSpec] = {}
+    for cell in cells:  # two cells with one id would overwrite each other's record and checkpoints
+        if cell.run_id in seen and seen[cell.run_id] != cell:
+            raise TransferlabError(f"study '{spec.name}': two cells are both named {cell.run_id}; give the datasets "
+                                   "distinct `name:`s or the paradigms distinct `label:`s")
+        seen[cell.run_id] = cell
     return cells
 
 
@@ -76,7 +83,8 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
     if skip_bad:
         cells = [c.model_copy(update={"data": c.data.model_copy(update={"skip_bad": True})}) for c in cells]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "study.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    if is_main():
+        (out_dir / "study.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
     started = time.perf_counter()
     store, pools_by_data, records = FeatureStore(), {}, []
@@ -91,6 +99,8 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
         console.print(f"[bold]run {number}/{len(cells)}[/] {cell.run_id}: {headline(record)} ({how})")
         records.append(record)
     summary = invocation_summary(records, time.perf_counter() - started)
+    if not is_main():  # under torchrun rank 0 alone writes the study's files
+        return records
     (out_dir / "last_invocation.json").write_text(json.dumps(summary, indent=1))
 
     rows = leaderboard(records)
@@ -109,7 +119,8 @@ def invocation_summary(records: list[dict[str, Any]], seconds: float) -> dict[st
     """What this invocation cost: runs computed vs reused, and images that went through a backbone."""
     computed = [r for r in records if not r.get("reused")]
     return {"computed": len(computed), "reused": len(records) - len(computed), "seconds": round(seconds, 2),
-            "backbone_passes": sum(sum(r["backbone_passes"].values()) for r in computed)}
+            "backbone_passes": sum(sum(r["backbone_passes"].values()) for r in computed),
+            "run_ids": [r["run_id"] for r in records]}  # the study's cells: what its report shows
 
 
 # ---------------------------------------------------------------- leaderboard

@@ -61,7 +61,12 @@ def make_splits(pools: Pools, spec: DataSpec, seed: int) -> dict[str, Split]:
         train_pool = _stratified_take(train_pool, labels, spec.train_size, seed, "data.train_size")
     if spec.limit_per_class is not None:
         train_pool = _limit_per_class(train_pool, labels, spec.limit_per_class, seed)
-    return {"train": Split(pools.train, np.sort(train_pool)), "val": val, "test": test}
+    splits = {"train": Split(pools.train, np.sort(train_pool)), "val": val, "test": test}
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise TransferlabError(f"data: the {name} split is empty ({len(pools.train)} images in the pool); "
+                                   "lower val_size / test_size or add images")
+    return splits
 
 
 def _stratified_take(pool: np.ndarray, labels: np.ndarray, size: int | float, seed: int, field: str) -> np.ndarray:

@@ -54,6 +54,12 @@ class Backbone:
         model.reset_classifier(0)
         return self.with_normalization(model)
 
+    def with_new_head(self, n_classes: int) -> torch.nn.Module:
+        """A copy of the pretrained model whose classifier is new and sized for `n_classes` (timm's reset)."""
+        model = copy.deepcopy(self.model)
+        model.reset_classifier(n_classes)
+        return model
+
     def with_normalization(self, model: torch.nn.Module) -> torch.nn.Module:
         """Wrap `model` to take the uint8 tensors of `eval_transform`, normalising as the weights expect."""
         return Normalized(model, self.data_config["mean"], self.data_config["std"]).eval()

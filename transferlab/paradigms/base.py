@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from ..config import Spec, describe_validation_error
 from ..errors import TransferlabError
@@ -92,6 +93,13 @@ def pick_best(candidates: list[tuple[dict[str, Any], Any, float]]) -> tuple[dict
     """The (params, model) with the highest validation score; the first one wins ties (simplest first)."""
     best = max(range(len(candidates)), key=lambda i: (candidates[i][2], -i))
     return candidates[best][0], candidates[best][1]
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+# A value, or a non-empty list of values to choose from on validation.
+IntChoice = PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)]
+FloatChoice = PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1)]
 
 
 def as_list(value: Any) -> list[Any]:

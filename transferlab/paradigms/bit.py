@@ -8,7 +8,6 @@ crop is capped by `max_resolution`. Every decision goes into `selected_` and so 
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -48,8 +47,7 @@ class Bit(TrainedParadigm):
             "milestones": [s / rule["steps"] for s in rule["decay_steps"]], "gamma": 0.1,
             "mixup": rule["mixup_alpha"]})
         backbone = self.context.backbone
-        net = copy.deepcopy(backbone.model)
-        net.reset_classifier(self.n_classes)
+        net = backbone.with_new_head(self.n_classes)
         for tensor in net.get_classifier().parameters():
             torch.nn.init.zeros_(tensor)  # BiT's zero-initialised head
         self.model_ = backbone.with_normalization(net)

@@ -10,8 +10,6 @@ BatchNorm layers of frozen stages keep their ImageNet statistics. The new head a
 
 from __future__ import annotations
 
-import copy
-
 import timm
 import torch
 from pydantic import Field, model_validator
@@ -48,9 +46,7 @@ class Finetune(TrainedParadigm):
     def build_model(self) -> Normalized:
         backbone = self.context.backbone
         torch.manual_seed(self.seed)  # the new head's initialisation
-        model = copy.deepcopy(backbone.model)
-        model.reset_classifier(self.n_classes)
-        return backbone.with_normalization(model)
+        return backbone.with_normalization(backbone.with_new_head(self.n_classes))
 
     def trainable(self, net) -> set[str]:
         p = self.params
@@ -77,7 +73,10 @@ class Finetune(TrainedParadigm):
         rates = list(zip(groups, [lr * (decay or 1.0) ** (len(groups) - 1 - i) for i in range(len(groups))],
                          strict=True))
         phase = "finetune" if p.head_epochs else ""
-        split = split_at_first_trainable_block(net) if p.augment == "none" and p.cache_activations else None
+        self.selected_["stage_lrs"] = [lr_ for _, lr_ in rates]  # input → output
+        # Exact only when the bottom sees the same input every epoch: no augmentation, no MixUp.
+        cacheable = p.augment == "none" and not p.mixup and p.cache_activations
+        split = split_at_first_trainable_block(net) if cacheable else None
         if split is None:
             result = self.train_phase(model, rates, X, y, X_val, y_val, phase=phase)
         else:  # the frozen bottom runs once; epochs train the top (net's own modules) on its cached output

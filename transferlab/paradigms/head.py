@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..engines import make_encoder, select_engine
+from ..models.heads import make_head
 from ..train.loop import augmenter
 from ..train.params import Optimizer, TrainParams
 from .base import register
@@ -28,6 +29,12 @@ class HeadParams(TrainParams):
     optimizer: Optimizer = "adamw"
     lr: float = Field(1e-3, gt=0)
     epochs: int = Field(15, gt=0)
+
+    @model_validator(mode="after")
+    def _no_mixup(self):
+        if self.mixup:  # the frozen engine takes uint8 images; blended images are not that
+            raise ValueError("mixup is not available for head; use finetune, or views: K for augmentation")
+        return self
 
 
 class FrozenThenHead(nn.Module):
@@ -48,20 +55,13 @@ class Head(TrainedParadigm):
     name = "head"
     Params = HeadParams
 
-    def _head(self, n_features: int) -> nn.Module:
-        p = self.params
-        torch.manual_seed(self.seed)
-        if p.hidden == 0:
-            return nn.Sequential(nn.Dropout(p.dropout), nn.Linear(n_features, self.n_classes))
-        return nn.Sequential(nn.Linear(n_features, p.hidden), nn.ReLU(), nn.Dropout(p.dropout),
-                             nn.Linear(p.hidden, self.n_classes))
-
     def fit(self, X, y, X_val, y_val):
         p, backbone = self.params, self.context.backbone
         device = self.context.device
         self.encode_, self.engine_ = make_encoder(backbone.feature_model(), tuple(backbone.data_config["input_size"]),
                                                   device, select_engine("auto", device), cache_key=backbone.key)
-        head = self._head(backbone.model.num_features)
+        torch.manual_seed(self.seed)
+        head = make_head(backbone.model.num_features, self.n_classes, hidden=p.hidden, dropout=p.dropout)
         weights = [m.weight for m in head if isinstance(m, nn.Linear)]
         penalty = (lambda: p.l1 * sum(w.abs().sum() for w in weights)) if p.l1 else None
         if p.views:

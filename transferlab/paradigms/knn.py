@@ -8,11 +8,11 @@ from pydantic import Field
 from sklearn.neighbors import KNeighborsClassifier
 
 from ..config import Spec
-from .base import SklearnParadigm, as_list, pick_best, register
+from .base import IntChoice, SklearnParadigm, as_list, pick_best, register
 
 
 class KnnParams(Spec):
-    k: int | list[int] = Field(5, description="neighbours; a list is searched on validation")
+    k: IntChoice = Field(5, description="neighbours; a list is searched on validation")
     metric: Literal["cosine", "euclidean"] = "cosine"
     weights: Literal["uniform", "distance"] = "uniform"
 

@@ -14,13 +14,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..config import Spec
-from .base import SklearnParadigm, as_list, pick_best, register
+from .base import FloatChoice, SklearnParadigm, as_list, pick_best, register
 
 C_GRID = [0.001, 0.01, 0.1, 1.0, 10.0]
 
 
 class LinearParams(Spec):
-    C: float | list[float] = Field(default_factory=lambda: list(C_GRID),
+    C: FloatChoice = Field(default_factory=lambda: list(C_GRID),
                                    description="inverse L2 strength; a list is searched on validation")
     max_iter: int = Field(300, gt=0)
 

@@ -10,6 +10,7 @@ from pydantic import Field
 from torch import nn
 
 from ..config import Spec
+from ..models.heads import make_head
 from .base import Paradigm, register
 
 
@@ -28,13 +29,6 @@ class Mlp(Paradigm):
     name = "mlp"
     Params = MlpParams
 
-    def _build(self, n_features: int) -> nn.Module:
-        p = self.params
-        if p.hidden == 0:
-            return nn.Sequential(nn.Dropout(p.dropout), nn.Linear(n_features, self.n_classes))
-        return nn.Sequential(nn.Linear(n_features, p.hidden), nn.ReLU(), nn.Dropout(p.dropout),
-                             nn.Linear(p.hidden, self.n_classes))
-
     def fit(self, X, y, X_val, y_val):
         p = self.params
         torch.manual_seed(self.seed)
@@ -44,7 +38,7 @@ class Mlp(Paradigm):
         self.mean_, self.std_ = X.mean(0), np.where(std > 1e-8, std, 1.0)
         X_t, y_t = self._tensor(X), torch.as_tensor(y)
         X_v, y_v = self._tensor(X_val), torch.as_tensor(y_val)
-        model = self._build(X.shape[1])
+        model = make_head(X.shape[1], self.n_classes, hidden=p.hidden, dropout=p.dropout)
         optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         loss_fn = nn.CrossEntropyLoss()
         best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0

@@ -12,14 +12,14 @@ from sklearn.kernel_approximation import RBFSampler
 from sklearn.preprocessing import StandardScaler
 
 from ..config import Spec
-from .base import SklearnParadigm, as_list, pick_best, register
+from .base import FloatChoice, SklearnParadigm, as_list, pick_best, register
 from .linear import logistic_path
 
 
 class RffParams(Spec):
-    gamma_scale: float | list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0],
+    gamma_scale: FloatChoice = Field(default_factory=lambda: [0.5, 1.0, 2.0],
                                              description="gamma = gamma_scale / n_features")
-    C: float | list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0])
+    C: FloatChoice = Field(default_factory=lambda: [0.1, 1.0, 10.0])
     n_components: int = Field(2048, gt=0, description="random Fourier features")
     max_iter: int = Field(300, gt=0)
 

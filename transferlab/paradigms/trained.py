@@ -27,6 +27,7 @@ class TrainingContext:
     checkpoints: Path | None = None  # where the loop checkpoints every epoch
     resume: bool = False
     sample_hw: tuple[int, int] | None = None  # (H, W) of a training image as stored (BiT's resolution rule)
+    run_key: str = ""  # identifies the run; a checkpoint written under another key is not resumed
 
 
 class TrainedParadigm(Paradigm):
@@ -61,7 +62,7 @@ class TrainedParadigm(Paradigm):
                    Images(X_val, torch.as_tensor(y_val)), p, n_classes=self.n_classes, seed=self.seed,
                    device=self.context.device, checkpoints=folder, resume=self.context.resume,
                    label=f"{self.name}{' ' + phase if phase else ''}", epochs=epochs, penalty=penalty,
-                   augment=augment)
+                   augment=augment, run_key=self.context.run_key)
 
     def record_history(self, phase: str, result: TrainResult) -> None:
         self.history_: list[dict[str, Any]] = getattr(self, "history_", [])

@@ -15,8 +15,14 @@ from . import plots
 
 
 def load_records(study_dir: str | Path) -> list[dict[str, Any]]:
+    """The study's records: the cells of its last invocation when known (records of cells since dropped
+    from the spec stay on disk but leave the report, as they leave leaderboard.csv), else every record."""
     runs = Path(study_dir) / "runs"
     files = sorted(runs.glob("*.json"))
+    manifest = Path(study_dir) / "last_invocation.json"
+    if manifest.is_file():
+        wanted = set(json.loads(manifest.read_text()).get("run_ids", []))
+        files = [f for f in files if f.stem in wanted] or files
     if not files:
         raise TransferlabError(f"{runs}: no run records; run a study first (transferlab study SPEC.yaml)")
     records = []

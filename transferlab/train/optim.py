@@ -62,14 +62,14 @@ def make_schedule(optimizer: torch.optim.Optimizer, p: TrainParams, steps_per_ep
     return S.SequentialLR(optimizer, [warmup, main], milestones=[warm])
 
 
-def make_loss(p: TrainParams, labels: np.ndarray, n_classes: int):
+def make_loss(p: TrainParams, labels: np.ndarray, n_classes: int, device: torch.device | None = None):
     """logits, integer targets → loss. BCE and MSE see one-hot targets (multi-label arrives with issue 6)."""
     weight = None
     if p.class_weights == "balanced":
         present = np.unique(labels)
         w = np.ones(n_classes, dtype=np.float32)
         w[present] = compute_class_weight("balanced", classes=present, y=labels)
-        weight = torch.as_tensor(w)
+        weight = torch.as_tensor(w, device=device)
     if p.loss == "ce":
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=p.label_smoothing)
     if p.loss == "bce":
