@@ -58,7 +58,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         if paradigm.input == "images":
             checkpoints = Path(out_dir) / "checkpoints" / spec.run_id
             paradigm.bind(TrainingContext(backbone, device, checkpoints=checkpoints, resume=resume,
-                                          sample_hw=_sample_hw(pools.train, splits["train"])))
+                                          sample_hw=_sample_hw(pools.train, splits["train"]), engine=spec.engine))
             encoder, input_key = None, f"{backbone.key if backbone else 'none'}|{paradigm.view()}"
         else:
             encoder = BackboneEncoder(backbone, device, spec.engine) if backbone else paradigm.encoder(pools.train)

@@ -59,7 +59,8 @@ class Head(TrainedParadigm):
         p, backbone = self.params, self.context.backbone
         device = self.context.device
         self.encode_, self.engine_ = make_encoder(backbone.feature_model(), tuple(backbone.data_config["input_size"]),
-                                                  device, select_engine("auto", device), cache_key=backbone.key)
+                                                  device, select_engine(self.context.engine, device),
+                                                  cache_key=backbone.key)
         torch.manual_seed(self.seed)
         head = make_head(backbone.model.num_features, self.n_classes, hidden=p.hidden, dropout=p.dropout)
         weights = [m.weight for m in head if isinstance(m, nn.Linear)]

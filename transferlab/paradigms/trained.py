@@ -28,6 +28,7 @@ class TrainingContext:
     resume: bool = False
     sample_hw: tuple[int, int] | None = None  # (H, W) of a training image as stored (BiT's resolution rule)
     run_key: str = ""  # identifies the run; a checkpoint written under another key is not resumed
+    engine: str = "auto"  # for frozen parts run without autograd (head): see engines.select_engine
 
 
 class TrainedParadigm(Paradigm):
