@@ -66,8 +66,8 @@ class Finetune(TrainedParadigm):
             head = p.model_copy(update={"pct_start": 0.99}) if p.schedule == "onecycle" else p
             self.record_history("head", self.train_phase(model, [(list(net.parameters()), lr)], X, y, X_val, y_val,
                                                          params=head, phase="head", epochs=p.head_epochs))
-            groups = layer_groups(net)
-            lr, decay = lr / 2, decay or (1 / FASTAI_LR_SPREAD) ** (1 / max(1, len(groups) - 1))
+            n_groups = len(layer_groups(net))  # spread base/100 … base over the stages, as fastai does
+            lr, decay = lr / 2, decay or (1 / FASTAI_LR_SPREAD) ** (1 / max(1, n_groups - 1))
         set_trainable(net, self.trainable(net))
         groups = layer_groups(net)
         rates = list(zip(groups, [lr * (decay or 1.0) ** (len(groups) - 1 - i) for i in range(len(groups))],
