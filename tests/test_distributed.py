@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+from safetensors.numpy import load_file
 
-def run(out, *launcher):
-    args = [*launcher, "-m", "transferlab", "run", "--data", "digits", "--paradigm", "simple-cnn", "--seed", "0",
-            "-p", "epochs=6", "-p", "image_size=16", "-p", "augment=none", "--out", str(out)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+SIMPLE_CNN = ("--paradigm", "simple-cnn", "-p", "epochs=6", "-p", "image_size=16", "-p", "augment=none")
+
+
+def run(out, *launcher, args=SIMPLE_CNN, cache=None):
+    args = [*launcher, "-m", "transferlab", "run", "--data", "digits", "--seed", "0", *args, "--out", str(out)]
+    env = {**os.environ, "TRANSFERLAB_CACHE": str(cache)} if cache else None
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     (record,) = (out / "runs").glob("*.json")
     return json.loads(record.read_text())
@@ -18,8 +24,19 @@ def run(out, *launcher):
 
 def test_two_process_ddp_run_matches_the_single_process_run_within_noise(tmp_path):
     single = run(tmp_path / "single", sys.executable)
-    ddp = run(tmp_path / "ddp", sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    ddp = run(tmp_path / "ddp", sys.executable, *TORCHRUN)
     assert (single["world_size"], ddp["world_size"]) == (1, 2)
     assert len(ddp["history"]) == 6 and ddp["splits"] == single["splits"]  # every rank saw the whole task
     assert ddp["metrics"]["accuracy"] > 0.8 and single["metrics"]["accuracy"] > 0.8
     assert abs(ddp["metrics"]["accuracy"] - single["metrics"]["accuracy"]) < 0.08
+
+
+def test_two_processes_share_the_feature_encoding_and_get_the_single_process_result(tmp_path):
+    """Each rank encodes half of the missing images (fresh caches for both runs); together they hold all."""
+    linear = ("--backbone", "tf_efficientnet_lite0", "--image-size", "32", "--engine", "torch", "--paradigm", "linear")
+    single = run(tmp_path / "single", sys.executable, args=linear, cache=tmp_path / "cache-single")
+    ddp = run(tmp_path / "ddp", sys.executable, *TORCHRUN, args=linear, cache=tmp_path / "cache-ddp")
+    assert ddp["encoded"] == single["encoded"] == {k: n for k, n in single["splits"].items()}
+    assert abs(ddp["metrics"]["accuracy"] - single["metrics"]["accuracy"]) < 0.01
+    chunks = (tmp_path / "cache-ddp" / "features").rglob("*.safetensors")  # rank 0 wrote the merged rows
+    assert sum(len(load_file(str(chunk))["indices"]) for chunk in chunks) == sum(single["splits"].values())

@@ -73,6 +73,20 @@ def test_finetune_from_the_last_stage_leaves_earlier_stages_and_their_bn_statist
     assert after["classifier.weight"].shape == (10, 1280)  # 1000 ImageNet classes → 10, no fuss
 
 
+def test_backbone_passes_count_what_ran_through_the_backbone(digit_images):
+    """Cached activations: one pass per image, not one per epoch; head encodes validation once."""
+    backbone, x, y = digit_images
+    runs = {"cached": ("finetune", {"epochs": 3, "from_stage": -1, "augment": "none"}, (200, 100)),
+            "full": ("finetune", {"epochs": 3, "from_stage": -1, "augment": "none", "cache_activations": False},
+                     (600, 300)),
+            "head-online": ("head", {"epochs": 3, "augment": "none"}, (600, 100)),
+            "head-views": ("head", {"epochs": 3, "views": 2}, (400, 100))}
+    for name, params, (train, val) in runs.values():
+        paradigm = create_paradigm(name, params, n_classes=10, seed=0)
+        paradigm.bind(TrainingContext(backbone, torch.device("cpu"))).fit(x[:200], y[:200], x[200:], y[200:])
+        assert paradigm.passes_ == {"train": train, "val": val}, (name, params)
+
+
 def test_two_phase_trains_the_head_first_then_unfreezes_with_lower_spread_rates(digit_images):
     backbone, x, y = digit_images
     paradigm = create_paradigm("finetune", {"epochs": 1, "head_epochs": 1, "augment": "none", "lr": 0.02},

@@ -50,3 +50,12 @@ def barrier() -> None:
     """Wait until every rank is here (e.g. until rank 0 has written what the others will read)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def merged_across_ranks(part: dict) -> dict:
+    """Every rank's dict merged, on every rank (e.g. the features each rank encoded for its share)."""
+    if world_size() == 1:
+        return part
+    parts: list[dict] = [{} for _ in range(world_size())]
+    dist.all_gather_object(parts, part)
+    return {key: value for one in parts for key, value in one.items()}

@@ -27,7 +27,7 @@ from safetensors.numpy import load_file, save_file
 
 from .data.decode import bad_image_error, decode_batch, prefetched
 from .data.sources import ImageSource
-from .distributed import is_main
+from .distributed import is_main, merged_across_ranks, rank, world_size
 from .engines import EncodeFn, make_encoder, select_engine
 from .models.backbones import Backbone
 from .paths import atomic_write, cache_root
@@ -97,8 +97,14 @@ class FeatureStore:
         rows, bad = self._read(folder)
         missing = np.array(sorted(set(map(int, indices)) - rows.keys() - bad.keys()), dtype=np.int64)
         if len(missing):
-            new_rows, new_bad = _encode(source, missing, encoder, batch_size, skip_bad, label)
-            if is_main():  # under torchrun every rank encodes the same images; one writes them
+            # Under torchrun each rank encodes its share and every rank gets all of them. A rank must not stop
+            # alone at a bad image (the others would wait for it forever), so the decision waits until after.
+            shared = world_size() > 1
+            new_rows, new_bad = _encode(source, missing[rank()::world_size()], encoder, batch_size,
+                                        skip_bad or shared, label)
+            if shared:
+                new_rows, new_bad = merged_across_ranks(new_rows), merged_across_ranks(new_bad)
+            if is_main():
                 self._write(folder, new_rows, new_bad)
             rows.update(new_rows)
             bad.update(new_bad)

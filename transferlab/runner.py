@@ -102,7 +102,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         "val_metrics": classification_metrics(y["val"], val_proba, classes, detailed=False),
         "metrics": classification_metrics(y["test"], test_proba, classes),
         "encoded": encoded,  # images encoded (features) or decoded (training) in this run; 0 = from the cache
-        "backbone_passes": _backbone_passes(spec, splits, encoded, history, encoder),
+        "backbone_passes": _backbone_passes(spec, splits, encoded, paradigm, encoder),
         "history": history,
         "skipped": skipped,
         "world_size": world_size(),  # processes that trained it (torchrun)
@@ -154,15 +154,15 @@ def _decoded_images(spec: RunSpec, splits: dict[str, Split], view):
     return images, decoded, skipped
 
 
-def _backbone_passes(spec, splits, encoded, history, encoder) -> dict[str, int]:
-    """Images that went through a backbone in this run (training: every epoch's train and val passes)."""
+def _backbone_passes(spec, splits, encoded, paradigm, encoder) -> dict[str, int]:
+    """Images that went through a backbone in this run: features encoded (0 when cached), or for training
+    paradigms what they counted while fitting plus the final val and test predictions."""
     if spec.backbone is None:
         return dict.fromkeys(splits, 0)
     if encoder is not None:
         return encoded
-    epochs = len(history or [])
-    return {"train": len(splits["train"]) * epochs, "val": len(splits["val"]) * (epochs + 1),
-            "test": len(splits["test"])}
+    fitted = paradigm.passes_
+    return {"train": fitted["train"], "val": fitted["val"] + len(splits["val"]), "test": len(splits["test"])}
 
 
 def _backbone_info(backbone: Backbone | None, encoder: Encoder | None) -> dict[str, Any]:

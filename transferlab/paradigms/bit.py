@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torchvision.transforms import v2
 
 from ..train.hyperrule import decide
@@ -20,9 +20,23 @@ from .base import register
 from .trained import TrainedParadigm
 
 
+# What the rule sets; a user's value for one of these would be overridden, so it is refused instead.
+RULED = {"optimizer", "momentum", "nesterov", "lr", "epochs", "schedule", "warmup_epochs", "milestones", "gamma",
+         "mixup"}
+
+
 class BitParams(TrainParams):
     batch_size: int = Field(64, gt=0, description="the rule's lr scales with it (0.003 at 512)")
     max_resolution: int | None = Field(128, ge=16, description="cap on the rule's crop size (CPU budgets)")
+
+    @model_validator(mode="after")
+    def _rule_decides(self):
+        # Silently replacing a value the user wrote would be worse than refusing it.
+        chosen = sorted(self.model_fields_set & RULED)
+        if chosen:
+            raise ValueError(f"BiT-HyperRule decides {', '.join(chosen)} for bit; remove them (or use finetune "
+                             "to choose them yourself)")
+        return self
 
 
 @register
@@ -41,7 +55,7 @@ class Bit(TrainedParadigm):
     def fit(self, X, y, X_val, y_val):
         rule = self.rule(len(y))
         steps_per_epoch = math.ceil(len(y) / self.params.batch_size)
-        p = self.params.model_copy(update={
+        p = self.params.model_copy(update={  # model_copy skips validation: the rule may set RULED fields
             "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "lr": rule["lr"], "epochs": rule["epochs"],
             "schedule": "multistep", "warmup_epochs": rule["warmup_steps"] / steps_per_epoch,
             "milestones": [s / rule["steps"] for s in rule["decay_steps"]], "gamma": 0.1,

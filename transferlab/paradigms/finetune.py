@@ -83,6 +83,8 @@ class Finetune(TrainedParadigm):
             bottom, top = split
             bottom = self.context.backbone.with_normalization(bottom)
             device, batch = self.context.device, p.batch_size
+            self.count_passes("train", X)
+            self.count_passes("val", X_val)
             result = self.train_phase(top, rates, activations(bottom, X, batch, device), y,
                                       activations(bottom, X_val, batch, device), y_val, phase=phase)
             self.selected_["cached_activations_from_block"] = top.first

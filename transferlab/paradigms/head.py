@@ -38,15 +38,22 @@ class HeadParams(TrainParams):
 
 
 class FrozenThenHead(nn.Module):
-    """uint8 images → frozen features (no autograd, fast engine) → trainable head."""
+    """uint8 images → frozen features (no autograd, fast engine) → trainable head.
+
+    Also takes features already encoded (N×D): validation images never change, so they are encoded once
+    rather than at every epoch's evaluation.
+    """
 
     def __init__(self, encode, head: nn.Module):
         super().__init__()
         self.encode, self.head = encode, head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            features = torch.from_numpy(self.encode(images.cpu()))
+        if images.ndim == 2:
+            features = images
+        else:
+            with torch.no_grad():
+                features = torch.from_numpy(self.encode(images.cpu()))
         return self.head(features.to(next(self.head.parameters()).device))
 
 
@@ -65,24 +72,27 @@ class Head(TrainedParadigm):
         head = make_head(backbone.model.num_features, self.n_classes, hidden=p.hidden, dropout=p.dropout)
         weights = [m.weight for m in head if isinstance(m, nn.Linear)]
         penalty = (lambda: p.l1 * sum(w.abs().sum() for w in weights)) if p.l1 else None
+        val_features = self._features(X_val)
         if p.views:
             X, y = self._augmented_views(X, y)
-            result = self.train_phase(head, [(list(head.parameters()), p.lr)], X, y, self._features(X_val), y_val,
+            result = self.train_phase(head, [(list(head.parameters()), p.lr)], X, y, val_features, y_val,
                                       params=p.model_copy(update={"augment": "none"}), penalty=penalty)
         else:
             model = FrozenThenHead(self.encode_, head)
-            result = self.train_phase(model, [(list(head.parameters()), p.lr)], X, y, X_val, y_val, penalty=penalty)
+            result = self.train_phase(model, [(list(head.parameters()), p.lr)], X, y, val_features, y_val,
+                                      penalty=penalty)
         self.record_history("", result)
         self.selected_["engine"] = self.engine_
         self.model_ = FrozenThenHead(self.encode_, head.eval())
         return self
 
-    def _features(self, images: torch.Tensor) -> torch.Tensor:
+    def _features(self, images: torch.Tensor, split: str = "val") -> torch.Tensor:
+        self.count_passes(split, images)
         return torch.cat([torch.from_numpy(self.encode_(chunk)) for chunk in images.split(self.params.batch_size)])
 
     def _augmented_views(self, X: torch.Tensor, y) -> tuple[torch.Tensor, np.ndarray]:
         """K augmented copies of every training image, encoded once (seeded: the same views every rerun)."""
         torch.manual_seed(self.seed)
         augment = augmenter(self.params.augment, X.shape[-1]) or (lambda image: image)
-        views = [self._features(torch.stack([augment(image) for image in X])) for _ in range(self.params.views)]
+        views = [self._features(torch.stack([augment(image) for image in X]), "train") for _ in range(self.params.views)]
         return torch.cat(views), np.tile(np.asarray(y), self.params.views)

@@ -36,7 +36,13 @@ class TrainedParadigm(Paradigm):
 
     def bind(self, context: TrainingContext) -> TrainedParadigm:
         self.context = context
+        self.passes_ = {"train": 0, "val": 0}  # images through the backbone's input layers while fitting
         return self
+
+    def count_passes(self, split: str, images: torch.Tensor, times: int = 1) -> None:
+        """uint8 tensors are images entering the backbone; features and cached activations are not."""
+        if images.dtype == torch.uint8:
+            self.passes_[split] += len(images) * times
 
     def view(self):
         """PIL image → uint8 tensor: the backbone's pretrained geometry by default."""
@@ -59,11 +65,15 @@ class TrainedParadigm(Paradigm):
                     augment=None) -> TrainResult:
         p = params or self.params
         folder = self.context.checkpoints / phase if self.context.checkpoints and phase else self.context.checkpoints
-        return fit(model, param_groups(groups, p.weight_decay), Images(X, torch.as_tensor(y)),
+        result = fit(model, param_groups(groups, p.weight_decay), Images(X, torch.as_tensor(y)),
                    Images(X_val, torch.as_tensor(y_val)), p, n_classes=self.n_classes, seed=self.seed,
                    device=self.context.device, checkpoints=folder, resume=self.context.resume,
                    label=f"{self.name}{' ' + phase if phase else ''}", epochs=epochs, penalty=penalty,
                    augment=augment, run_key=self.context.run_key)
+        epochs_run = len(result.history) - result.resumed_from
+        self.count_passes("train", X, epochs_run)
+        self.count_passes("val", X_val, epochs_run)
+        return result
 
     def record_history(self, phase: str, result: TrainResult) -> None:
         self.history_: list[dict[str, Any]] = getattr(self, "history_", [])
