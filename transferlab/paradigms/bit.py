@@ -19,7 +19,6 @@ from ..train.params import TrainParams
 from .base import register
 from .trained import TrainedParadigm
 
-
 # What the rule sets; a user's value for one of these would be overridden, so it is refused instead.
 RULED = {"optimizer", "momentum", "nesterov", "lr", "epochs", "schedule", "warmup_epochs", "milestones", "gamma",
          "mixup"}

@@ -94,5 +94,6 @@ class Head(TrainedParadigm):
         """K augmented copies of every training image, encoded once (seeded: the same views every rerun)."""
         torch.manual_seed(self.seed)
         augment = augmenter(self.params.augment, X.shape[-1]) or (lambda image: image)
-        views = [self._features(torch.stack([augment(image) for image in X]), "train") for _ in range(self.params.views)]
+        views = [self._features(torch.stack([augment(image) for image in X]), "train")
+                 for _ in range(self.params.views)]
         return torch.cat(views), np.tile(np.asarray(y), self.params.views)
