@@ -34,14 +34,29 @@ class UnreadableImage(Exception):
 
 
 class ImageSource(ABC):
-    """An ordered, labelled image collection. Labels index `classes`; `load(i)` gives an RGB PIL image."""
+    """An ordered, labelled image collection. Labels index `classes`; `load(i)` gives an RGB PIL image.
+
+    Single-label: `labels` is int64, one class index per image. Multi-label: `labels` is an N × C uint8
+    0/1 matrix (an image may have no label at all); `multi_label` says which.
+    """
 
     name: str
     classes: list[str]
-    labels: np.ndarray  # int64, one per image
+    labels: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
+
+    def label_matrix(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """N × C 0/1 uint8 for either kind (one-hot rows for single-label)."""
+        labels = self.labels if indices is None else self.labels[indices]
+        if self.multi_label:
+            return labels.astype(np.uint8)
+        return np.eye(len(self.classes), dtype=np.uint8)[labels]
 
     @abstractmethod
     def load(self, index: int) -> Image.Image:
