@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from transferlab.data import open_pools
+from transferlab.data.builtins import FASHION_MNIST_DIRS
 from transferlab.data.export import export_image_folder
-from transferlab.data.sources import FASHION_MNIST_DIRS
 
 HAVE_FASHION_MNIST = any((d / "t10k-images-idx3-ubyte.gz").is_file() for d in FASHION_MNIST_DIRS)
 needs_fashion_mnist = pytest.mark.skipif(

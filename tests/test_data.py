@@ -79,7 +79,7 @@ def test_fingerprint_changes_when_a_file_changes(copy_folder):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing", "no such dataset folder and not a builtin"),
+    ("missing", "no such dataset folder or manifest, and not a builtin"),
     ("empty", "no class folders inside"),
     ("empty_class", "class folder has no images"),
     ("test_extra_class", "is not a training class"),

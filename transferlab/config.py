@@ -53,31 +53,61 @@ Size = int | float  # an image count, or a fraction of the pool when < 1
 class DataSpec(Spec):
     """Where the images come from and how they are split.
 
-    `source` is a builtin dataset name (see `transferlab.data.sources.BUILTINS`) or an image-folder root
-    (`root/<class>/<image>`). With only a root, test and validation are carved from it; `val` / `test`
-    name explicit folders instead. Official test sets are used as they are (or a fixed stratified subset).
+    `source` is a builtin dataset name (see `transferlab.data.builtins.BUILTINS`), an image-folder root
+    (`root/<class>/<image>`, images may be nested deeper) or a CSV / Parquet manifest (`path,label`;
+    multi-label as `path,labels` split by `label_separator`, or `path` plus one 0/1 column per class; paths
+    relative to the manifest). With only a source, test and validation are carved from it; `val` / `test`
+    name explicit folders or manifests instead, and `splits` names split files (one image path per line,
+    relative to the source folder, as Caltech-101 course splits are given). Official test sets are used
+    as they are (or a fixed stratified subset).
+
+    Splitting: `test_size` / `val_size` (counts or fractions), or `ratios: [train, val, test]` (e.g.
+    [50, 20, 30]); `folds: k` turns the run seed into the validation fold (stratified k-fold; seeds 0..k-1
+    = k-fold cross-validation). Multi-label data are split by iterative stratification.
     """
 
     source: str
     name: str | None = None
     val: str | None = None
     test: str | None = None
+    splits: dict[Literal["train", "val", "test"], str] | None = Field(
+        None, description="split files: {train: file, val: file, test: file}, one image path per line")
+    classes: list[str] | None = Field(None, description="the class list (manifests: other labels are errors)")
+    multi_label: bool | None = Field(None, description="None: decided by the manifest's form")
+    label_separator: str = Field(" ", min_length=1, description="between labels in a manifest's labels column")
     train_size: int | None = Field(None, gt=0, description="few-shot: training images, stratified")
     val_size: Size = Field(0.2, gt=0, description="validation carved from train: count or fraction")
     test_size: Size | None = Field(None, gt=0, description="test carved from a single root (default 0.2), "
                                    "or a fixed stratified subset of an official test set")
+    ratios: list[float] | None = Field(None, min_length=3, max_length=3,
+                                       description="train/val/test proportions carved from one pool, e.g. [50, 20, 30]")
+    folds: int | None = Field(None, ge=2, description="stratified k-fold: validation = fold (run seed mod k)")
     limit_per_class: int | None = Field(None, gt=0)
-    split_seed: int = Field(0, description="seed of the test split, fixed across run seeds")
-    skip_bad: bool = False
+    split_seed: int = Field(0, description="seed of the test split (and of the folds), fixed across run seeds")
+    skip_bad: bool = Field(False, description="skip unreadable images, bad manifest rows and empty class folders, "
+                           "and list them in the record")
+    max_pixels: int = Field(89_478_485, gt=0, description="decompression-bomb guard: larger images are refused")
 
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, data: Any) -> Any:
         return {"source": data} if isinstance(data, str) else data
 
+    @model_validator(mode="after")
+    def _one_way_to_split(self):
+        if self.ratios is not None:
+            if any(r <= 0 for r in self.ratios):
+                raise ValueError("ratios must be three positive numbers (train, val, test), e.g. [50, 20, 30]")
+            if "test_size" in self.model_fields_set or "val_size" in self.model_fields_set:
+                raise ValueError("give ratios or val_size/test_size, not both")
+        if self.folds is not None and ("val_size" in self.model_fields_set or self.ratios is not None):
+            raise ValueError("with folds, validation is one fold; drop val_size / ratios' val share")
+        return self
+
     @property
     def label(self) -> str:
-        return self.name or Path(self.source.rstrip("/")).name or self.source
+        path = Path(self.source.rstrip("/"))
+        return self.name or (path.stem if path.suffix.lower() in (".csv", ".parquet") else path.name) or self.source
 
 
 WeightsChoice = str  # "auto" | "offline" | "hub" | "random" | a file path

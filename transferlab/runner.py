@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from .config import RunSpec
-from .data import Pools, Split, make_splits, open_pools, split_sizes
+from .data import Pools, Split, UnreadableImage, make_splits, open_pools, split_sizes
 from .data.decode import decode_images
-from .data.sources import UnreadableImage
+from .data.splits import split_indices
 from .distributed import barrier, is_main, world_size
 from .engines import resolve_device
 from .errors import TransferlabError
@@ -32,7 +32,7 @@ from .paradigms import create_paradigm
 from .paradigms.trained import TrainingContext
 from .paths import atomic_write
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: split_indices, fold
 VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "scikit-learn", "numpy", "onnxruntime")
 
 
@@ -50,6 +50,9 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
 
     with _timed(timings, "data_s"):
         pools = pools or open_pools(spec.data)
+        if pools.train.multi_label:
+            raise TransferlabError(f"{spec.data.label}: multi-label data can be split and inspected (transferlab "
+                                   "inspect), but no paradigm trains on them yet; give single-label data")
         splits = make_splits(pools, spec.data, spec.seed)
         classes = pools.train.classes
         paradigm = create_paradigm(spec.paradigm.name, spec.paradigm.params, n_classes=len(classes),
@@ -97,6 +100,8 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         "seed": spec.seed,
         "classes": classes,
         "splits": split_sizes(splits),
+        "split_indices": split_indices(splits),  # which images, so the run can be reproduced
+        "fold": spec.seed % spec.data.folds if spec.data.folds else None,
         "backbone": _backbone_info(backbone, encoder),
         "selected": paradigm.selected_,
         "val_metrics": classification_metrics(y["val"], val_proba, classes, detailed=False),
@@ -104,7 +109,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         "encoded": encoded,  # images encoded (features) or decoded (training) in this run; 0 = from the cache
         "backbone_passes": _backbone_passes(spec, splits, encoded, paradigm, encoder),
         "history": history,
-        "skipped": skipped,
+        "skipped": _source_notes(pools) + skipped,
         "world_size": world_size(),  # processes that trained it (torchrun)
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": library_versions(),
@@ -113,6 +118,11 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         write_record(record, out_dir)
     barrier()  # under torchrun nobody reads the run folder before rank 0 has written it
     return record
+
+
+def _source_notes(pools: Pools) -> list[str]:
+    """What was skipped or dropped while listing the images (bad manifest rows, empty class folders)."""
+    return [note for pool in (pools.train, pools.val, pools.test) if pool is not None for note in pool.notes]
 
 
 def _sample_hw(source, split: Split) -> tuple[int, int] | None:

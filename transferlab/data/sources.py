@@ -1,16 +1,15 @@
 """Image sources: a fixed, ordered set of labelled images that splits index into.
 
-Two kinds cover the foundation: `FolderSource` (`root/<class>/<image>`, decoded lazily from disk) and
-`ArraySource` (builtin datasets that ship as arrays). `open_pools` turns a `DataSpec` into the pools a
-dataset offers (train, and official val / test where it has them); `splits.py` cuts them into splits.
+`FileSource` is any list of image files with labels; `FolderSource` finds that list in a
+`root/<class>/<image>` tree, `manifests.py` in a CSV / Parquet manifest or split files, `builtins.py`
+in a known dataset. `ArraySource` holds images already in memory. `open_pools` turns a `DataSpec` into
+the pools a dataset offers (train, and official val / test where it has them); `splits.py` cuts them.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,17 +19,10 @@ from PIL import Image
 
 from ..config import DataSpec
 from ..errors import TransferlabError
-from ..paths import cache_root
+from .images import DEFAULT_MAX_PIXELS, UnreadableImage, open_image  # noqa: F401 - re-exported
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-class UnreadableImage(Exception):
-    """An image that cannot be decoded; carries the file (or item) name and PIL's reason."""
-
-    def __init__(self, where: str, reason: str):
-        super().__init__(f"{where}: cannot read image ({reason})")
-        self.where = where
+MANIFEST_EXTENSIONS = (".csv", ".parquet")
 
 
 class ImageSource(ABC):
@@ -43,6 +35,7 @@ class ImageSource(ABC):
     name: str
     classes: list[str]
     labels: np.ndarray
+    notes: list[str]  # what was skipped or dropped while listing the images (reported in the run record)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -72,52 +65,24 @@ class ImageSource(ABC):
         """A content key: changes whenever the images or labels change."""
 
 
-class FolderSource(ImageSource):
-    """`root/<class>/<image>`: class names are the sub-folder names, sorted (torchvision's ImageFolder rule).
+class FileSource(ImageSource):
+    """Image files with their labels, decoded lazily from disk (`images.open_image`)."""
 
-    `classes` may be imposed (an explicit val/test folder must use the training folder's class order).
-    """
-
-    def __init__(self, root: str | Path, classes: list[str] | None = None):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise TransferlabError(f"{self.root}: no such dataset folder; give a folder laid out as "
-                                   "root/<class>/<image>")
-        found = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not found:
-            raise TransferlabError(f"{self.root}: no class folders inside; lay images out as "
-                                   "root/<class>/<image>")
-        if classes is not None:
-            unknown = sorted(set(found) - set(classes))
-            if unknown:
-                raise TransferlabError(f"{self.root}: class folder '{unknown[0]}' is not a training class; "
-                                       f"use the training classes ({', '.join(classes)})")
-        self.classes = list(classes) if classes is not None else found
-        self.name = self.root.name
-        paths, labels = [], []
-        for label, cls in enumerate(self.classes):
-            folder = self.root / cls
-            if not folder.is_dir():
-                continue  # a val/test folder may lack a class
-            files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not files:
-                raise TransferlabError(f"{folder}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                                       "add images or remove the folder")
-            paths += files
-            labels += [label] * len(files)
-        self.paths = paths
-        self.labels = np.asarray(labels, dtype=np.int64)
+    def __init__(self, name: str, root: Path, paths: list[Path], labels: np.ndarray, classes: list[str], *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, notes: list[str] | None = None):
+        self.name, self.root, self.paths, self.classes = name, Path(root), list(paths), list(classes)
+        self.labels = labels.astype(np.uint8) if labels.ndim == 2 else labels.astype(np.int64)
+        self.max_pixels, self.notes = max_pixels, list(notes or [])
 
     def load(self, index: int) -> Image.Image:
-        path = self.paths[index]
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise UnreadableImage(str(path), str(exc) or type(exc).__name__) from None
+        return open_image(self.paths[index], self.max_pixels)
 
     def describe(self, index: int) -> str:
         return str(self.paths[index])
+
+    def subset(self, name: str, indices: np.ndarray) -> FileSource:
+        return FileSource(name, self.root, [self.paths[i] for i in indices], self.labels[indices], self.classes,
+                          max_pixels=self.max_pixels)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -126,8 +91,50 @@ class FolderSource(ImageSource):
         digest = hashlib.sha256("\n".join(self.classes).encode())
         for path, label in zip(self.paths, self.labels, strict=True):
             stat = path.stat()
-            digest.update(f"{path.relative_to(self.root)}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
+            where = path.relative_to(self.root) if path.is_relative_to(self.root) else path
+            digest.update(f"{where}|{stat.st_size}|{stat.st_mtime_ns}|{np.asarray(label).tobytes().hex()}\n"
+                          .encode())
         return digest.hexdigest()[:20]
+
+
+class FolderSource(FileSource):
+    """`root/<class>/<image>` (images may sit in nested sub-folders of their class folder): class names are
+    the sub-folder names, sorted (torchvision's ImageFolder rule).
+
+    `classes` may be imposed (an explicit val/test folder must use the training folder's class order). An
+    empty class folder is an error, or with `skip_empty` a note (the class keeps its column, no images).
+    """
+
+    def __init__(self, root: str | Path, classes: list[str] | None = None, *, skip_empty: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        root = Path(root)
+        if not root.is_dir():
+            raise TransferlabError(f"{root}: no such dataset folder; give a folder laid out as "
+                                   "root/<class>/<image>")
+        found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not found:
+            raise TransferlabError(f"{root}: no class folders inside; lay images out as root/<class>/<image>")
+        if classes is not None:
+            unknown = sorted(set(found) - set(classes))
+            if unknown:
+                raise TransferlabError(f"{root}: class folder '{unknown[0]}' is not a training class; "
+                                       f"use the training classes ({', '.join(classes)})")
+        classes = list(classes) if classes is not None else found
+        paths, labels, notes = [], [], []
+        for label, cls in enumerate(classes):
+            folder = root / cls
+            if not folder.is_dir():
+                continue  # a val/test folder may lack a class
+            files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                if not skip_empty:
+                    raise TransferlabError(f"{folder}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                                           "add images, remove the folder, or pass --skip-bad")
+                notes.append(f"{folder}: empty class folder (no images)")
+            paths += files
+            labels += [label] * len(files)
+        super().__init__(root.name, root, paths, np.asarray(labels, dtype=np.int64), classes, max_pixels=max_pixels,
+                         notes=notes)
 
 
 class ArraySource(ImageSource):
@@ -136,8 +143,8 @@ class ArraySource(ImageSource):
     def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, classes: list[str]):
         if images.dtype != np.uint8 or images.ndim not in (3, 4):
             raise ValueError("ArraySource wants uint8 images shaped N×H×W or N×H×W×3")
-        self.name, self.images, self.classes = name, images, list(classes)
-        self.labels = np.asarray(labels, dtype=np.int64)
+        self.name, self.images, self.classes, self.notes = name, images, list(classes), []
+        self.labels = np.asarray(labels, dtype=np.uint8 if np.ndim(labels) == 2 else np.int64)
 
     def load(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index]).convert("RGB")
@@ -162,79 +169,34 @@ class Pools:
     test: ImageSource | None = None
 
 
-# ---------------------------------------------------------------- builtin datasets
-
-FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)  # Debian's dataset-fashion-mnist
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                         "Bag", "Ankle boot"]
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    # The IDX format is four lines of numpy; torchvision's reader would insist on its own folder layout and
-    # on downloading, which Debian's gzipped copy does not need.
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_fashion_mnist() -> Pools:
-    for folder in FASHION_MNIST_DIRS:
-        files = {k: folder / f"{k}-ubyte.gz" for k in
-                 ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
-        if all(f.is_file() for f in files.values()):
-            arrays = {k: _read_idx(f) for k, f in files.items()}
-            return Pools(
-                train=ArraySource("fashion-mnist/train", arrays["train-images-idx3"],
-                                  arrays["train-labels-idx1"], FASHION_MNIST_CLASSES),
-                test=ArraySource("fashion-mnist/test", arrays["t10k-images-idx3"],
-                                 arrays["t10k-labels-idx1"], FASHION_MNIST_CLASSES))
-    return _torchvision_fashion_mnist()
-
-
-def _torchvision_fashion_mnist() -> Pools:
-    from torchvision.datasets import FashionMNIST
-
-    root = cache_root() / "torchvision"
-    try:
-        train = FashionMNIST(root, train=True, download=True)
-        test = FashionMNIST(root, train=False, download=True)
-    except Exception:  # noqa: BLE001 - any download failure gets the same advice
-        raise TransferlabError(
-            "fashion-mnist: not found in /usr/share/datasets/fashion-mnist and the download failed; "
-            "install it with `apt-get install dataset-fashion-mnist` or go online") from None
-    return Pools(
-        train=ArraySource("fashion-mnist/train", train.data.numpy(), train.targets.numpy(), train.classes),
-        test=ArraySource("fashion-mnist/test", test.data.numpy(), test.targets.numpy(), test.classes))
-
-
-def load_digits() -> Pools:
-    from sklearn.datasets import load_digits as sk_digits
-
-    digits = sk_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 8×8, values 0..16
-    return Pools(train=ArraySource("digits", images, digits.target, [str(c) for c in digits.target_names]))
-
-
-BUILTINS: dict[str, Callable[[], Pools]] = {
-    "fashion-mnist": load_fashion_mnist,
-    "digits": load_digits,
-}
-
-
 def open_pools(spec: DataSpec) -> Pools:
-    """The pools of `spec.source`: a builtin name or an image-folder root (plus optional val/test folders)."""
+    """The pools of `spec.source`: a builtin name, an image-folder root or a manifest (plus optional
+    val / test folders or manifests, or split files listing each split's images)."""
+    from .builtins import BUILTINS
+    from .manifests import pools_from_split_files, read_manifest
+
     if spec.source in BUILTINS:
-        if spec.val or spec.test:
+        if spec.val or spec.test or spec.splits:
             raise TransferlabError(f"data.source '{spec.source}' is a builtin dataset with its own splits; "
-                                   "drop data.val / data.test")
+                                   "drop data.val / data.test / data.splits")
         return BUILTINS[spec.source]()
     path = Path(spec.source)
     if not path.exists():
-        raise TransferlabError(f"{spec.source}: no such dataset folder and not a builtin dataset "
+        raise TransferlabError(f"{spec.source}: no such dataset folder or manifest, and not a builtin dataset "
                                f"({', '.join(BUILTINS)}); check the path")
-    train = FolderSource(path)
-    val = FolderSource(spec.val, classes=train.classes) if spec.val else None
-    test = FolderSource(spec.test, classes=train.classes) if spec.test else None
+    if spec.splits:
+        return pools_from_split_files(spec)
+
+    def open_one(where: str, classes: list[str] | None) -> FileSource:
+        if Path(where).suffix.lower() in MANIFEST_EXTENSIONS:
+            return read_manifest(Path(where), spec, classes)
+        return FolderSource(where, classes, skip_empty=spec.skip_bad, max_pixels=spec.max_pixels)
+
+    train = open_one(spec.source, spec.classes)
+    val = open_one(spec.val, train.classes) if spec.val else None
+    test = open_one(spec.test, train.classes) if spec.test else None
+    for pool in (val, test):
+        if pool is not None and pool.multi_label != train.multi_label:
+            raise TransferlabError(f"{pool.root}: {'multi' if pool.multi_label else 'single'}-label, but the "
+                                   "training data are not; give every split the same kind of labels")
     return Pools(train=train, val=val, test=test)

@@ -3,6 +3,11 @@
 The honest protocol: test is fixed across run seeds (official test set, or carved with `split_seed`), so
 every seed and every paradigm is scored on the same images; validation and the few-shot training subset
 are drawn with the run's seed, so the mean ± std over seeds covers the sampling of the training data.
+With `folds: k` the folds are cut once (by `split_seed`) and the run seed picks the validation fold.
+
+Single-label data are stratified by scikit-learn; multi-label data (a 0/1 label matrix) by iterative
+stratification (Sechidis et al. 2011, the `iterative-stratification` package), which keeps every label's
+frequency in each split as far as possible.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..config import DataSpec
 from ..errors import TransferlabError
@@ -38,6 +44,10 @@ def make_splits(pools: Pools, spec: DataSpec, seed: int) -> dict[str, Split]:
     """train / val / test splits of `pools` following `spec`; the same inputs give the same indices."""
     train_pool = np.arange(len(pools.train))
     labels = pools.train.labels
+    test_size, val_size = spec.test_size, spec.val_size
+    if spec.ratios is not None:
+        train_share, val_share, test_share = (r / sum(spec.ratios) for r in spec.ratios)
+        test_size, val_size = test_share, val_share / (train_share + val_share)
 
     if pools.test is not None:
         test_idx = np.arange(len(pools.test))
@@ -45,21 +55,28 @@ def make_splits(pools: Pools, spec: DataSpec, seed: int) -> dict[str, Split]:
             test_idx = _stratified_take(test_idx, pools.test.labels, spec.test_size, spec.split_seed, "data.test_size")
         test = Split(pools.test, test_idx)
     else:
-        fraction = spec.test_size if spec.test_size is not None else DEFAULT_TEST_FRACTION
+        fraction = test_size if test_size is not None else DEFAULT_TEST_FRACTION
         test_idx = _stratified_take(train_pool, labels, fraction, spec.split_seed, "data.test_size")
         train_pool = np.setdiff1d(train_pool, test_idx)
         test = Split(pools.train, test_idx)
 
     if pools.val is not None:
         val = Split(pools.val, np.arange(len(pools.val)))
+    elif spec.folds is not None:
+        val_idx = _fold(train_pool, labels, spec.folds, seed % spec.folds, spec.split_seed)
+        train_pool = np.setdiff1d(train_pool, val_idx)
+        val = Split(pools.train, val_idx)
     else:
-        val_idx = _stratified_take(train_pool, labels, spec.val_size, seed, "data.val_size")
+        val_idx = _stratified_take(train_pool, labels, val_size, seed, "data.val_size")
         train_pool = np.setdiff1d(train_pool, val_idx)
         val = Split(pools.train, val_idx)
 
     if spec.train_size is not None:
         train_pool = _stratified_take(train_pool, labels, spec.train_size, seed, "data.train_size")
     if spec.limit_per_class is not None:
+        if labels.ndim == 2:
+            raise TransferlabError("data.limit_per_class: not defined for multi-label data (an image has several "
+                                   "classes); use data.train_size")
         train_pool = _limit_per_class(train_pool, labels, spec.limit_per_class, seed)
     splits = {"train": Split(pools.train, np.sort(train_pool)), "val": val, "test": test}
     for name, split in splits.items():
@@ -70,19 +87,38 @@ def make_splits(pools: Pools, spec: DataSpec, seed: int) -> dict[str, Split]:
 
 
 def _stratified_take(pool: np.ndarray, labels: np.ndarray, size: int | float, seed: int, field: str) -> np.ndarray:
-    """`size` indices of `pool` (a count, or a fraction when < 1), with class proportions kept."""
+    """`size` indices of `pool` (a count, or a fraction when < 1), with class (or label) proportions kept."""
     if isinstance(size, float) and size >= 1:
         size = int(size)
     if isinstance(size, int) and size >= len(pool):
         if size == len(pool):
             return np.sort(pool)
         raise TransferlabError(f"{field}={size} but only {len(pool)} images are left to draw from; lower it")
+    if labels.ndim == 2:
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=size, test_size=None, random_state=seed)
+        taken, _ = next(splitter.split(pool, labels[pool]))
+        return np.sort(pool[taken])
     try:
         taken, _ = train_test_split(pool, train_size=size, stratify=labels[pool], random_state=seed)
     except ValueError as exc:  # too few images of some class to stratify
         raise TransferlabError(f"{field}={size}: cannot draw a stratified subset ({exc}); "
                                "change the size or add images") from None
     return np.sort(taken)
+
+
+def _fold(pool: np.ndarray, labels: np.ndarray, k: int, fold: int, split_seed: int) -> np.ndarray:
+    """Fold `fold` of a stratified k-fold partition of `pool` (the partition depends on split_seed only)."""
+    if labels.ndim == 2:
+        folds = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=split_seed)
+    else:
+        counts = np.bincount(labels[pool])
+        smallest = int(counts[counts > 0].min())
+        if smallest < k:
+            raise TransferlabError(f"data.folds={k}: a class has only {smallest} images left for training and "
+                                   "validation; lower folds or add images")
+        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=split_seed)
+    _, held_out = list(folds.split(pool, labels[pool]))[fold]
+    return np.sort(pool[held_out])
 
 
 def _limit_per_class(pool: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
@@ -94,3 +130,8 @@ def _limit_per_class(pool: np.ndarray, labels: np.ndarray, limit: int, seed: int
 
 def split_sizes(splits: dict[str, Split]) -> dict[str, int]:
     return {name: len(split) for name, split in splits.items()}
+
+
+def split_indices(splits: dict[str, Split]) -> dict[str, dict]:
+    """Which images each split holds, for the run record (a run can be reproduced from it)."""
+    return {name: {"source": split.source.name, "indices": split.indices.tolist()} for name, split in splits.items()}

@@ -1,0 +1,160 @@
+"""Builtin datasets by name: Fashion-MNIST (Debian's files first) and scikit-learn's digits offline;
+torchvision's flowers102, caltech101, oxford-iiit-pet, dtd, cifar10 and cifar100, downloaded once into
+the cache when online, and one clear line when not.
+
+Adding one = a function returning `Pools` plus a line in `BUILTINS`.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TransferlabError
+from ..paths import cache_root
+from .sources import ArraySource, FileSource, Pools
+
+FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)  # Debian's dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    # The IDX format is four lines of numpy; torchvision's reader would insist on its own folder layout and
+    # on downloading, which Debian's gzipped copy does not need.
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_fashion_mnist() -> Pools:
+    for folder in FASHION_MNIST_DIRS:
+        files = {k: folder / f"{k}-ubyte.gz" for k in
+                 ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
+        if all(f.is_file() for f in files.values()):
+            arrays = {k: _read_idx(f) for k, f in files.items()}
+            return Pools(
+                train=ArraySource("fashion-mnist/train", arrays["train-images-idx3"],
+                                  arrays["train-labels-idx1"], FASHION_MNIST_CLASSES),
+                test=ArraySource("fashion-mnist/test", arrays["t10k-images-idx3"],
+                                 arrays["t10k-labels-idx1"], FASHION_MNIST_CLASSES))
+    return _torchvision_fashion_mnist()
+
+
+def _torchvision_fashion_mnist() -> Pools:
+    from torchvision.datasets import FashionMNIST
+
+    root = cache_root() / "torchvision"
+    try:
+        train = FashionMNIST(root, train=True, download=True)
+        test = FashionMNIST(root, train=False, download=True)
+    except Exception:  # noqa: BLE001 - any download failure gets the same advice
+        raise TransferlabError(
+            "fashion-mnist: not found in /usr/share/datasets/fashion-mnist and the download failed; "
+            "install it with `apt-get install dataset-fashion-mnist` or go online") from None
+    return Pools(
+        train=ArraySource("fashion-mnist/train", train.data.numpy(), train.targets.numpy(), train.classes),
+        test=ArraySource("fashion-mnist/test", test.data.numpy(), test.targets.numpy(), test.classes))
+
+
+def load_digits() -> Pools:
+    from sklearn.datasets import load_digits as sk_digits
+
+    digits = sk_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 8×8, values 0..16
+    return Pools(train=ArraySource("digits", images, digits.target, [str(c) for c in digits.target_names]))
+
+
+# ---------------------------------------------------------------- torchvision's datasets (downloaded once)
+
+
+def _torchvision(name: str, make):
+    """Build the torchvision dataset objects with download (a no-op once the files are there)."""
+    root = cache_root() / "torchvision"
+    try:
+        return make(root)
+    except Exception:  # noqa: BLE001 - offline, a moved server or a half download all get the same advice
+        raise TransferlabError(
+            f"{name}: not in {root} and the download failed; go online once (torchvision downloads it "
+            f"there), or put the dataset's files in {root} yourself") from None
+
+
+def _files(name: str, dataset, files, labels, classes) -> FileSource:
+    return FileSource(name, Path(dataset.root), [Path(f) for f in files], np.asarray(labels), classes)
+
+
+def load_flowers102() -> Pools:
+    from torchvision.datasets import Flowers102
+
+    def split(ds):
+        classes = getattr(ds, "classes", None) or [str(c) for c in range(102)]
+        return _files(f"flowers102/{ds._split}", ds, ds._image_files, ds._labels, classes)
+
+    sets = _torchvision("flowers102", lambda root: [Flowers102(root, s, download=True)
+                                                    for s in ("train", "val", "test")])
+    return Pools(*map(split, sets))
+
+
+def load_dtd() -> Pools:
+    from torchvision.datasets import DTD
+
+    sets = _torchvision("dtd", lambda root: [DTD(root, s, download=True) for s in ("train", "val", "test")])
+    return Pools(*[_files(f"dtd/{s}", ds, ds._image_files, ds._labels, ds.classes)
+                   for s, ds in zip(("train", "val", "test"), sets, strict=True)])
+
+
+def load_oxford_pet() -> Pools:
+    from torchvision.datasets import OxfordIIITPet
+
+    sets = _torchvision("oxford-iiit-pet", lambda root: [OxfordIIITPet(root, s, download=True)
+                                                         for s in ("trainval", "test")])
+    train, test = (_files(f"oxford-iiit-pet/{s}", ds, ds._images, ds._labels, ds.classes)
+                   for s, ds in zip(("trainval", "test"), sets, strict=True))
+    return Pools(train=train, test=test)
+
+
+def load_caltech101() -> Pools:
+    """One pool (Caltech-101 has no official split): test and validation are carved, stratified."""
+    from torchvision.datasets import Caltech101
+
+    ds = _torchvision("caltech101", lambda root: Caltech101(root, download=True))
+    folder = Path(ds.root) / "101_ObjectCategories"
+    files = [folder / ds.categories[y] / f"image_{i:04d}.jpg" for y, i in zip(ds.y, ds.index, strict=True)]
+    return Pools(train=_files("caltech101", ds, files, ds.y, list(ds.categories)))
+
+
+def _cifar(name: str, cls) -> Pools:
+    train, test = _torchvision(name, lambda root: [cls(root, train=t, download=True) for t in (True, False)])
+    return Pools(train=ArraySource(f"{name}/train", train.data, np.asarray(train.targets), train.classes),
+                 test=ArraySource(f"{name}/test", test.data, np.asarray(test.targets), test.classes))
+
+
+def load_cifar10() -> Pools:
+    from torchvision.datasets import CIFAR10
+
+    return _cifar("cifar10", CIFAR10)
+
+
+def load_cifar100() -> Pools:
+    from torchvision.datasets import CIFAR100
+
+    return _cifar("cifar100", CIFAR100)
+
+
+BUILTINS: dict[str, Callable[[], Pools]] = {
+    "fashion-mnist": load_fashion_mnist,
+    "digits": load_digits,
+    "flowers102": load_flowers102,
+    "caltech101": load_caltech101,
+    "oxford-iiit-pet": load_oxford_pet,
+    "dtd": load_dtd,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+}
+
+
