@@ -35,6 +35,17 @@ def test_run_on_a_folder_prints_metrics_and_writes_the_record(image_folder, tmp_
     assert record["spec"]["paradigm"]["params"] == {"k": 3} and record["metrics"]["accuracy"] > 0.8
 
 
+def test_data_options_reach_the_split_and_the_record(tmp_path):
+    for seed in (0, 2):
+        result = transferlab("run", "--data", "digits", "--paradigm", "pixels", "-d", "folds=3", "--seed", seed,
+                             "--out", tmp_path)
+        assert result.returncode == 0, result.stderr
+    records = {r["seed"]: r for r in (json.loads(f.read_text()) for f in (tmp_path / "runs").glob("*.json"))}
+    assert {s: r["fold"] for s, r in records.items()} == {0: 0, 2: 2}
+    assert records[0]["split_indices"]["test"] == records[2]["split_indices"]["test"]
+    assert not set(records[0]["split_indices"]["val"]["indices"]) & set(records[2]["split_indices"]["val"]["indices"])
+
+
 @pytest.mark.parametrize("args, names", [
     (["run", "--data", "/no/such/folder", "--paradigm", "pixels"], "/no/such/folder"),
     (["run", "--data", "digits", "--backbone", "resnet_fifty", "--paradigm", "knn"], "resnet_fifty"),

@@ -1,13 +1,17 @@
-"""The Python API: the CLI's commands as functions (`transferlab.run`, `transferlab.study`, `transferlab.report`)."""
+"""The Python API: the CLI's commands as functions (`transferlab.run`, `transferlab.study`, `transferlab.report`,
+`transferlab.api.inspect`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import RunSpec, StudySpec, validated
+from .config import DataSpec, RunSpec, StudySpec, validated
 
 DEFAULT_RUN_DIR = Path("runs") / "single"
+DEFAULT_INSPECT_DIR = Path("inspect")
+NEAR_DUPLICATE_BITS = 16  # of a 256-bit perceptual hash; why 256 and not 64: transferlab/data/inspect.py
 
 
 def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None,
@@ -45,3 +49,27 @@ def report(study_dir: str | Path) -> Path:
     from .report import build_report
 
     return build_report(study_dir)
+
+
+def inspect(data: str | dict[str, Any], *, val: str | None = None, test: str | None = None, seed: int = 0,
+            out: str | Path | None = None, limit: int | None = None, augment: str | Sequence[str] = "light",
+            threshold: int = NEAR_DUPLICATE_BITS) -> dict[str, Any]:
+    """Look at a dataset before training on it; returns the summary written to `out/inspect.json` (beside
+    `out/inspect.html`, default out: `inspect/<dataset name>`).
+
+    Splits are cut as `run` cuts them for `seed`. Per split: images per class, sizes, modes, unreadable
+    files (listed, never fatal); across splits: near-duplicate pairs (perceptual hash within `threshold`
+    bits). `limit` analyses a seeded sample of that many images per split; `augment`: the preset(s) (or
+    YAML files of transforms) previewed on the page.
+
+    >>> transferlab.api.inspect("flowers/", test="flowers-test/")["duplicates"]["total"]   # doctest: +SKIP
+    """
+    from .data.inspect import inspect_data
+
+    fields = {"source": data} if isinstance(data, str) else dict(data)
+    fields.update({k: v for k, v in {"val": val, "test": test}.items() if v is not None})
+    # skip_bad: inspect lists unreadable images instead of stopping, and must also see empty class folders.
+    spec = validated(DataSpec, {**fields, "skip_bad": True}, "transferlab.inspect")
+    presets = (augment,) if isinstance(augment, str) else tuple(augment)
+    return inspect_data(spec, out if out is not None else DEFAULT_INSPECT_DIR / spec.label, seed=seed, limit=limit,
+                        augment=presets, threshold=threshold)

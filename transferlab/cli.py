@@ -9,7 +9,7 @@ from typing import Any
 import typer
 import yaml
 
-from .api import DEFAULT_RUN_DIR
+from .api import DEFAULT_RUN_DIR, NEAR_DUPLICATE_BITS
 from .errors import TransferlabError
 
 app = typer.Typer(help="Find the pretrained backbone and adaptation paradigm that work best on your images.",
@@ -39,6 +39,9 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
                                      "simple-cnn"),
         param: list[str] = typer.Option([], "--param", "-p", help="paradigm hyper-parameter KEY=VALUE (YAML)"),
         train_size: int | None = typer.Option(None, help="few-shot: training images (stratified)"),
+        data_option: list[str] = typer.Option([], "--data-option", "-d",
+                                              help="any data field KEY=VALUE (YAML), e.g. -d folds=5 -d 'ratios=[50, "
+                                              "20, 30]' -d multi_label=true"),
         seed: int = typer.Option(0, help="seed for the val/train draw and the paradigm"),
         engine: str = typer.Option("auto", help="frozen-pass engine: auto | onnx | torch"),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
@@ -52,7 +55,7 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
     from .runner import headline
 
     data_spec: dict[str, Any] = {"source": data, "test": test, "val": val, "train_size": train_size,
-                                 "skip_bad": skip_bad}
+                                 "skip_bad": skip_bad or None, **_parse_params(data_option, "--data-option")}
     backbone_spec = {"name": backbone, "weights": weights, "image_size": image_size} if backbone else None
     paradigm_spec = {"name": paradigm, **_parse_params(param)}
     record = run_one({k: v for k, v in data_spec.items() if v is not None}, backbone_spec, paradigm_spec,
@@ -70,16 +73,44 @@ def report(study_dir: Path = typer.Argument(..., help="a study's output folder (
     print(build(study_dir))
 
 
-def _parse_params(pairs: list[str]) -> dict[str, Any]:
+@app.command()
+def inspect(data: str = typer.Argument(..., help="image folder (root/<class>/<image>) or builtin: fashion-mnist, "
+                                       "digits"),
+            val: str | None = typer.Option(None, help="explicit validation folder (else carved from training)"),
+            test: str | None = typer.Option(None, help="explicit test folder (else carved from DATA)"),
+            seed: int = typer.Option(0, help="seed of the val draw (as in `run`) and of the samples shown"),
+            out: Path | None = typer.Option(None, help="output folder [default: inspect/<dataset name>]"),
+            limit: int | None = typer.Option(None, help="analyse at most this many images per split (seeded sample)"),
+            augment: list[str] = typer.Option(["light"], help="augmentation preset (or YAML file of transforms) "
+                                              "to preview; repeat for several"),
+            threshold: int = typer.Option(NEAR_DUPLICATE_BITS, help="near-duplicates: at most this many of 256 "
+                                          "perceptual-hash bits apart")):
+    """Look at a dataset: counts per class and split, sizes, modes, samples, augmentations, unreadable files,
+    and near-duplicates across splits; write inspect.html and inspect.json."""
+    from .api import inspect as inspect_data
+    from .progress import results
+
+    summary = inspect_data(data, val=val, test=test, seed=seed, out=out, limit=limit, augment=augment,
+                           threshold=threshold)
+    for name, split in summary["splits"].items():
+        results.print(f"{name}: {split['images']} images, {split['analysed']} analysed, "
+                      f"{split['unreadable']} unreadable")
+    for finding in summary["findings"]:
+        results.print(f"- {finding}")
+    results.print(f"page: {summary['files']['html']}\nsummary: {summary['files']['json']}")
+
+
+def _parse_params(pairs: list[str], option: str = "--param") -> dict[str, Any]:
     params = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise TransferlabError(f"--param {pair}: write KEY=VALUE, e.g. --param k=10 or --param 'C=[0.1, 1]'")
+            raise TransferlabError(f"{option} {pair}: write KEY=VALUE, e.g. {option} k=10 or {option} 'C=[0.1, 1]'")
         try:
             params[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise TransferlabError(f"--param {pair}: the value is not valid YAML; e.g. --param 'C=[0.1, 1]'") from None
+            raise TransferlabError(f"{option} {pair}: the value is not valid YAML; e.g. {option} 'C=[0.1, 1]'") \
+                from None
     return params
 
 

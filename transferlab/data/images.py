@@ -23,7 +23,7 @@ class UnreadableImage(Exception):
 
     def __init__(self, where: str, reason: str):
         super().__init__(f"{where}: cannot read image ({reason})")
-        self.where = where
+        self.where, self.reason = where, reason
 
 
 def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -47,11 +47,11 @@ def build_report(study_dir: str | Path) -> Path:
         title=records[0].get("study") or study_dir.name,
         metrics=HEADLINE,
         rows=[{**r, "cells": [format_mean_std(r, m) for m in HEADLINE]} for r in rows],
-        bars={d: _data_uri(plots.accuracy_bars(rows, d)) for d in datasets},
+        bars={d: data_uri(plots.accuracy_bars(rows, d)) for d in datasets},
         best=best,
-        confusion=_data_uri(plots.confusion(best["metrics"]["confusion_matrix"], best["classes"],
+        confusion=data_uri(plots.confusion(best["metrics"]["confusion_matrix"], best["classes"],
                                             f"{best['run_id']} (test)")),
-        curves=_data_uri(plots.learning_curves(trained)) if (trained := [r for r in records if r.get("history")])
+        curves=data_uri(plots.learning_curves(trained)) if (trained := [r for r in records if r.get("history")])
         else None,
         records=records,
         versions=records[0]["versions"],
@@ -61,5 +61,5 @@ def build_report(study_dir: str | Path) -> Path:
     return path
 
 
-def _data_uri(png: bytes) -> str:
+def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
