@@ -106,6 +106,16 @@ def test_overrides_change_only_the_cells_they_select(image_folder):
     assert all(c.paradigm.params == {"C": [0.1, 1.0]} for c in cells if c.paradigm.name == "linear")
 
 
+def test_structured_params_get_short_distinct_row_labels():
+    from transferlab.config import ParadigmSpec
+
+    rotate = [{"name": "RandomRotation", "degrees": 10}]
+    a = ParadigmSpec(name="finetune", params={"augment": rotate, "milestones": [0.5]}).row_label
+    b = ParadigmSpec(name="finetune", params={"augment": [{"name": "RandomRotation", "degrees": 20}]}).row_label
+    assert a.startswith("finetune(augment=#") and a.endswith(",milestones=[0.5])") and len(a) < 45
+    assert b.split(")")[0] != a.split(",")[0]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"seedz": [1]}, "unknown key 'seedz' \\(did you mean 'seeds'\\?\\); allowed: name, datasets"),
     ({"backbones": ["tf_efficientnet_lite_0"]}, "backbones.0.name: .*unknown timm model.*did you mean"),

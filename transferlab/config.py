@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
+import json
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,8 +180,16 @@ class ParadigmSpec(Spec):
             return self.label
         if not self.params:
             return self.name
-        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(self.params.items()))
         return f"{self.name}({inner})"
+
+
+def _short(value: Any) -> str:
+    """A parameter value for a row label: as written, unless it is a structure (a custom augmentation list),
+    which becomes a short content hash so labels and run ids stay readable."""
+    if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict | list) for v in value)):
+        return "#" + hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
+    return str(value)
 
 
 Engine = Literal["auto", "torch", "onnx"]

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import TransferlabError
 from ..progress import progress_bar
+from .cache import DecodedCache
 from .sources import ImageSource, UnreadableImage
 
 Decoded = tuple[torch.Tensor | None, list[int], dict[int, str]]  # batch of the good images, their indices, bad ones
@@ -51,19 +52,50 @@ def bad_image_error(bad: dict[int, str]) -> TransferlabError:
 
 
 def decode_images(source: ImageSource, indices: np.ndarray, transform, *, batch_size: int = 64,
-                  skip_bad: bool = False, label: str = "decode") -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
-    """All images of `indices` as one uint8 tensor (for training on small datasets), with the indices kept."""
-    tensors, kept, bad = [], [], {}
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-    with progress_bar(label, total=len(indices), unit="img") as advance:
-        for batch, good, batch_bad in prefetched(batches, partial(decode_batch, source, transform=transform)):
+                  skip_bad: bool = False, label: str = "decode",
+                  cache: bool = True) -> tuple[torch.Tensor, np.ndarray, dict[int, str]]:
+    """All images of `indices` as one uint8 tensor (for training), with the indices kept and the unreadable ones.
+
+    Through the decoded-image cache (`cache.py`) unless `cache=False` or the view cannot be cached: only images
+    never decoded at this view before are decoded, and only they show a progress bar.
+    """
+    store = DecodedCache.open(source, transform) if cache else None
+    wanted = list(dict.fromkeys(map(int, indices)))  # each image once, in request order
+    images = store.lookup(np.asarray(wanted, dtype=np.int64)) if store is not None else {}
+    known_bad = store.bad if store is not None else {}
+    bad = {i: known_bad[i] for i in wanted if i in known_bad}
+    if bad and not skip_bad:
+        raise bad_image_error(bad)
+    missing = np.asarray([i for i in wanted if i not in images and i not in bad], dtype=np.int64)
+    try:
+        for batch, good, batch_bad in _decoded_batches(source, missing, transform, batch_size, label):
+            if store is not None:
+                store.remember_bad(batch_bad)  # before raising: a rerun with skip_bad then decodes nothing
             if batch_bad and not skip_bad:
                 raise bad_image_error(batch_bad)
             bad.update(batch_bad)
             if batch is not None:
-                tensors.append(batch)
-                kept += good
-            advance(len(good) + len(batch_bad))
-    if not tensors:
+                pixels = batch.numpy()
+                if store is not None:
+                    store.put(good, pixels)
+                images.update(zip(good, pixels, strict=True))
+    finally:
+        if store is not None:
+            store.commit()  # also on an error: what was decoded before it is kept
+    kept = [i for i in map(int, indices) if i not in bad]
+    if not kept:
         raise TransferlabError(f"{source.name}: no readable image among {len(indices)}; check the files")
-    return torch.cat(tensors), np.asarray(kept, dtype=np.int64), bad
+    return torch.from_numpy(np.stack([images[i] for i in kept])), np.asarray(kept, dtype=np.int64), bad
+
+
+def _decoded_batches(source: ImageSource, indices: np.ndarray, transform, batch_size: int,
+                     label: str) -> Iterator[Decoded]:
+    """`decode_batch` over `indices` in the decoding thread, with a progress bar (none when there is nothing)."""
+    if not len(indices):
+        return
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    with progress_bar(label, total=len(indices), unit="img") as advance:
+        # One decoding thread, not one per core: a view that draws at random must draw in the same order each run.
+        for batch, good, bad in prefetched(batches, partial(decode_batch, source, transform=transform)):
+            yield batch, good, bad
+            advance(len(good) + len(bad))

@@ -89,6 +89,7 @@ class FileSource(ImageSource):
         # Path, size and mtime of every file (what make and rsync trust): re-reading every byte on each
         # run would cost as much as decoding, and any edit to a file changes its mtime.
         digest = hashlib.sha256("\n".join(self.classes).encode())
+        digest.update(f"max_pixels={self.max_pixels}".encode())  # what is refused as a bomb is remembered as bad
         for path, label in zip(self.paths, self.labels, strict=True):
             stat = path.stat()
             where = path.relative_to(self.root) if path.is_relative_to(self.root) else path

@@ -4,6 +4,7 @@ SGD with momentum 0.9, lr 0.003 × batch/512, linear warm-up then ×0.1 at the r
 zero-initialised head, MixUp from 20 000 examples, and the rule's resolution: images resized to the
 rule's size, a fresh random crop (+ flip) every step for training, the centre crop for evaluation; the
 crop is capped by `max_resolution`. Every decision goes into `selected_` and so into the run record.
+An `augment` the user writes runs after the rule's random crop, at the crop size, instead of its flip.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from pydantic import Field, model_validator
 from torchvision.transforms import v2
 
+from ..data.augment import make_augment
 from ..train.hyperrule import decide
 from ..train.params import TrainParams
 from .base import register
@@ -35,6 +37,9 @@ class BitParams(TrainParams):
         if chosen:
             raise ValueError(f"BiT-HyperRule decides {', '.join(chosen)} for bit; remove them (or use finetune "
                              "to choose them yourself)")
+        if self.augment_copies:  # copies would have to be cropped before the rule's per-step random crop
+            raise ValueError("bit crops every step by its rule, so it takes no augment_copies; use "
+                             "oversample_to or augment")
         return self
 
 
@@ -65,12 +70,18 @@ class Bit(TrainedParadigm):
             torch.nn.init.zeros_(tensor)  # BiT's zero-initialised head
         self.model_ = backbone.with_normalization(net)
         self.crop_ = rule["crop"]
-        augment = v2.Compose([v2.RandomCrop(self.crop_), v2.RandomHorizontalFlip()])
+        augment = v2.Compose([v2.RandomCrop(self.crop_), self._augment_at_crop()])
         self.record_history("", self.train_phase(self.model_, [(list(net.parameters()), p.lr)], X, y,
                                                  self._center(X_val), y_val, params=p, augment=augment))
         self.selected_["hyperrule"] = rule
         self.model_.eval()
         return self
+
+    def _augment_at_crop(self):
+        """The rule's flip, or the user's own augmentation if they wrote one."""
+        if "augment" not in self.params.model_fields_set:
+            return v2.RandomHorizontalFlip()
+        return make_augment(self.params.augment, self.crop_) or v2.Identity()
 
     def _center(self, X):
         return v2.functional.center_crop(X, [self.crop_, self.crop_])

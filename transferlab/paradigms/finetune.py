@@ -74,8 +74,8 @@ class Finetune(TrainedParadigm):
                          strict=True))
         phase = "finetune" if p.head_epochs else ""
         self.selected_["stage_lrs"] = [lr_ for _, lr_ in rates]  # input → output
-        # Exact only when the bottom sees the same input every epoch: no augmentation, no MixUp.
-        cacheable = p.augment == "none" and not p.mixup and p.cache_activations
+        # Exact only when the bottom sees the same input every epoch: no augmentation, MixUp, CutMix or copies.
+        cacheable = p.fixed_inputs and p.cache_activations
         split = split_at_first_trainable_block(net) if cacheable else None
         if split is None:
             result = self.train_phase(model, rates, X, y, X_val, y_val, phase=phase)

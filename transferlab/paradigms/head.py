@@ -3,7 +3,8 @@
 The frozen backbone runs without autograd through the same engine as feature extraction (ONNX Runtime
 on CPU), so an epoch costs one fast forward pass per image and a backward pass through the head alone.
 `views: K` instead encodes K augmented views of every training image once and trains the head on those
-features (offline augmentation): after that, epochs cost no backbone pass at all.
+features (offline augmentation): after that, epochs cost no backbone pass at all. With `oversample_to`,
+short classes are topped up first, and the views are made of the topped-up set.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from ..data.augment import augmented_copies, make_augment
 from ..engines import make_encoder, select_engine
 from ..models.heads import make_head
-from ..train.loop import augmenter
+from ..train.loop import Images, offline_training_set
 from ..train.params import Optimizer, TrainParams
 from .base import register
 from .trained import TrainedParadigm
@@ -31,9 +33,12 @@ class HeadParams(TrainParams):
     epochs: int = Field(15, gt=0)
 
     @model_validator(mode="after")
-    def _no_mixup(self):
-        if self.mixup:  # the frozen engine takes uint8 images; blended images are not that
-            raise ValueError("mixup is not available for head; use finetune, or views: K for augmentation")
+    def _no_mixing(self):
+        if self.mixup or self.cutmix:  # the frozen engine takes uint8 images; blended images are not that
+            raise ValueError("mixup and cutmix are not available for head; use finetune, or views: K for "
+                             "augmentation")
+        if self.views and self.augment_copies:
+            raise ValueError("views: K already encodes K augmented copies of every image; drop augment_copies")
         return self
 
 
@@ -75,8 +80,9 @@ class Head(TrainedParadigm):
         val_features = self._features(X_val)
         if p.views:
             X, y = self._augmented_views(X, y)
+            offline_done = {"augment": "none", "oversample_to": None}  # done above, on the images
             result = self.train_phase(head, [(list(head.parameters()), p.lr)], X, y, val_features, y_val,
-                                      params=p.model_copy(update={"augment": "none"}), penalty=penalty)
+                                      params=p.model_copy(update=offline_done), penalty=penalty)
         else:
             model = FrozenThenHead(self.encode_, head)
             result = self.train_phase(model, [(list(head.parameters()), p.lr)], X, y, val_features, y_val,
@@ -92,8 +98,10 @@ class Head(TrainedParadigm):
 
     def _augmented_views(self, X: torch.Tensor, y) -> tuple[torch.Tensor, np.ndarray]:
         """K augmented copies of every training image, encoded once (seeded: the same views every rerun)."""
-        torch.manual_seed(self.seed)
-        augment = augmenter(self.params.augment, X.shape[-1]) or (lambda image: image)
-        views = [self._features(torch.stack([augment(image) for image in X]), "train")
-                 for _ in range(self.params.views)]
-        return torch.cat(views), np.tile(np.asarray(y), self.params.views)
+        images, notes = offline_training_set(Images(X, torch.as_tensor(y)), self.params, self.seed, self.n_classes,
+                                             self.name)
+        self.selected_.update(notes)
+        augment = make_augment(self.params.augment, tuple(X.shape[-2:])) or (lambda image: image)
+        views = [self._features(view, "train")
+                 for view in augmented_copies(images.x, augment, self.params.views, self.seed)]
+        return torch.cat(views), np.tile(images.y.numpy(), self.params.views)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from sklearn.base import TransformerMixin
@@ -17,26 +17,31 @@ from ..config import Spec
 from .base import FloatChoice, SklearnParadigm, as_list, pick_best, register
 
 C_GRID = [0.001, 0.01, 0.1, 1.0, 10.0]
+ClassWeight = Literal["none", "balanced"]
 
 
 class LinearParams(Spec):
     C: FloatChoice = Field(default_factory=lambda: list(C_GRID),
                                    description="inverse L2 strength; a list is searched on validation")
     max_iter: int = Field(300, gt=0)
+    class_weight: ClassWeight = Field("none", description="balanced: loss weights n / (C·n_c) (scikit-learn's)")
 
 
 def logistic_path(X, y, X_val, y_val, Cs, max_iter: int, *, transformers: list[TransformerMixin],
-                  tag: dict[str, Any] | None = None) -> list[tuple[dict[str, Any], Any, float]]:
+                  tag: dict[str, Any] | None = None,
+                  class_weight: ClassWeight = "none") -> list[tuple[dict[str, Any], Any, float]]:
     """Candidates `(params, pipeline, val accuracy)`, one per C: `transformers` → logistic regression.
 
     The transformers are fitted once; the C path runs from strong to weak regularisation, each fit
     warm-started from the last (1.7× faster than independent fits on 1000 × 1280 features, measured).
+    `class_weight: balanced` is scikit-learn's (minority classes weigh more in the loss).
     """
     Z, Z_val = X, X_val
     for step in transformers:
         Z = step.fit_transform(Z)
         Z_val = step.transform(Z_val)
-    model = LogisticRegression(max_iter=max_iter, warm_start=True)
+    model = LogisticRegression(max_iter=max_iter, warm_start=True,
+                               class_weight=None if class_weight == "none" else class_weight)
     candidates = []
     for C in sorted(as_list(Cs)):
         with warnings.catch_warnings():
@@ -55,6 +60,6 @@ class Linear(SklearnParadigm):
 
     def fit(self, X, y, X_val, y_val):
         candidates = logistic_path(X, y, X_val, y_val, self.params.C, self.params.max_iter,
-                                   transformers=[StandardScaler()])
+                                   transformers=[StandardScaler()], class_weight=self.params.class_weight)
         self.selected_, self.model_ = pick_best(candidates)
         return self

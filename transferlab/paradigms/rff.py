@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..config import Spec
 from .base import FloatChoice, SklearnParadigm, as_list, pick_best, register
-from .linear import logistic_path
+from .linear import ClassWeight, logistic_path
 
 
 class RffParams(Spec):
@@ -22,6 +22,7 @@ class RffParams(Spec):
     C: FloatChoice = Field(default_factory=lambda: [0.1, 1.0, 10.0])
     n_components: int = Field(2048, gt=0, description="random Fourier features")
     max_iter: int = Field(300, gt=0)
+    class_weight: ClassWeight = Field("none", description="balanced: loss weights n / (C·n_c) (scikit-learn's)")
 
 
 @register
@@ -35,6 +36,7 @@ class Rff(SklearnParadigm):
             sampler = RBFSampler(gamma=scale / X.shape[1], n_components=self.params.n_components,
                                  random_state=self.seed)
             candidates += logistic_path(X, y, X_val, y_val, self.params.C, self.params.max_iter,
-                                        transformers=[StandardScaler(), sampler], tag={"gamma_scale": scale})
+                                        transformers=[StandardScaler(), sampler], tag={"gamma_scale": scale},
+                                        class_weight=self.params.class_weight)
         self.selected_, self.model_ = pick_best(candidates)
         return self

@@ -79,6 +79,7 @@ class TrainedParadigm(Paradigm):
         self.history_: list[dict[str, Any]] = getattr(self, "history_", [])
         self.history_ += [{"phase": phase, **epoch} for epoch in result.history]
         self.selected_[f"{phase}_best_epoch" if phase else "best_epoch"] = result.best_epoch
+        self.selected_.update(result.notes)  # what balancing did (images per class after oversampling, ...)
         if result.resumed_from:
             self.selected_["resumed_from_epoch"] = result.resumed_from
 

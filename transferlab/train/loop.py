@@ -1,7 +1,9 @@
 """The one training loop every weight-training paradigm uses.
 
-Data are uint8 image tensors decoded once (small datasets); each epoch shuffles with a generator seeded by
-(seed, epoch) and augments on the fly, so an epoch is reproducible on its own. At every epoch end the loop
+Data are uint8 image tensors decoded once (small datasets). Offline steps run once before the first epoch
+(oversampling short classes, augmented copies: seeded, so reruns and resumes get the same set); then each
+epoch draws its order from a generator seeded by (seed, epoch) — a plain shuffle or a balancing sampler —
+and augments on the fly, so an epoch is reproducible on its own. At every epoch end the loop
 writes a checkpoint (model: safetensors; optimizer, scheduler, RNG, history: a torch file loaded with
 weights_only=True), so `resume` continues exactly where a killed run left off: same seed, same numbers.
 """
@@ -15,12 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.utils.data import DistributedSampler
 from torchvision.transforms import v2
 
+from ..data.augment import augment_batch, augmented_copies, make_augment
+from ..data.balance import class_counts, epoch_length, oversample, sampled_order
 from ..distributed import is_main, rank, world_size
 from ..errors import TransferlabError
 from ..paths import atomic_write
@@ -46,13 +51,36 @@ class TrainResult:
     best_epoch: int = 0
     best_score: float | None = None
     resumed_from: int = 0  # epochs taken from a checkpoint
+    notes: dict[str, Any] = field(default_factory=dict)  # what balancing did that params do not show
 
 
-def augmenter(kind: str, size: int):
-    """Per-image augmentation on uint8 tensors (torchvision v2), drawn from torch's global RNG."""
-    if kind == "none":
-        return None
-    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+def offline_training_set(train: Images, p: TrainParams, seed: int, n_classes: int,
+                         label: str = "train") -> tuple[Images, dict[str, Any]]:
+    """The training set after the offline steps, and notes on what they did.
+
+    First `oversample_to` (augmented copies until every class has N images; the run's preset, or light if
+    none), then `augment_copies` (N augmented copies of every image). Both are seeded by the run seed
+    alone, so every rank and every rerun builds the same set.
+    """
+    if p.oversample_to is None and not p.augment_copies:
+        return train, {}
+    _require_images(train.x, "oversample_to and augment_copies need", label)
+    size = tuple(train.x.shape[-2:])
+    x, y, notes = train.x, train.y, {}
+    if p.oversample_to is not None:
+        x, y = oversample(x, y, p.oversample_to, make_augment(p.augment, size) or make_augment("light", size), seed)
+        notes["train_images_per_class"] = class_counts(y.numpy(), n_classes)
+    if p.augment_copies:
+        x = torch.cat([x, *augmented_copies(x, make_augment(p.augment, size), p.augment_copies, seed)])
+        y = y.repeat(p.augment_copies + 1)
+    notes["train_images"] = len(y)
+    return Images(x, y), notes
+
+
+def _require_images(x: torch.Tensor, what: str, label: str) -> None:
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise TransferlabError(f"{label}: {what} the images, but this phase trains on precomputed "
+                               "activations or features; for finetune set cache_activations: false")
 
 
 def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: TrainParams, *, n_classes: int,
@@ -62,15 +90,22 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
     """Train `model` (its trainable parameters, in `groups`) and leave it holding the best epoch's weights.
 
     `penalty()`, if given, is added to the training loss (e.g. an L1 term on a head's weights);
-    `augment`, if given, replaces the `p.augment` preset (per-image, uint8 in, uint8 out). `run_key` is
-    stored with every checkpoint; `resume` refuses a checkpoint written under another key.
+    `augment`, if given, replaces the `p.augment` preset online (per-image, uint8 in, uint8 out; offline
+    copies still use the preset). `run_key` is stored with every checkpoint; `resume` refuses a checkpoint
+    written under another key.
     """
     epochs = epochs or p.epochs
     torch.manual_seed(seed + rank())  # under torchrun each rank draws its own augmentations
+    train, notes = offline_training_set(train, p, seed, n_classes, label)
+    if p.cutmix:
+        _require_images(train.x, "cutmix needs", label)
     # channels_last: the fast convolution layout on GPU and on CPU alike (2× per training step, measured).
     model.to(device=device, memory_format=torch.channels_last)
     shards = world_size()
-    steps = math.ceil(math.ceil(len(train) / shards) / p.batch_size)
+    per_epoch = len(train) if p.sampler == "none" else epoch_length(train.y.numpy(), p.sampler)
+    if p.sampler != "none":
+        notes["images_per_epoch"] = per_epoch
+    steps = math.ceil(math.ceil(per_epoch / shards) / p.batch_size)
     optimizer = make_optimizer(groups, p)
     # Under torchrun the forward of training goes through DDP (gradients averaged across ranks); evaluation
     # uses the plain model, whose weights are the same on every rank.
@@ -79,13 +114,18 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
     schedule = make_schedule(optimizer, p, steps, epochs)
     loss_fn = make_loss(p, train.y.numpy(), n_classes, device)
     train_loss_fn = loss_fn if penalty is None else (lambda logits, y: loss_fn(logits, y) + penalty())
-    augment = augment or augmenter(p.augment, train.x.shape[-1])
+    # Offline copies replace online augmentation (augment_copies); otherwise the preset runs every epoch.
+    if p.augment_copies:
+        augment = None
+    elif augment is None and train.x.ndim == 4:
+        augment = make_augment(p.augment, tuple(train.x.shape[-2:]))
     result, best_state, stale = TrainResult(), None, 0
 
     finished = False
     if resume and checkpoints and (checkpoints / "last.pt").is_file():
         result, stale, finished = _restore(checkpoints, model, optimizer, schedule, run_key)
         best_state = _load_best(checkpoints, model)
+    result.notes = notes
 
     for epoch in range(result.resumed_from, 0 if finished else epochs):
         started = time.perf_counter()
@@ -115,22 +155,22 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
 
 def _train_epoch(model, optimizer, schedule, loss_fn, data: Images, p: TrainParams, augment, seed: int, epoch: int,
                  device: torch.device, label: str) -> tuple[float, float]:
-    order = epoch_order(len(data), seed, epoch)
+    order = epoch_order(len(data), seed, epoch, labels=data.y, sampler=p.sampler)
     set_train_mode(model)
     total_loss, correct, seen = 0.0, 0, 0
     autocast = device.type == "cuda" and p.amp
-    with progress_bar(label, total=len(data), unit="img") as bar:
+    with progress_bar(label, total=len(order), unit="img") as bar:
         for step, batch in enumerate(order.split(p.batch_size)):
             x = data.x[batch]
             if augment is not None:
-                x = torch.stack([augment(image) for image in x])
+                x = augment_batch(x, augment)
             x, y = _to_device(x, device), data.y[batch].to(device, non_blocking=True)
-            x, mix = _mixup(x, p.mixup)
+            x, mix = _mix(x, p.mixup, p.cutmix)
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     logits = model(x)
                     loss = loss_fn(logits.float(), y)
-                    if mix is not None:  # MixUp: the loss mixes like the images did
+                    if mix is not None:  # MixUp / CutMix: the loss mixes like the images did
                         lam, partner = mix
                         loss = lam * loss + (1 - lam) * loss_fn(logits.float(), y[partner])
                 if not _finite_everywhere(loss, device):
@@ -177,8 +217,14 @@ def _agreed(metrics: tuple[float, float], device: torch.device) -> tuple[float, 
     return float(values[0]), float(values[1])
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """This epoch's sample order (this rank's shard of it under torchrun), reproducible from (seed, epoch)."""
+def epoch_order(n: int, seed: int, epoch: int, *, labels=None, sampler: str = "none") -> torch.Tensor:
+    """This epoch's sample order (this rank's shard of it under torchrun), reproducible from (seed, epoch).
+
+    A balancing `sampler` (data/balance.py) needs the `labels`: it draws the whole epoch's order, and each
+    rank takes its equal-length shard of it.
+    """
+    if sampler != "none":
+        return _shard(sampled_order(np.asarray(labels), sampler, seed, epoch))
     if world_size() == 1:
         return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     sampler = DistributedSampler(range(n), num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed)
@@ -186,17 +232,34 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.tensor(list(sampler))
 
 
-def _mixup(x: torch.Tensor, alpha: float):
-    """MixUp (Zhang et al.): each image blended with a partner image by λ ~ Beta(α, α), from torch's RNG.
+def _shard(order: torch.Tensor) -> torch.Tensor:
+    """This rank's share of a full epoch order: DistributedSampler's equal-length shards (padded by
+    wrapping around), taken over positions in `order`."""
+    if world_size() == 1:
+        return order
+    positions = DistributedSampler(range(len(order)), num_replicas=world_size(), rank=rank(), shuffle=False)
+    return order[torch.tensor(list(positions))]
 
-    Written here rather than with timm's Mixup because that one needs soft-target losses; mixing the loss
-    keeps every loss of the engine (CE, BCE, MSE) as it is.
+
+def _mix(x: torch.Tensor, mixup: float, cutmix: float):
+    """MixUp (Zhang et al.) and CutMix (Yun et al.; λ = the kept-area fraction) from torchvision, drawing
+    from torch's global RNG. With both set, each batch takes one of them with probability 0.5 (timm's
+    `switch_prob` default). Returns the batch and (λ, partner indices), or None when neither is on.
+
+    The loss is mixed like the images (λ·loss(y) + (1 − λ)·loss(y[partner])) rather than given soft
+    targets, which keeps every loss of the engine (CE with class weights, BCE, MSE) as it is. torchvision's
+    transforms mix the labels they are given like the images; given each image's own batch position as its
+    label, the soft labels they return are the mixing matrix, from which λ and the partners are read.
     """
-    if not alpha:
+    mixers = [mix(alpha=alpha, num_classes=len(x)) for mix, alpha in ((v2.MixUp, mixup), (v2.CutMix, cutmix))
+              if alpha]
+    if not mixers:
         return x, None
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    partner = torch.randperm(len(x), device=x.device)
-    return lam * x.float() + (1 - lam) * x[partner].float(), (lam, partner)
+    mixer = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+    mixed, weights = mixer(x.float(), torch.arange(len(x), device=x.device))
+    lam = float(weights[0, 0])  # one λ per batch: every image keeps the same share of itself
+    partner = (weights - torch.diag(torch.diagonal(weights))).argmax(1)
+    return mixed, (lam, partner)
 
 
 def set_train_mode(model: nn.Module) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
+from ..data.balance import class_weights
 from .params import TrainParams
 
 
@@ -63,13 +63,13 @@ def make_schedule(optimizer: torch.optim.Optimizer, p: TrainParams, steps_per_ep
 
 
 def make_loss(p: TrainParams, labels: np.ndarray, n_classes: int, device: torch.device | None = None):
-    """logits, integer targets → loss. BCE and MSE see one-hot targets (multi-label arrives with issue 6)."""
-    weight = None
-    if p.class_weights == "balanced":
-        present = np.unique(labels)
-        w = np.ones(n_classes, dtype=np.float32)
-        w[present] = compute_class_weight("balanced", classes=present, y=labels)
-        weight = torch.as_tensor(w, device=device)
+    """logits, integer targets → loss. BCE and MSE see one-hot targets (multi-label arrives with issue 6).
+
+    `labels` are the training labels the loss will see (after any offline oversampling): class weights are
+    computed from them (data/balance.py).
+    """
+    w = class_weights(labels, n_classes, p.class_weights, p.effective_beta)
+    weight = None if w is None else torch.as_tensor(w, device=device)
     if p.loss == "ce":
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=p.label_smoothing)
     if p.loss == "bce":

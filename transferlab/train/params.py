@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from ..config import Spec
+from ..data.augment import AugmentSpec, check_augment
+from ..data.balance import ClassWeights, Sampler
+from ..errors import TransferlabError
 
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop", "amsgrad"]
 Schedule = Literal["constant", "step", "multistep", "cosine", "onecycle", "exponential"]
@@ -29,10 +32,46 @@ class TrainParams(Spec):
     gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step, multistep; exponential: per epoch)")
     loss: Literal["ce", "bce", "mse"] = "ce"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: ClassWeights = Field("none", description="loss weights per class: balanced (n / (C·n_c)) or "
+                                        "effective (Cui et al. 2019, effective number of samples)")
+    effective_beta: float = Field(0.999, gt=0, lt=1, description="class_weights: effective — its β")
+    sampler: Sampler = Field("none", description="per epoch: weighted (with replacement, ∝ 1/class count, as many "
+                             "draws as images) or undersample (the smallest class's count from every class)")
+    oversample_to: int | None = Field(None, gt=0, description="offline: augmented copies until every class has "
+                                      "this many images (the augment preset, light if none)")
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
     patience: int | None = Field(None, gt=0, description="early stopping: epochs without a better val score")
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
-    augment: Literal["none", "light"] = Field("light", description="light: random resized crop + flip")
+    augment: AugmentSpec = Field("light", description="a preset (data.augment.PRESETS), a list of "
+                                 "torchvision.transforms.v2 transforms [{name: ..., kwarg: ...}], or a YAML file")
+    augment_copies: int = Field(0, ge=0, description="offline: N augmented copies of every image made once "
+                                "(seeded), then train on originals + copies with no online augmentation")
     mixup: float = Field(0.0, ge=0, description="MixUp alpha (0: off)")
+    cutmix: float = Field(0.0, ge=0, description="CutMix alpha (0: off); with mixup too, each batch takes one "
+                          "of them with probability 0.5")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _known_augment(cls, spec: Any) -> Any:
+        try:
+            return check_augment(spec)
+        except TransferlabError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _consistent_balance_and_augmentation(self):
+        if self.augment_copies and self.augment == "none":
+            raise ValueError("augment_copies needs an augmentation; set augment (e.g. light) or drop augment_copies")
+        if "effective_beta" in self.model_fields_set and self.class_weights != "effective":
+            raise ValueError("effective_beta applies to class_weights: effective only; set that or drop it")
+        if self.class_weights != "none" and self.loss == "mse":
+            raise ValueError("class_weights work with loss ce or bce, not mse")
+        return self
+
+    @property
+    def fixed_inputs(self) -> bool:
+        """Does training see exactly the given images, unchanged, every epoch? (Then what a frozen bottom
+        computes from them can be cached.)"""
+        return (self.augment == "none" and not self.mixup and not self.cutmix and not self.augment_copies
+                and self.oversample_to is None)
