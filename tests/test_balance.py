@@ -156,6 +156,20 @@ def test_linear_class_weight_balanced_raises_minority_recall(source):
     assert recalls["balanced"] > recalls["none"] + 0.05
 
 
+def test_bce_class_weighting_weighs_positives_against_negatives():
+    labels = np.array([0] * 90 + [1] * 10)
+    loss = make_loss(TrainParams(loss="bce", class_weights="balanced"), labels, 2)
+    plain = make_loss(TrainParams(loss="bce"), labels, 2)
+    logits = torch.zeros(2, 2)
+    y = torch.tensor([0, 1])
+    # with pos_weight = negatives / positives (10/90 for class 0, 90/10 for class 1), the rare class's
+    # positive costs 9x, the common class's positive 1/9 of the unweighted loss
+    per_class = torch.nn.functional.softplus(-logits)[0, 0]
+    expected = (per_class * (10 / 90) + per_class + per_class + per_class * 9) / 4
+    assert float(loss(logits, y)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(plain(logits, y)) == pytest.approx(float(per_class), rel=1e-5)
+
+
 def test_inconsistent_balance_params_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="effective_beta applies to class_weights: effective only"):
         TrainParams(effective_beta=0.9)

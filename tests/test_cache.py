@@ -165,6 +165,10 @@ def test_the_probe_reads_fixed_geometry_and_leaves_the_rng_alone():
     assert fixed_shape(v2.Compose([v2.PILToTensor(), v2.Resize(40), v2.CenterCrop(36)])) == (3, 36, 36)
     state = torch.get_rng_state()
     assert fixed_shape(v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(32)])) is None
+    for seed in range(4):  # a coin flip repeats itself half the time; the probe must still see it
+        torch.manual_seed(seed)
+        assert fixed_shape(v2.Compose([v2.PILToTensor(), v2.Resize((32, 32)), v2.RandomHorizontalFlip()])) is None
+    torch.set_rng_state(state)
     assert torch.equal(torch.get_rng_state(), state)
     assert view_key(VIEW) == view_key(v2.Compose([v2.PILToTensor(), v2.Resize((32, 32), antialias=True)]))
     assert view_key(VIEW) != view_key(v2.Compose([v2.PILToTensor(), v2.Resize((33, 33), antialias=True)]))

@@ -201,6 +201,39 @@ def test_bad_manifest_rows_error_by_default_and_are_skipped_and_reported_when_as
         "label 'Sneakers' is not a known class (Sneaker, T-shirt/top, Trouser) (row skipped)"]
 
 
+def test_manifest_quirks_spaced_header_symlinks_and_encoding(items, tmp_path):
+    root, names, labels = items
+    spaced = root / "spaced.csv"
+    spaced.write_text("path, label\n" + "".join(f"{n}, {lab}\n" for n, lab in zip(names, labels, strict=True)))
+    assert [s.classes[i] for s in [open_pools(DataSpec(source=str(spaced))).train] for i in s.labels] == labels
+    annex = tmp_path / "annex.png"  # git-annex / DVC: the image is a symlink to a store outside the folder
+    shutil.copy(root / names[0], annex)
+    (root / "images" / "linked.png").symlink_to(annex)
+    linked = write_csv(root / "linked.csv", ["path", "label"], [["images/linked.png", labels[0]], *[
+        [n, lab] for n, lab in zip(names, labels, strict=True)]])
+    assert len(open_pools(DataSpec(source=str(linked))).train) == len(names) + 1
+    latin = root / "latin.csv"
+    latin.write_bytes("path,label\nimages/x.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(TransferlabError, match="latin.csv: not a readable UTF-8 CSV"):
+        open_pools(DataSpec(source=str(latin)))
+
+
+def test_folder_notes_non_images_and_refuses_a_declared_class_without_folder(image_folder, tmp_path):
+    root = shutil.copytree(image_folder[0], tmp_path / "train")
+    (root / "Trouser" / "notes.txt").write_text("not an image")
+    source = open_pools(DataSpec(source=str(root))).train
+    assert len(source) == 120 and source.notes == [f"{root / 'Trouser'}: 1 non-image files ignored (.txt)"]
+    with pytest.raises(TransferlabError, match="data.classes names 'Bag' but there is no such class folder"):
+        open_pools(DataSpec(source=str(root), classes=[*source.classes, "Bag"]))
+
+
+def test_float_images_in_0_1_are_scaled_not_blackened(tmp_path, fashion_pools):
+    original = np.asarray(fashion_pools.train.load(0).convert("L"))
+    Image.fromarray(original.astype(np.float32) / 255, mode="F").save(tmp_path / "depth.tiff")
+    loaded = np.asarray(open_image(tmp_path / "depth.tiff"))[..., 0]
+    assert np.abs(loaded.astype(int) - original).max() <= 1
+
+
 def test_split_files_define_the_pools_and_must_not_overlap(image_folder, tmp_path):
     train_root, _ = image_folder
     source = FolderSource(train_root)

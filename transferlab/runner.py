@@ -66,7 +66,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         else:
             encoder = BackboneEncoder(backbone, device, spec.engine) if backbone else paradigm.encoder(pools.train)
             input_key = encoder.key
-        key = cell_key(spec, pools, input_key)
+        key = cell_key(spec, pools, f"{input_key}|{paradigm.params.model_dump_json()}")  # resolved: YAML files read
         if paradigm.input == "images":
             paradigm.context.run_key = key  # a checkpoint resumes only the run that wrote it
     previous = read_record(record_path(out_dir, spec.run_id))
@@ -103,6 +103,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         "split_indices": split_indices(splits),  # which images, so the run can be reproduced
         "fold": spec.seed % spec.data.folds if spec.data.folds else None,
         "backbone": _backbone_info(backbone, encoder),
+        "params": paradigm.params.model_dump(mode="json"),  # every hyper-parameter as used (defaults, files read)
         "selected": paradigm.selected_,
         "val_metrics": classification_metrics(y["val"], val_proba, classes, detailed=False),
         "metrics": classification_metrics(y["test"], test_proba, classes),

@@ -165,7 +165,7 @@ def augmented_copies(x: torch.Tensor, augment: Augment, copies: int, seed: int) 
     """
     for k in range(copies):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(seed, "copy", k))
+            torch.default_generator.manual_seed(derived_seed(seed, "copy", k))  # CPU only: fork_rng restores CPU
             batch = augment_batch(x, augment)
         yield batch
 

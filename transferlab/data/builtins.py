@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..distributed import barrier, is_main
 from ..errors import TransferlabError
 from ..paths import cache_root
 from .sources import ArraySource, FileSource, Pools
@@ -77,7 +78,12 @@ def _torchvision(name: str, make):
     """Build the torchvision dataset objects with download (a no-op once the files are there)."""
     root = cache_root() / "torchvision"
     try:
-        return make(root)
+        if not is_main():  # under torchrun rank 0 downloads alone; two extracting one archive corrupt it
+            barrier()
+        made = make(root)
+        if is_main():
+            barrier()
+        return made
     except Exception:  # noqa: BLE001 - offline, a moved server or a half download all get the same advice
         raise TransferlabError(
             f"{name}: not in {root} and the download failed; go online once (torchvision downloads it "

@@ -65,7 +65,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _to_8bit(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
     """16/32-bit integer or float pixels → uint8 by the range they declare (16-bit: /257) or reach."""
+    kind = values.dtype.kind
     values = values.astype(np.float64)
     top = values.max() if values.size else 0
-    full_scale = 65535 if sixteen_bit or 255 < top <= 65535 else 255 if top <= 255 else top
+    if sixteen_bit or 255 < top <= 65535:
+        full_scale = 65535  # a fixed scale for 16-bit data, so images of one dataset stay comparable
+    elif kind == "f" and top <= 1:
+        full_scale = 1.0  # float images in [0, 1] (depth maps, microscopy)
+    else:
+        full_scale = 255 if top <= 255 else top
     return np.clip(np.round(values * (255 / full_scale)), 0, 255).astype(np.uint8)

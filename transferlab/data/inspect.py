@@ -363,7 +363,7 @@ def _preview_rows(scan: SplitScan, samples: dict[str, list[int]], preset: str,
     augment = make_augment(check_augment(preset), PREVIEW_SIZE)
     rows = []
     with torch.random.fork_rng(devices=[]):  # the preview draws must not disturb anyone's RNG, and repeat by seed
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: fork_rng(devices=[]) restores the CPU RNG alone
         for name, indices in [(n, i) for n, i in samples.items() if i][:PREVIEW_IMAGES]:
             view = ImageOps.fit(scan.source.load(indices[0]), (PREVIEW_SIZE, PREVIEW_SIZE))
             pixels = pil_to_tensor(view)

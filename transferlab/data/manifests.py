@@ -13,6 +13,7 @@ dropped with a note (no image is lost); a path that leaves the dataset folder is
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def read_manifest(manifest: Path, spec: DataSpec, classes: list[str] | None = No
         raise TransferlabError(f"{manifest}: no '{PATH_COLUMN}' column (found: {', '.join(columns)}); name the "
                                "image column 'path'")
     form = _label_form(manifest, columns, spec)
-    root = manifest.parent.resolve()
+    root = Path(os.path.abspath(manifest.parent))
     listing = _Listing(manifest, root, spec.skip_bad)
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         listing.add(number, row, form)
@@ -71,7 +72,8 @@ def pools_from_split_files(spec: DataSpec) -> Pools:
         raise TransferlabError(f"{root}: split files list paths inside a dataset folder; data.source must be it")
     if "train" not in spec.splits:
         raise TransferlabError("data.splits: a train file is needed (val and test are optional)")
-    everything = FolderSource(root, spec.classes, skip_empty=spec.skip_bad, max_pixels=spec.max_pixels)
+    everything = FolderSource(root, spec.classes, skip_empty=spec.skip_bad, max_pixels=spec.max_pixels,
+                              imposed_by_training=False)
     position = {path.resolve(): i for i, path in enumerate(everything.paths)}
     pools = {}
     for name, file in spec.splits.items():
@@ -111,7 +113,7 @@ class _Listing:
 
     def add(self, number: int, row: dict[str, str], form: str) -> None:
         raw = (row.get(PATH_COLUMN) or "").strip()
-        path = (self.root / raw).resolve()
+        path = Path(os.path.normpath(self.root / raw))  # not resolve(): symlinks (git-annex, DVC) stay inside
         if not raw:
             self.problem(number, "empty path", "fill it in or delete the row")
             return
@@ -163,10 +165,13 @@ def _read_rows(manifest: Path) -> tuple[list[dict[str, str]], list[str]]:
             raise TransferlabError(f"{manifest}: not a readable Parquet file ({exc}); check the file") from None
         rows = [{k: "" if v is None else str(v) for k, v in row.items()} for row in table.to_pylist()]
         return rows, list(table.column_names)
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        rows = [{k: (v or "") for k, v in row.items() if k is not None} for row in reader]
-        return rows, [c.strip() for c in reader.fieldnames or []]
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = [{k.strip(): (v or "") for k, v in row.items() if k is not None} for row in reader]
+            return rows, [c.strip() for c in reader.fieldnames or []]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise TransferlabError(f"{manifest}: not a readable UTF-8 CSV ({exc}); save it as UTF-8 CSV") from None
 
 
 def _label_form(manifest: Path, columns: list[str], spec: DataSpec) -> str:

@@ -82,7 +82,7 @@ class FileSource(ImageSource):
 
     def subset(self, name: str, indices: np.ndarray) -> FileSource:
         return FileSource(name, self.root, [self.paths[i] for i in indices], self.labels[indices], self.classes,
-                          max_pixels=self.max_pixels)
+                          max_pixels=self.max_pixels, notes=self.notes)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -93,7 +93,8 @@ class FileSource(ImageSource):
         for path, label in zip(self.paths, self.labels, strict=True):
             stat = path.stat()
             where = path.relative_to(self.root) if path.is_relative_to(self.root) else path
-            digest.update(f"{where}|{stat.st_size}|{stat.st_mtime_ns}|{np.asarray(label).tobytes().hex()}\n"
+            # ctime too: a chmod that makes an unreadable file readable must not leave it remembered as bad
+            digest.update(f"{where}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{np.asarray(label).tobytes().hex()}\n"
                           .encode())
         return digest.hexdigest()[:20]
 
@@ -107,7 +108,7 @@ class FolderSource(FileSource):
     """
 
     def __init__(self, root: str | Path, classes: list[str] | None = None, *, skip_empty: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, imposed_by_training: bool = True):
         root = Path(root)
         if not root.is_dir():
             raise TransferlabError(f"{root}: no such dataset folder; give a folder laid out as "
@@ -125,8 +126,15 @@ class FolderSource(FileSource):
         for label, cls in enumerate(classes):
             folder = root / cls
             if not folder.is_dir():
-                continue  # a val/test folder may lack a class
-            files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+                if imposed_by_training:
+                    continue  # a val/test folder may lack a class
+                raise TransferlabError(f"{folder}: data.classes names '{cls}' but there is no such class folder; "
+                                       "fix data.classes or add the folder")
+            everything = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+            files = sorted(p for p in everything if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if len(everything) > len(files):
+                others = sorted({p.suffix.lower() or p.name for p in everything} - set(IMAGE_EXTENSIONS))
+                notes.append(f"{folder}: {len(everything) - len(files)} non-image files ignored ({', '.join(others)})")
             if not files:
                 if not skip_empty:
                     raise TransferlabError(f"{folder}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)}); "
@@ -188,12 +196,13 @@ def open_pools(spec: DataSpec) -> Pools:
     if spec.splits:
         return pools_from_split_files(spec)
 
-    def open_one(where: str, classes: list[str] | None) -> FileSource:
+    def open_one(where: str, classes: list[str] | None, training: bool = False) -> FileSource:
         if Path(where).suffix.lower() in MANIFEST_EXTENSIONS:
             return read_manifest(Path(where), spec, classes)
-        return FolderSource(where, classes, skip_empty=spec.skip_bad, max_pixels=spec.max_pixels)
+        return FolderSource(where, classes, skip_empty=spec.skip_bad, max_pixels=spec.max_pixels,
+                            imposed_by_training=not training)
 
-    train = open_one(spec.source, spec.classes)
+    train = open_one(spec.source, spec.classes, training=True)
     val = open_one(spec.val, train.classes) if spec.val else None
     test = open_one(spec.test, train.classes) if spec.test else None
     for pool in (val, test):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.balance import class_weights
+from ..data.balance import class_weights, pos_weight
 from .params import TrainParams
 
 
@@ -73,7 +73,11 @@ def make_loss(p: TrainParams, labels: np.ndarray, n_classes: int, device: torch.
     if p.loss == "ce":
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=p.label_smoothing)
     if p.loss == "bce":
-        bce = nn.BCEWithLogitsLoss(weight=weight)
+        # For BCE the imbalance is positives vs negatives within each class: a per-class `weight` would scale
+        # both alike, so class weighting here means BCE's pos_weight (negatives / positives).
+        positive = None if w is None else torch.as_tensor(
+            pos_weight(np.eye(n_classes, dtype=np.uint8)[labels]), device=device)
+        bce = nn.BCEWithLogitsLoss(pos_weight=positive)
         return lambda logits, y: bce(logits, nn.functional.one_hot(y, n_classes).to(logits.dtype))
     mse = nn.MSELoss()
     return lambda logits, y: mse(logits.softmax(1), nn.functional.one_hot(y, n_classes).to(logits.dtype))
