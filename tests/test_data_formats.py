@@ -309,3 +309,11 @@ def test_torchvision_builtins_offline_give_one_line(name, monkeypatch, tmp_path)
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(TransferlabError, match=rf"^{name}: not in .* and the download failed; go online once"):
         open_pools(DataSpec(source=name))
+
+
+def test_fashion_mnist_without_debian_files_or_internet_says_both_ways(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr("transferlab.data.builtins.FASHION_MNIST_DIRS", ())
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("x")))
+    with pytest.raises(TransferlabError, match=r"^fashion-mnist: .*download failed.*apt-get install dataset-fashion"):
+        open_pools(DataSpec(source="fashion-mnist"))

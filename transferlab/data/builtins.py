@@ -50,17 +50,8 @@ def load_fashion_mnist() -> Pools:
 def _torchvision_fashion_mnist() -> Pools:
     from torchvision.datasets import FashionMNIST
 
-    root = cache_root() / "torchvision"
-    try:
-        train = FashionMNIST(root, train=True, download=True)
-        test = FashionMNIST(root, train=False, download=True)
-    except Exception:  # noqa: BLE001 - any download failure gets the same advice
-        raise TransferlabError(
-            "fashion-mnist: not found in /usr/share/datasets/fashion-mnist and the download failed; "
-            "install it with `apt-get install dataset-fashion-mnist` or go online") from None
-    return Pools(
-        train=ArraySource("fashion-mnist/train", train.data.numpy(), train.targets.numpy(), train.classes),
-        test=ArraySource("fashion-mnist/test", test.data.numpy(), test.targets.numpy(), test.classes))
+    return _train_test_arrays("fashion-mnist", FashionMNIST, hint="or install Debian's copy with `apt-get "
+                              "install dataset-fashion-mnist`")
 
 
 def load_digits() -> Pools:
@@ -74,20 +65,24 @@ def load_digits() -> Pools:
 # ---------------------------------------------------------------- torchvision's datasets (downloaded once)
 
 
-def _torchvision(name: str, make):
-    """Build the torchvision dataset objects with download (a no-op once the files are there)."""
+def _torchvision(name: str, make, hint: str = ""):
+    """Build the torchvision dataset objects with download (a no-op once the files are there).
+
+    Under torchrun rank 0 downloads alone (two processes extracting one archive corrupt it); the others
+    wait for it, then find the files there, or fail with the same line.
+    """
     root = cache_root() / "torchvision"
+    if not is_main():
+        barrier()
     try:
-        if not is_main():  # under torchrun rank 0 downloads alone; two extracting one archive corrupt it
-            barrier()
-        made = make(root)
-        if is_main():
-            barrier()
-        return made
+        return make(root)
     except Exception:  # noqa: BLE001 - offline, a moved server or a half download all get the same advice
         raise TransferlabError(
             f"{name}: not in {root} and the download failed; go online once (torchvision downloads it "
-            f"there), or put the dataset's files in {root} yourself") from None
+            f"there), or put the dataset's files in {root} yourself{'; ' + hint if hint else ''}") from None
+    finally:
+        if is_main():
+            barrier()
 
 
 def _files(name: str, dataset, files, labels, classes) -> FileSource:
@@ -134,22 +129,24 @@ def load_caltech101() -> Pools:
     return Pools(train=_files("caltech101", ds, files, ds.y, list(ds.categories)))
 
 
-def _cifar(name: str, cls) -> Pools:
-    train, test = _torchvision(name, lambda root: [cls(root, train=t, download=True) for t in (True, False)])
-    return Pools(train=ArraySource(f"{name}/train", train.data, np.asarray(train.targets), train.classes),
-                 test=ArraySource(f"{name}/test", test.data, np.asarray(test.targets), test.classes))
+def _train_test_arrays(name: str, cls, hint: str = "") -> Pools:
+    """torchvision datasets held as arrays with a train flag (CIFAR, Fashion-MNIST)."""
+    train, test = _torchvision(name, lambda root: [cls(root, train=t, download=True) for t in (True, False)], hint)
+    train, test = (ArraySource(f"{name}/{part}", np.asarray(ds.data), np.asarray(ds.targets), ds.classes)
+                   for part, ds in (("train", train), ("test", test)))
+    return Pools(train=train, test=test)
 
 
 def load_cifar10() -> Pools:
     from torchvision.datasets import CIFAR10
 
-    return _cifar("cifar10", CIFAR10)
+    return _train_test_arrays("cifar10", CIFAR10)
 
 
 def load_cifar100() -> Pools:
     from torchvision.datasets import CIFAR100
 
-    return _cifar("cifar100", CIFAR100)
+    return _train_test_arrays("cifar100", CIFAR100)
 
 
 BUILTINS: dict[str, Callable[[], Pools]] = {
