@@ -16,7 +16,6 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +24,12 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from .data.decode import bad_image_error, decode_batch, prefetched
+from .data.decode import bad_image_error, decoded_batches
 from .data.sources import ImageSource
 from .distributed import is_main, merged_across_ranks, rank, world_size
 from .engines import EncodeFn, make_encoder, select_engine
 from .models.backbones import Backbone
 from .paths import atomic_write, cache_root
-from .progress import progress_bar
 
 
 class Encoder:
@@ -163,16 +161,12 @@ def _digest(tensors: dict[str, np.ndarray]) -> str:
 
 def _encode(source: ImageSource, indices: np.ndarray, encoder: Encoder, batch_size: int, skip_bad: bool,
             label: str) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     rows: dict[int, np.ndarray] = {}
     bad: dict[int, str] = {}
-    with progress_bar(label, total=len(indices), unit="img") as advance:
-        decode = partial(decode_batch, source, transform=encoder.transform)
-        for batch, positions, batch_bad in prefetched(batches, decode):
-            if batch_bad and not skip_bad:
-                raise bad_image_error(batch_bad)
-            bad.update(batch_bad)
-            if batch is not None:
-                rows.update(zip(positions, encoder.encode(batch), strict=True))
-            advance(len(positions) + len(batch_bad))
+    for batch, positions, batch_bad in decoded_batches(source, indices, encoder.transform, batch_size, label):
+        if batch_bad and not skip_bad:
+            raise bad_image_error(batch_bad)
+        bad.update(batch_bad)
+        if batch is not None:
+            rows.update(zip(positions, encoder.encode(batch), strict=True))
     return rows, bad

@@ -68,7 +68,7 @@ def decode_images(source: ImageSource, indices: np.ndarray, transform, *, batch_
         raise bad_image_error(bad)
     missing = np.asarray([i for i in wanted if i not in images and i not in bad], dtype=np.int64)
     try:
-        for batch, good, batch_bad in _decoded_batches(source, missing, transform, batch_size, label):
+        for batch, good, batch_bad in decoded_batches(source, missing, transform, batch_size, label):
             if store is not None:
                 store.remember_bad(batch_bad)  # before raising: a rerun with skip_bad then decodes nothing
             if batch_bad and not skip_bad:
@@ -88,7 +88,7 @@ def decode_images(source: ImageSource, indices: np.ndarray, transform, *, batch_
     return torch.from_numpy(np.stack([images[i] for i in kept])), np.asarray(kept, dtype=np.int64), bad
 
 
-def _decoded_batches(source: ImageSource, indices: np.ndarray, transform, batch_size: int,
+def decoded_batches(source: ImageSource, indices: np.ndarray, transform, batch_size: int,
                      label: str) -> Iterator[Decoded]:
     """`decode_batch` over `indices` in the decoding thread, with a progress bar (none when there is nothing)."""
     if not len(indices):
