@@ -4,6 +4,10 @@ A paradigm is a scikit-learn-style estimator over encoded images: `__init__` sto
 hyper-parameters, `fit(train, val)` learns (choosing its own hyper-parameters on validation only) and
 returns self, `predict_proba(X)` gives an N × n_classes probability matrix. What it chose goes in
 `selected_`, which the run record keeps. Adding a paradigm is one module with one `@register` class.
+
+Multi-label data (`multi_label=True`): y is an N × n_classes 0/1 matrix and `predict_proba` gives each
+class's own probability (independent sigmoids, rows need not sum to 1); the runner tunes the decision
+thresholds on validation.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ class Paradigm(ABC):
     needs_backbone: ClassVar[bool] = True  # False: the paradigm brings its own `encoder(source)` / `view()`
     input: ClassVar[str] = "features"  # "features": X is N × D vectors; "images": X is N×3×H×W uint8 images
 
-    def __init__(self, params: Spec, *, n_classes: int, seed: int):
-        self.params, self.n_classes, self.seed = params, n_classes, seed
+    def __init__(self, params: Spec, *, n_classes: int, seed: int, multi_label: bool = False):
+        self.params, self.n_classes, self.seed, self.multi_label = params, n_classes, seed, multi_label
         self.selected_: dict[str, Any] = {}
 
     @abstractmethod
@@ -35,7 +39,7 @@ class Paradigm(ABC):
 
     @abstractmethod
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """N × n_classes class probabilities (rows sum to 1)."""
+        """N × n_classes class probabilities (rows sum to 1; multi-label: each class's own probability)."""
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
@@ -75,9 +79,10 @@ def validate_params(name: str, params: dict[str, Any]) -> Spec:
         raise ValueError(f"paradigm '{name}': {describe_validation_error(exc)}") from None
 
 
-def create_paradigm(name: str, params: dict[str, Any], *, n_classes: int, seed: int) -> Paradigm:
+def create_paradigm(name: str, params: dict[str, Any], *, n_classes: int, seed: int,
+                    multi_label: bool = False) -> Paradigm:
     cls = get_paradigm_class(name)
-    return cls(validate_params(name, params), n_classes=n_classes, seed=seed)
+    return cls(validate_params(name, params), n_classes=n_classes, seed=seed, multi_label=multi_label)
 
 
 def full_proba(proba: np.ndarray, seen_classes: np.ndarray, n_classes: int) -> np.ndarray:
