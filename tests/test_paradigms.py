@@ -26,6 +26,9 @@ FAST = {"mlp": {"max_epochs": 30}, "rff": {"n_components": 512},
 # A few epochs (chance: 0.1): from random init, a linear head on 32 px features, BiT's first 20 steps; others > 0.85
 ACCURACY_FLOOR = {"scratch": 0.2, "simple-cnn": 0.5, "head": 0.5, "bit": 0.2}
 CASES = sorted(PARADIGMS)
+BASELINES = {"majority", "all-negative"}  # reference rows that look at no image: they are not meant to beat chance
+SINGLE_LABEL = [name for name in CASES if name != "all-negative"]  # all-negative exists for multi-label data only
+MULTI_LABEL = [name for name in CASES if PARADIGMS[name].input != "images"]  # training paradigms: test_train
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +75,7 @@ def fit(paradigm, data):
     return paradigm.fit(*data["train"], *data["val"])
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", SINGLE_LABEL)
 def test_fits_predicts_probabilities_and_beats_chance(name, digits, backbone):
     paradigm = make(name, backbone=backbone)
     data = inputs(paradigm, digits)
@@ -81,23 +84,67 @@ def test_fits_predicts_probabilities_and_beats_chance(name, digits, backbone):
     proba = paradigm.predict_proba(X_test)
     assert proba.shape == (len(y_test), 10)
     assert np.allclose(proba.sum(axis=1), 1, atol=1e-6) and (proba >= 0).all()
+    if name in BASELINES:
+        assert (proba == proba[0]).all()  # the same answer for every image: it never looked at one
+        return
     assert (proba.argmax(1) == y_test).mean() > ACCURACY_FLOOR.get(name, 0.85)
     assert isinstance(paradigm.selected_, dict) and paradigm.selected_
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", SINGLE_LABEL)
 def test_same_seed_same_predictions(name, digits, backbone):
     a, b = make(name, seed=3, backbone=backbone), make(name, seed=3, backbone=backbone)
     data = inputs(a, digits)
     assert np.array_equal(fit(a, data).predict_proba(data["test"][0]), fit(b, data).predict_proba(data["test"][0]))
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", SINGLE_LABEL)
 def test_a_class_missing_from_training_still_gets_a_column(name, digits, backbone):
     paradigm = make(name, backbone=backbone)
     data = inputs(paradigm, digits, keep=lambda labels: labels != 9)
     proba = fit(paradigm, data).predict_proba(data["test"][0])
     assert proba.shape[1] == 10 and np.allclose(proba.sum(axis=1), 1, atol=1e-6)
+
+
+def digit_tags(labels: np.ndarray) -> np.ndarray:
+    """Real multi-label targets for the digits: even, greater than 4, drawn with a closed loop (0, 6, 8, 9)."""
+    return np.stack([labels % 2 == 0, labels > 4, np.isin(labels, [0, 6, 8, 9])], axis=1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", MULTI_LABEL)
+def test_multi_label_data_get_independent_probabilities_per_class(name, digits):
+    from sklearn.metrics import f1_score
+
+    paradigm = create_paradigm(name, FAST.get(name, {}), n_classes=3, seed=0, multi_label=True)
+    data = {split: (x, digit_tags(y)) for split, (x, y) in inputs(paradigm, digits).items()}
+    proba = fit(paradigm, data).predict_proba(data["test"][0])
+    Y_test = data["test"][1]
+    assert proba.shape == Y_test.shape and (proba >= 0).all() and (proba <= 1).all()
+    if name == "all-negative":
+        assert (proba == 0).all()
+        return
+    if name == "majority":  # each tag's training frequency, the same for every image
+        assert np.allclose(proba[0], data["train"][1].mean(axis=0)) and (proba == proba[0]).all()
+        return
+    assert not np.allclose(proba.sum(axis=1), 1)  # independent sigmoids, not a softmax
+    assert f1_score(Y_test, (proba >= 0.5).astype(int), average="micro") > 0.85
+
+
+def test_all_negative_refuses_single_label_data_in_one_line(digits):
+    paradigm = create_paradigm("all-negative", {}, n_classes=10, seed=0)
+    with pytest.raises(Exception, match="multi-label baseline.*use 'majority'"):
+        fit(paradigm, inputs(paradigm, digits))
+
+
+def test_final_params_fix_what_validation_chose(digits):
+    data = inputs(make("linear"), digits)
+    linear = fit(make("linear", C=[0.0001, 1.0]), data)
+    assert linear.final_params()["C"] == 1.0
+    mlp = fit(make("mlp", max_epochs=200, patience=3), data)
+    final = mlp.final_params()
+    assert (final["max_epochs"], final["patience"], final["restore_best"]) == (mlp.selected_["best_epoch"], None, False)
+    refit = fit(make("mlp", **final), data)
+    assert refit.selected_["epochs_run"] == mlp.selected_["best_epoch"]
 
 
 def test_hyper_parameters_are_chosen_on_validation_from_the_given_grid(digits):

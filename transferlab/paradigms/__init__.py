@@ -3,7 +3,7 @@
 Adding one: a module with a `@register`-ed `Paradigm` subclass, imported below.
 """
 
-from . import bit, finetune, head, knn, linear, mlp, pixels, rff, simple_cnn  # noqa: F401  (each registers itself)
+from . import baselines, bit, finetune, head, knn, linear, mlp, pixels, rff, simple_cnn  # noqa: F401  (each registers itself)
 from .base import PARADIGMS, Paradigm, create_paradigm, get_paradigm_class, validate_params
 
 __all__ = ["PARADIGMS", "Paradigm", "create_paradigm", "get_paradigm_class", "validate_params"]

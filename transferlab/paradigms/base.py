@@ -44,13 +44,47 @@ class Paradigm(ABC):
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
 
+    def final_params(self) -> dict[str, Any]:
+        """Hyper-parameters for the `final` retraining on train + val, every choice made on validation fixed.
+
+        The default replaces each parameter that `selected_` names (a chosen k, C, gamma_scale) with the
+        chosen value; paradigms that stop early on validation fix their epoch count instead (override).
+        The refit still receives the validation split, but with nothing left to choose it cannot select on it.
+        """
+        params = self.params.model_dump(mode="json", exclude_unset=True)
+        chosen = {k: v for k, v in self.selected_.items() if k in type(self.params).model_fields}
+        return {**params, **chosen}
+
 
 class SklearnParadigm(Paradigm):
     """A paradigm whose fitted `model_` is a scikit-learn classifier (or pipeline ending in one)."""
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        proba = self.model_.predict_proba(X)
-        return full_proba(proba, self.model_.classes_, self.n_classes).astype(np.float64)
+        return sklearn_proba(self.model_, X, self.n_classes, self.multi_label)
+
+
+def sklearn_proba(model, X: np.ndarray, n_classes: int, multi_label: bool) -> np.ndarray:
+    """N × n_classes probabilities from a fitted scikit-learn classifier, single- or multi-label."""
+    proba = model.predict_proba(X)
+    if not multi_label:
+        return full_proba(proba, model.classes_, n_classes).astype(np.float64)
+    if isinstance(proba, list):  # multi-output estimators (k-NN): one N × (classes seen) array per label
+        return np.column_stack([p[:, list(seen).index(1)] if 1 in seen else np.zeros(len(X))
+                                for p, seen in zip(proba, model.classes_, strict=True)]).astype(np.float64)
+    return np.asarray(proba, dtype=np.float64)  # one-vs-rest: already one column per label
+
+
+def validation_score(y_val: np.ndarray, proba: np.ndarray, multi_label: bool) -> float:
+    """What candidates are compared by on validation: accuracy, or for multi-label the mean average
+    precision over labels with a positive (threshold-free, since thresholds are tuned afterwards)."""
+    if not multi_label:
+        return float((proba.argmax(axis=1) == y_val).mean())
+    from sklearn.metrics import average_precision_score
+
+    present = np.asarray(y_val).sum(axis=0) > 0
+    if not present.any():
+        return 0.0
+    return float(average_precision_score(np.asarray(y_val)[:, present], proba[:, present], average="macro"))
 
 
 PARADIGMS: dict[str, type[Paradigm]] = {}

@@ -8,7 +8,7 @@ from pydantic import Field
 from sklearn.neighbors import KNeighborsClassifier
 
 from ..config import Spec
-from .base import IntChoice, SklearnParadigm, as_list, pick_best, register
+from .base import IntChoice, SklearnParadigm, as_list, pick_best, register, sklearn_proba, validation_score
 
 
 class KnnParams(Spec):
@@ -27,6 +27,7 @@ class Knn(SklearnParadigm):
         for k in as_list(self.params.k):
             model = KNeighborsClassifier(n_neighbors=min(k, len(X)), metric=self.params.metric,
                                          weights=self.params.weights, algorithm="brute").fit(X, y)
-            candidates.append(({"k": k}, model, float((model.predict(X_val) == y_val).mean())))
+            proba = sklearn_proba(model, X_val, self.n_classes, self.multi_label)  # k-NN takes 0/1 matrices too
+            candidates.append(({"k": k}, model, validation_score(y_val, proba, self.multi_label)))
         self.selected_, self.model_ = pick_best(candidates)
         return self

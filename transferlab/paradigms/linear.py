@@ -10,11 +10,12 @@ from pydantic import Field
 from sklearn.base import TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..config import Spec
-from .base import FloatChoice, SklearnParadigm, as_list, pick_best, register
+from .base import FloatChoice, SklearnParadigm, as_list, pick_best, register, sklearn_proba, validation_score
 
 C_GRID = [0.001, 0.01, 0.1, 1.0, 10.0]
 ClassWeight = Literal["none", "balanced"]
@@ -28,13 +29,14 @@ class LinearParams(Spec):
 
 
 def logistic_path(X, y, X_val, y_val, Cs, max_iter: int, *, transformers: list[TransformerMixin],
-                  tag: dict[str, Any] | None = None,
-                  class_weight: ClassWeight = "none") -> list[tuple[dict[str, Any], Any, float]]:
-    """Candidates `(params, pipeline, val accuracy)`, one per C: `transformers` → logistic regression.
+                  tag: dict[str, Any] | None = None, class_weight: ClassWeight = "none",
+                  n_classes: int, multi_label: bool = False) -> list[tuple[dict[str, Any], Any, float]]:
+    """Candidates `(params, pipeline, validation score)`, one per C: `transformers` → logistic regression.
 
     The transformers are fitted once; the C path runs from strong to weak regularisation, each fit
     warm-started from the last (1.7× faster than independent fits on 1000 × 1280 features, measured).
-    `class_weight: balanced` is scikit-learn's (minority classes weigh more in the loss).
+    `class_weight: balanced` is scikit-learn's (minority classes weigh more in the loss). Multi-label:
+    one binary logistic regression per label (one-vs-rest: per-label BCE), balanced within each label.
     """
     Z, Z_val = X, X_val
     for step in transformers:
@@ -42,14 +44,19 @@ def logistic_path(X, y, X_val, y_val, Cs, max_iter: int, *, transformers: list[T
         Z_val = step.transform(Z_val)
     model = LogisticRegression(max_iter=max_iter, warm_start=True,
                                class_weight=None if class_weight == "none" else class_weight)
+    if multi_label:
+        model = OneVsRestClassifier(model)  # clones per label, so no warm start along the path
     candidates = []
     for C in sorted(as_list(Cs)):
         with warnings.catch_warnings():
-            # A few unconverged iterations at large C change nothing that validation would not catch.
+            # A few unconverged iterations at large C change nothing that validation would not catch;
+            # a label absent from the training split is predicted constant (one-vs-rest says so).
             warnings.simplefilter("ignore", ConvergenceWarning)
-            model.set_params(C=C).fit(Z, y)
+            warnings.filterwarnings("ignore", message="Label not .* present")
+            model.set_params(**{"estimator__C" if multi_label else "C": C}).fit(Z, y)
         pipeline = make_pipeline(*transformers, copy.deepcopy(model))
-        candidates.append(({**(tag or {}), "C": C}, pipeline, float((model.predict(Z_val) == y_val).mean())))
+        score = validation_score(y_val, sklearn_proba(model, Z_val, n_classes, multi_label), multi_label)
+        candidates.append(({**(tag or {}), "C": C}, pipeline, score))
     return candidates
 
 
@@ -60,6 +67,7 @@ class Linear(SklearnParadigm):
 
     def fit(self, X, y, X_val, y_val):
         candidates = logistic_path(X, y, X_val, y_val, self.params.C, self.params.max_iter,
-                                   transformers=[StandardScaler()], class_weight=self.params.class_weight)
+                                   transformers=[StandardScaler()], class_weight=self.params.class_weight,
+                                   n_classes=self.n_classes, multi_label=self.multi_label)
         self.selected_, self.model_ = pick_best(candidates)
         return self

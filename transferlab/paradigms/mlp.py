@@ -1,4 +1,8 @@
-"""A new MLP head trained with torch on cached features: dropout, L2, early stopping on validation."""
+"""A new MLP head trained with torch on cached features: dropout, L2, early stopping on validation.
+
+Cross-entropy over softmax for single-label data; binary cross-entropy per label (independent sigmoids)
+for multi-label data.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,10 @@ class MlpParams(Spec):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, gt=0)
     max_epochs: int = Field(200, gt=0)
-    patience: int = Field(15, gt=0, description="epochs without a better validation loss before stopping")
+    patience: int | None = Field(15, gt=0, description="epochs without a better validation loss before stopping "
+                                 "(none: run max_epochs)")
+    restore_best: bool = Field(True, description="keep the best validation epoch's weights; false keeps the last "
+                               "epoch's (the `final` retraining on train + val)")
 
 
 @register
@@ -36,11 +43,12 @@ class Mlp(Paradigm):
         # Standardise as StandardScaler does: a constant feature (a dead ReLU) is centred, not blown up.
         std = X.std(0)
         self.mean_, self.std_ = X.mean(0), np.where(std > 1e-8, std, 1.0)
-        X_t, y_t = self._tensor(X), torch.as_tensor(y)
-        X_v, y_v = self._tensor(X_val), torch.as_tensor(y_val)
+        target = (lambda t: torch.as_tensor(t, dtype=torch.float32)) if self.multi_label else torch.as_tensor
+        X_t, y_t = self._tensor(X), target(y)
+        X_v, y_v = self._tensor(X_val), target(y_val)
         model = make_head(X.shape[1], self.n_classes, hidden=p.hidden, dropout=p.dropout)
         optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        loss_fn = nn.CrossEntropyLoss()
+        loss_fn = nn.BCEWithLogitsLoss() if self.multi_label else nn.CrossEntropyLoss()
         best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
         for epoch in range(p.max_epochs):
             model.train()
@@ -55,16 +63,23 @@ class Mlp(Paradigm):
                 best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
             else:
                 stale += 1
-                if stale >= p.patience:
+                if p.patience is not None and stale >= p.patience:
                     break
-        model.load_state_dict(best_state)
+        if p.restore_best:
+            model.load_state_dict(best_state)
         self.model_ = model.eval()
         self.selected_ = {"best_epoch": best_epoch + 1, "epochs_run": epoch + 1, "val_loss": round(best_loss, 5)}
         return self
+
+    def final_params(self):
+        """The refit on train + val runs exactly the epochs that were best on validation, and keeps the last."""
+        return {**super().final_params(), "max_epochs": self.selected_["best_epoch"], "patience": None,
+                "restore_best": False}
 
     def _tensor(self, X: np.ndarray) -> torch.Tensor:
         return torch.as_tensor((X - self.mean_) / self.std_, dtype=torch.float32)
 
     def predict_proba(self, X):
         with torch.no_grad():
-            return self.model_(self._tensor(X)).softmax(dim=1).double().numpy()
+            logits = self.model_(self._tensor(X))
+            return (logits.sigmoid() if self.multi_label else logits.softmax(dim=1)).double().numpy()

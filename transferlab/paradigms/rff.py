@@ -37,6 +37,7 @@ class Rff(SklearnParadigm):
                                  random_state=self.seed)
             candidates += logistic_path(X, y, X_val, y_val, self.params.C, self.params.max_iter,
                                         transformers=[StandardScaler(), sampler], tag={"gamma_scale": scale},
-                                        class_weight=self.params.class_weight)
+                                        class_weight=self.params.class_weight, n_classes=self.n_classes,
+                                        multi_label=self.multi_label)
         self.selected_, self.model_ = pick_best(candidates)
         return self
