@@ -33,9 +33,11 @@ def finished_study(image_folder, tmp_path_factory):
 
 def test_study_writes_one_record_per_cell_with_the_promised_fields(finished_study):
     out, records = finished_study
-    assert len(records) == 8  # (knn, linear) × 2 seeds + (pixels, cnn) × 2 seeds: those need no backbone
+    # (knn, linear) × 2 seeds + (pixels, cnn) × 2 seeds: those need no backbone; then the reference rows
+    # majority and untrained-backbone linear × 2 seeds (pixels, listed by hand, is the third)
+    assert len(records) == 12
     files = sorted((out / "runs").glob("*.json"))
-    assert len(files) == 8
+    assert len(files) == 12
     record = json.loads(files[0].read_text())
     for key in ("spec", "seed", "metrics", "timings", "versions", "splits", "selected", "backbone_passes"):
         assert key in record
@@ -48,18 +50,25 @@ def test_leaderboard_csv_has_the_documented_columns_and_mean_std(finished_study)
     out, records = finished_study
     with open(out / "leaderboard.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["dataset", "backbone", "paradigm", "n_seeds", "accuracy_mean", "accuracy_std",
-                             "top3_accuracy_mean", "top3_accuracy_std", "macro_f1_mean", "macro_f1_std",
-                             "fit_seconds_mean"]
-    assert {(r["backbone"], r["paradigm"]) for r in rows} == {
-        (f"tf_efficientnet_lite0@{SMALL_SIZE}", "knn"), (f"tf_efficientnet_lite0@{SMALL_SIZE}", "linear(C=[0.1, 1.0])"),
-        ("none", "pixels"), ("none", "cnn")}
+    assert list(rows[0]) == ["dataset", "backbone", "paradigm", "reference", "n_seeds",
+                             *(f"{m}_{s}" for m in ("accuracy", "top3_accuracy", "macro_f1")
+                               for s in ("mean", "std", "ci95")), "fit_seconds_mean", "gflops"]
+    assert {(r["backbone"], r["paradigm"], r["reference"]) for r in rows} == {
+        (f"tf_efficientnet_lite0@{SMALL_SIZE}", "knn", ""),
+        (f"tf_efficientnet_lite0@{SMALL_SIZE}", "linear(C=[0.1, 1.0])", ""), ("none", "pixels", "pixels"),
+        ("none", "cnn", ""), ("none", "majority", "majority"),
+        (f"tf_efficientnet_lite0@{SMALL_SIZE} (random init)", "linear", "untrained")}
     knn = next(r for r in rows if r["paradigm"] == "knn")
     accs = [r["metrics"]["accuracy"] for r in records if r["labels"]["paradigm"] == "knn"]
     assert float(knn["accuracy_mean"]) == pytest.approx(sum(accs) / 2, abs=1e-5)
     assert knn["n_seeds"] == "2"
-    floors = {"cnn": 0.5}  # 3 epochs from scratch at 16 px on 80 images; chance is 1/3
-    assert all(float(r["accuracy_mean"]) > floors.get(r["paradigm"], 0.8) for r in rows)  # 3 easy classes
+    floors = {"cnn": 0.5, "untrained": 0.5}  # 3 epochs from scratch at 16 px on 80 images; random-init features
+    learned = [r for r in rows if r["paradigm"] != "majority"]
+    assert all(float(r["accuracy_mean"]) > floors.get(r["reference"] or r["paradigm"], 0.8) for r in learned)
+    majority = next(r for r in rows if r["paradigm"] == "majority")
+    assert float(majority["accuracy_mean"]) == pytest.approx(1 / 3)  # balanced test folder: one class in three
+    # the 95 % t-interval over 2 seeds: t(0.975, 1) · std / √2
+    assert float(knn["accuracy_ci95"]) == pytest.approx(12.7062 * float(knn["accuracy_std"]) / 2 ** 0.5, rel=1e-3)
 
 
 def test_trained_runs_record_their_learning_curve(finished_study):
@@ -75,7 +84,7 @@ def test_rerun_reuses_every_record_and_does_no_backbone_pass(finished_study, ima
     again = run_study(validated(StudySpec, study_spec(image_folder), "test"), out)
     assert all(r.get("reused") for r in again)
     summary = json.loads((out / "last_invocation.json").read_text())
-    assert summary == {**summary, "computed": 0, "reused": 8, "backbone_passes": 0}
+    assert summary == {**summary, "computed": 0, "reused": 12, "backbone_passes": 0}
     assert [r["metrics"]["accuracy"] for r in again] == [r["metrics"]["accuracy"] for r in records]
 
 
@@ -93,7 +102,7 @@ def test_report_is_rebuilt_from_records_alone(finished_study, tmp_path, monkeypa
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "empty-cache"))
     html = build_report(out).read_text()
     assert "Leaderboard" in html and "fm3" in html and "Learning curves" in html
-    assert html.count("data:image/png;base64,") == 3  # accuracy bars, learning curves, confusion matrix
+    assert html.count("data:image/png;base64,") >= 3  # plots (accuracy, learning curves, confusion) + thumbnails
     assert not list((tmp_path / "empty-cache").rglob("*.safetensors"))
 
 
@@ -103,7 +112,8 @@ def test_overrides_change_only_the_cells_they_select(image_folder):
     cells = expand(spec)
     knn = [c for c in cells if c.paradigm.name == "knn"]
     assert [c.paradigm.params for c in knn] == [{"k": 3}, {"k": 3}] and {c.seed for c in knn} == {7}
-    assert all(c.paradigm.params == {"C": [0.1, 1.0]} for c in cells if c.paradigm.name == "linear")
+    assert all(c.paradigm.params == {"C": [0.1, 1.0]} for c in cells if c.paradigm.name == "linear" and not c.reference)
+    assert {c.reference for c in cells} == {None, "majority", "pixels", "untrained"}
 
 
 def test_structured_params_get_short_distinct_row_labels():

@@ -125,6 +125,8 @@ class BackboneSpec(Spec):
     name: str
     weights: WeightsChoice = "auto"
     image_size: int | None = Field(None, ge=16, description="override the pretrained input size")
+    init_seed: int | None = Field(None, description="random init: its seed (default: the run seed); the "
+                                  "untrained reference row fixes it, so every run seed shares one encoding")
 
     @model_validator(mode="before")
     @classmethod
@@ -142,7 +144,8 @@ class BackboneSpec(Spec):
 
     @property
     def label(self) -> str:
-        return self.name if self.image_size is None else f"{self.name}@{self.image_size}"
+        label = self.name if self.image_size is None else f"{self.name}@{self.image_size}"
+        return f"{label} (random init)" if self.weights == "random" else label
 
 
 class ParadigmSpec(Spec):
@@ -194,6 +197,9 @@ def _short(value: Any) -> str:
 
 Engine = Literal["auto", "torch", "onnx"]
 Device = Literal["auto", "cpu", "cuda"]
+Threshold = Literal["global", "per_class"]
+REFERENCES = ("majority", "all-negative", "pixels", "untrained")
+Reference = Literal["majority", "all-negative", "pixels", "untrained"]
 
 
 class RunSpec(Spec):
@@ -206,6 +212,12 @@ class RunSpec(Spec):
     device: Device = "auto"
     engine: Engine = "auto"
     batch_size: int = Field(32, gt=0)
+    threshold: Threshold = Field("global", description="multi-label: one decision threshold for every class, or "
+                                 "one per class, tuned on validation")
+    final: bool = Field(False, description="after choosing on validation, retrain the chosen configuration on "
+                        "train + val before the one test score")
+    reference: Reference | None = Field(None, description="set by the study on the reference rows it adds "
+                                        "(what transfer buys); shown apart in the leaderboard")
 
     @model_validator(mode="after")
     def _backbone_when_needed(self) -> RunSpec:
@@ -223,7 +235,7 @@ class RunSpec(Spec):
     @property
     def run_id(self) -> str:
         parts = [self.data.label, self.backbone.label if self.backbone else "none",
-                 self.paradigm.row_label, f"seed{self.seed}"]
+                 self.paradigm.row_label, f"seed{self.seed}", *(["final"] if self.final else [])]
         return "__".join(re.sub(r"[^A-Za-z0-9._=,@-]+", "-", p) for p in parts)
 
 
@@ -254,6 +266,10 @@ class StudySpec(Spec):
     device: Device = "auto"
     engine: Engine = "auto"
     batch_size: int = Field(32, gt=0)
+    threshold: Threshold = "global"
+    final: bool = False
+    references: bool | list[Reference] = Field(True, description="reference rows added to every dataset: true "
+                                               "(all that apply), false, or a list of " + ", ".join(REFERENCES))
 
 
 def validated(model: type[Spec], data: Any, where: str) -> Any:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import platform
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -25,14 +27,16 @@ from .data.splits import split_indices
 from .distributed import barrier, is_main, world_size
 from .engines import resolve_device
 from .errors import TransferlabError
-from .evaluate import HEADLINE, classification_metrics
+from .evaluate import headline_metrics, image_outcomes, predicted_labels, score, tune_thresholds
 from .features import BackboneEncoder, Encoder, FeatureStore
-from .models import Backbone, load_backbone
+from .gallery import mistakes
+from .models import Backbone, forward_cost, load_backbone
 from .paradigms import create_paradigm
 from .paradigms.trained import TrainingContext
 from .paths import atomic_write
+from .stats import encode_outcomes
 
-RECORD_VERSION = 2  # 2: split_indices, fold
+RECORD_VERSION = 3  # 2: split_indices, fold; 3: task, reference, final, thresholds, outcomes, examples, cost
 VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "scikit-learn", "numpy", "onnxruntime")
 
 
@@ -50,22 +54,13 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
 
     with _timed(timings, "data_s"):
         pools = pools or open_pools(spec.data)
-        if pools.train.multi_label:
-            raise TransferlabError(f"{spec.data.label}: multi-label data can be split and inspected (transferlab "
-                                   "inspect), but no paradigm trains on them yet; give single-label data")
+        multi_label = pools.train.multi_label
         splits = make_splits(pools, spec.data, spec.seed)
         classes = pools.train.classes
         paradigm = create_paradigm(spec.paradigm.name, spec.paradigm.params, n_classes=len(classes),
-                                   seed=spec.seed)
-        backbone = load_backbone(spec.backbone, seed=spec.seed) if paradigm.needs_backbone else None
-        if paradigm.input == "images":
-            checkpoints = Path(out_dir) / "checkpoints" / spec.run_id
-            paradigm.bind(TrainingContext(backbone, device, checkpoints=checkpoints, resume=resume,
-                                          sample_hw=_sample_hw(pools.train, splits["train"]), engine=spec.engine))
-            encoder, input_key = None, f"{backbone.key if backbone else 'none'}|{paradigm.view()}"
-        else:
-            encoder = BackboneEncoder(backbone, device, spec.engine) if backbone else paradigm.encoder(pools.train)
-            input_key = encoder.key
+                                   seed=spec.seed, multi_label=multi_label)
+        backbone = _backbone(spec) if paradigm.needs_backbone else None
+        encoder, input_key = _encoder(spec, paradigm, backbone, pools, splits, device, out_dir, resume)
         key = cell_key(spec, pools, f"{input_key}|{paradigm.params.model_dump_json()}")  # resolved: YAML files read
         if paradigm.input == "images":
             paradigm.context.run_key = key  # a checkpoint resumes only the run that wrote it
@@ -74,7 +69,10 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         return {**previous, "reused": True}
 
     with _timed(timings, "inputs_s"):
-        if encoder is None:
+        if paradigm.input == "labels":  # reference rows that look at no image
+            inputs = {name: np.zeros((len(split), 0)) for name, split in splits.items()}
+            encoded, skipped = dict.fromkeys(splits, 0), []
+        elif encoder is None:
             inputs, encoded, skipped = _decoded_images(spec, splits, paradigm.view())
         else:
             inputs, encoded, skipped = _cached_features(spec, splits, encoder, store or FeatureStore())
@@ -84,9 +82,18 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         paradigm.fit(inputs["train"], y["train"], inputs["val"], y["val"])
     with _timed(timings, "predict_s"):
         val_proba = paradigm.predict_proba(inputs["val"])
-        test_proba = paradigm.predict_proba(inputs["test"])  # the one time test is touched
+    # Everything chosen on validation is chosen before test is looked at: thresholds, then (final) the refit.
+    thresholds = tune_thresholds(y["val"], val_proba, spec.threshold) if multi_label else None
+    final, scored = None, paradigm
+    if spec.final:
+        with _timed(timings, "final_fit_s"):
+            scored, final = _refit_on_train_and_val(spec, paradigm, inputs, y, len(classes), multi_label)
+    with _timed(timings, "predict_s"):
+        test_proba = scored.predict_proba(inputs["test"])  # the one time test is touched
     timings["total_s"] = time.perf_counter() - started
 
+    test_pred = predicted_labels(test_proba, multi_label=multi_label, thresholds=thresholds)
+    metrics = score(y["test"], test_proba, classes, multi_label=multi_label, thresholds=thresholds)
     history = getattr(paradigm, "history_", None)
     record = {
         "record_version": RECORD_VERSION,
@@ -95,30 +102,99 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         "study": study,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "spec": spec.model_dump(mode="json"),
+        "task": "multi-label" if multi_label else "single-label",
+        "reference": spec.reference,
         "labels": {"dataset": spec.data.label, "backbone": spec.backbone.label if spec.backbone else "none",
                    "paradigm": spec.paradigm.row_label},
         "seed": spec.seed,
         "classes": classes,
         "splits": split_sizes(splits),
+        "class_counts": {name: _class_counts(split.labels, len(classes)) for name, split in splits.items()},
         "split_indices": split_indices(splits),  # which images, so the run can be reproduced
         "fold": spec.seed % spec.data.folds if spec.data.folds else None,
         "backbone": _backbone_info(backbone, encoder),
         "params": paradigm.params.model_dump(mode="json"),  # every hyper-parameter as used (defaults, files read)
         "selected": paradigm.selected_,
-        "val_metrics": classification_metrics(y["val"], val_proba, classes, detailed=False),
-        "metrics": classification_metrics(y["test"], test_proba, classes),
+        "final": final,
+        "thresholds": {"mode": spec.threshold, "values": thresholds} if multi_label else None,
+        "val_metrics": score(y["val"], val_proba, classes, multi_label=multi_label, thresholds=thresholds,
+                             detailed=False),
+        "metrics": metrics,
+        "test_outcomes": encode_outcomes(image_outcomes(y["test"], test_pred, multi_label=multi_label)),
+        "examples": mistakes(splits["test"], test_proba, test_pred, classes, metrics, multi_label=multi_label),
         "encoded": encoded,  # images encoded (features) or decoded (training) in this run; 0 = from the cache
         "backbone_passes": _backbone_passes(spec, splits, encoded, paradigm, encoder),
+        "cost": forward_cost(backbone, _input_size(paradigm, backbone, inputs["train"])),
         "history": history,
         "skipped": _source_notes(pools) + skipped,
         "world_size": world_size(),  # processes that trained it (torchrun)
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": library_versions(),
+        "environment": environment(device),
     }
     if is_main():
         write_record(record, out_dir)
     barrier()  # under torchrun nobody reads the run folder before rank 0 has written it
     return record
+
+
+def _backbone(spec: RunSpec) -> Backbone:
+    """The run's backbone; random init is seeded by `init_seed` when given (the untrained reference row)."""
+    init_seed = spec.backbone.init_seed
+    return load_backbone(spec.backbone, seed=spec.seed if init_seed is None else init_seed)
+
+
+def _encoder(spec: RunSpec, paradigm, backbone, pools: Pools, splits, device, out_dir, resume):
+    """(the encoder of a feature paradigm or None, the key of what the paradigm's inputs are)."""
+    if paradigm.input == "labels":
+        return None, "labels"
+    if paradigm.input == "images":
+        checkpoints = Path(out_dir) / "checkpoints" / spec.run_id
+        paradigm.bind(TrainingContext(backbone, device, checkpoints=checkpoints, resume=resume,
+                                      sample_hw=_sample_hw(pools.train, splits["train"]), engine=spec.engine))
+        return None, f"{backbone.key if backbone else 'none'}|{paradigm.view()}"
+    encoder = BackboneEncoder(backbone, device, spec.engine) if backbone else paradigm.encoder(pools.train)
+    return encoder, encoder.key
+
+
+def _refit_on_train_and_val(spec: RunSpec, chosen, inputs, y, n_classes: int, multi_label: bool):
+    """`final`: a fresh paradigm with every validation choice fixed, fitted on train + val (test untouched)."""
+    params = chosen.final_params()
+    refit = create_paradigm(spec.paradigm.name, params, n_classes=n_classes, seed=spec.seed,
+                            multi_label=multi_label)
+    if refit.input == "images":
+        refit.bind(replace(chosen.context, checkpoints=None, resume=False))
+    X = _concat(inputs["train"], inputs["val"])
+    refit.fit(X, np.concatenate([y["train"], y["val"]]), inputs["val"], y["val"])
+    if refit.input == "images":  # the refit's passes count too
+        chosen.passes_ = {k: chosen.passes_[k] + refit.passes_.get(k, 0) for k in chosen.passes_}
+    return refit, {"params": refit.params.model_dump(mode="json"), "selected": refit.selected_,
+                   "train_images": int(len(X))}
+
+
+def _concat(a, b):
+    if isinstance(a, np.ndarray):
+        return np.concatenate([a, b])
+    import torch
+
+    return torch.cat([a, b])
+
+
+def _class_counts(labels: np.ndarray, n_classes: int) -> list[int]:
+    """Images per class (multi-label: images carrying each label)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return labels.sum(axis=0).astype(int).tolist()
+    return np.bincount(labels, minlength=n_classes).tolist()
+
+
+def _input_size(paradigm, backbone, train_inputs) -> int | None:
+    """The side of the images that enter the backbone (a training paradigm's own view may differ)."""
+    if backbone is None:
+        return None
+    if paradigm.input == "images" and getattr(train_inputs, "ndim", 0) == 4:
+        return int(train_inputs.shape[-1])
+    return int(backbone.data_config["input_size"][-1])
 
 
 def _source_notes(pools: Pools) -> list[str]:
@@ -191,7 +267,7 @@ def encoder_label(spec: RunSpec) -> str:
 
 def headline(record: dict[str, Any]) -> str:
     m = record["metrics"]
-    return " ".join(f"{k}={m[k]:.4f}" for k in HEADLINE)
+    return " ".join(f"{k}={m[k]:.4f}" for k in headline_metrics(record.get("task") == "multi-label"))
 
 
 def cell_key(spec: RunSpec, pools: Pools, input_key: str) -> str:
@@ -238,6 +314,21 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[package] = "not installed"
     return found
+
+
+def environment(device) -> dict[str, Any]:
+    """Where the run ran: CPU model, cores, torch threads, GPU."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name")) or cpu
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"cpu": cpu or "unknown", "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": str(device), "gpu": gpu, "platform": platform.platform()}
 
 
 @contextmanager

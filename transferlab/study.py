@@ -18,19 +18,23 @@ import numpy as np
 import yaml
 from rich.table import Table
 
-from .config import RunSpec, StudySpec, deep_merge, load_study_spec, validated
+from .config import BackboneSpec, ParadigmSpec, RunSpec, StudySpec, deep_merge, load_study_spec, validated
 from .data import open_pools
 from .distributed import is_main
 from .errors import TransferlabError
-from .evaluate import HEADLINE
+from .evaluate import headline_metrics, primary_metric
 from .features import FeatureStore
 from .paradigms import get_paradigm_class
 from .progress import console, results
 from .runner import execute_run, headline
+from .stats import interval95, paired_comparison
 
 
-def expand(spec: StudySpec) -> list[RunSpec]:
-    """Every cell of the grid as a validated RunSpec, overrides applied, in a cache-friendly order."""
+def expand(spec: StudySpec, is_multi_label=None) -> list[RunSpec]:
+    """Every cell of the grid as a validated RunSpec, overrides applied, in a cache-friendly order, followed
+    per dataset and seed by the reference rows (`reference_cells`). `is_multi_label(data_spec)` says which
+    baselines apply (default: what the spec declares)."""
+    is_multi_label = is_multi_label or (lambda data: bool(data.multi_label))
     cells = []
     for data in spec.datasets:
         for seed in spec.seeds:
@@ -40,23 +44,59 @@ def expand(spec: StudySpec) -> list[RunSpec]:
                     raise TransferlabError(f"study '{spec.name}': paradigm '{paradigm.name}' needs a backbone; "
                                            "add one under backbones:")
                 for backbone in backbones:
-                    cell = {
-                        "data": data.model_dump(exclude_defaults=True),
-                        "backbone": backbone.model_dump(exclude_defaults=True) if backbone else None,
-                        "paradigm": {"name": paradigm.name, **({"label": paradigm.label} if paradigm.label else {}),
-                                     **paradigm.params},
-                        "seed": seed, "device": spec.device, "engine": spec.engine, "batch_size": spec.batch_size,
-                    }
+                    cell = _cell(spec, data, backbone, paradigm, seed)
                     for override in spec.overrides:
                         if _matches(override.where, data.label, backbone, paradigm):
                             cell = deep_merge(cell, override.set)
                     cells.append(validated(RunSpec, cell, f"study '{spec.name}', cell {len(cells) + 1}"))
+            cells += [validated(RunSpec, cell, f"study '{spec.name}', reference row {cell['reference']}")
+                      for cell in reference_cells(spec, data, seed, is_multi_label(data))]
     seen: dict[str, RunSpec] = {}
     for cell in cells:  # two cells with one id would overwrite each other's record and checkpoints
         if cell.run_id in seen and seen[cell.run_id] != cell:
             raise TransferlabError(f"study '{spec.name}': two cells are both named {cell.run_id}; give the datasets "
                                    "distinct `name:`s or the paradigms distinct `label:`s")
         seen[cell.run_id] = cell
+    return cells
+
+
+def _cell(spec: StudySpec, data, backbone, paradigm, seed: int, reference: str | None = None) -> dict[str, Any]:
+    return {
+        "data": data.model_dump(exclude_defaults=True),
+        "backbone": backbone.model_dump(exclude_defaults=True) if backbone else None,
+        "paradigm": {"name": paradigm.name, **({"label": paradigm.label} if paradigm.label else {}),
+                     **paradigm.params},
+        "seed": seed, "device": spec.device, "engine": spec.engine, "batch_size": spec.batch_size,
+        "threshold": spec.threshold, "final": spec.final,
+        "reference": reference or (paradigm.name if paradigm.name in LABEL_AND_PIXEL_REFERENCES else None),
+    }
+
+
+LABEL_AND_PIXEL_REFERENCES = ("majority", "all-negative", "pixels")  # paradigms that are reference rows by nature
+# What each reference row is: the paradigm it runs and whether it needs a backbone.
+REFERENCE_PARADIGMS = {"majority": "majority", "all-negative": "all-negative", "pixels": "pixels",
+                       "untrained": "linear"}
+
+
+def reference_cells(spec: StudySpec, data, seed: int, multi_label: bool) -> list[dict[str, Any]]:
+    """The rows that show what transfer buys, for one dataset and seed: the majority class (multi-label: the
+    training label frequencies) and, for multi-label data, no label at all; raw pixels (no backbone); and a
+    linear probe on each backbone's *untrained* (random-init) features. Untrained inits share one fixed seed,
+    so every run seed reuses one encoding."""
+    wanted = list(REFERENCE_PARADIGMS) if spec.references is True else list(spec.references or [])
+    if not multi_label:
+        wanted = [w for w in wanted if w != "all-negative"]
+    in_grid = {p.name for p in spec.paradigms}  # e.g. pixels listed by hand: that row is the reference
+    wanted = [w for w in wanted if w == "untrained" or REFERENCE_PARADIGMS[w] not in in_grid]
+    cells = []
+    for kind in wanted:
+        paradigm = ParadigmSpec(name=REFERENCE_PARADIGMS[kind])
+        if kind != "untrained":
+            cells.append(_cell(spec, data, None, paradigm, seed, reference=kind))
+            continue
+        for backbone in dict.fromkeys((b.name, b.image_size) for b in spec.backbones):
+            untrained = BackboneSpec(name=backbone[0], image_size=backbone[1], weights="random", init_seed=0)
+            cells.append(_cell(spec, data, untrained, paradigm, seed, reference=kind))
     return cells
 
 
@@ -79,7 +119,15 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
     if not isinstance(spec, StudySpec):
         spec = load_study_spec(spec)
     out_dir = Path(out) if out else Path("runs") / spec.name
-    cells = expand(spec)
+    pools_by_data: dict[str, Any] = {}
+
+    def pools_of(data):  # each dataset is opened once, for the expansion (which baselines apply) and the runs
+        key = data.model_dump_json(include={"source", "val", "test", "splits", "multi_label"})
+        if key not in pools_by_data:
+            pools_by_data[key] = open_pools(data)
+        return pools_by_data[key]
+
+    cells = expand(spec, is_multi_label=lambda data: pools_of(data).train.multi_label)
     if skip_bad:
         cells = [c.model_copy(update={"data": c.data.model_copy(update={"skip_bad": True})}) for c in cells]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,12 +135,9 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
         (out_dir / "study.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
     started = time.perf_counter()
-    store, pools_by_data, records = FeatureStore(), {}, []
+    store, records = FeatureStore(), []
     for number, cell in enumerate(cells, 1):
-        data_key = cell.data.model_dump_json(include={"source", "val", "test"})
-        if data_key not in pools_by_data:
-            pools_by_data[data_key] = open_pools(cell.data)
-        record = execute_run(cell, out_dir, study=spec.name, pools=pools_by_data[data_key], store=store,
+        record = execute_run(cell, out_dir, study=spec.name, pools=pools_of(cell.data), store=store,
                              reuse=not force, resume=resume)
         how = ("reused: record up to date" if record.get("reused") else
                f"fit {record['timings']['fit_s']:.1f}s, backbone passes {sum(record['backbone_passes'].values())}")
@@ -128,48 +173,91 @@ def invocation_summary(records: list[dict[str, Any]], seconds: float) -> dict[st
 GROUP = ("dataset", "backbone", "paradigm")
 
 
+def is_multi_label(records: list[dict[str, Any]]) -> bool:
+    return any(r.get("task") == "multi-label" for r in records)
+
+
 def leaderboard(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per dataset × backbone × paradigm: mean and std (ddof=1) over seeds; best first per dataset."""
+    """One row per dataset × backbone × paradigm: mean, std (ddof=1) and 95 % t-interval over seeds of each
+    headline metric; per dataset the rows are sorted by the primary metric, best first, reference rows
+    (what transfer buys) among them, tagged."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
         groups[tuple(record["labels"][k] for k in GROUP)].append(record)
     rows = []
     for key, group in groups.items():
+        multi = is_multi_label(group)
         row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
+        row["task"] = "multi-label" if multi else "single-label"
+        row["reference"] = group[0].get("reference")
         row["n_seeds"] = len(group)
-        for metric in HEADLINE:
-            values = np.array([r["metrics"][metric] for r in group], dtype=float)
+        for metric in headline_metrics(multi):
+            values = np.array([np.nan if r["metrics"].get(metric) is None else r["metrics"][metric] for r in group],
+                              dtype=float)
             row[f"{metric}_mean"] = float(values.mean())
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-        row["fit_seconds_mean"] = float(np.mean([r["timings"]["fit_s"] for r in group]))
+            row[f"{metric}_ci95"] = interval95(values)
+        row["primary"] = primary_metric(multi)
+        row["score"] = row[f"{row['primary']}_mean"]
+        row["fit_seconds_mean"] = float(np.mean([r["timings"]["fit_s"] + r["timings"].get("final_fit_s", 0)
+                                                 for r in group]))
+        row["gflops"] = (group[0].get("cost") or {}).get("gflops")
         row["run_ids"] = [r["run_id"] for r in group]
         rows.append(row)
-    rows.sort(key=lambda r: (r["dataset"], -r["accuracy_mean"]))
+    rows.sort(key=lambda r: (r["dataset"], -np.nan_to_num(r["score"], nan=-np.inf)))
     return rows
 
 
-CSV_COLUMNS = [*GROUP, "n_seeds", *(f"{m}_{s}" for m in HEADLINE for s in ("mean", "std")), "fit_seconds_mean"]
+def compare_best(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per dataset: the two best non-reference rows, and which is better with what confidence
+    (stats.paired_comparison on their per-image test outcomes)."""
+    by_row: dict[tuple, list[dict]] = defaultdict(list)
+    for record in records:
+        by_row[tuple(record["labels"][k] for k in GROUP)].append(record)
+    out = {}
+    for dataset in dict.fromkeys(r["labels"]["dataset"] for r in records):
+        ranked = [row for row in leaderboard(records) if row["dataset"] == dataset and not row["reference"]]
+        if len(ranked) < 2:
+            continue
+        first, second = ranked[:2]
+        comparison = paired_comparison(by_row[tuple(first[k] for k in GROUP)], by_row[tuple(second[k] for k in GROUP)],
+                                       first["primary"])
+        if comparison is not None:
+            out[dataset] = {"a": {k: first[k] for k in GROUP}, "b": {k: second[k] for k in GROUP}, **comparison}
+    return out
+
+
+def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
+    metrics = headline_metrics(any(r.get("task") == "multi-label" for r in rows))
+    return [*GROUP, "reference", "n_seeds", *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "ci95")),
+            "fit_seconds_mean", "gflops"]
 
 
 def write_leaderboard_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=csv_columns(rows), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) and not np.isnan(v) else
-                                 "" if isinstance(v, float) else v) for k, v in row.items()})
+                                 "" if isinstance(v, float) or v is None else v) for k, v in row.items()})
 
 
 def format_mean_std(row: dict[str, Any], metric: str) -> str:
-    std = row[f"{metric}_std"]
-    return f"{row[f'{metric}_mean']:.4f}" + ("" if np.isnan(std) else f" ± {std:.4f}")
+    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+    if np.isnan(mean):
+        return "–"
+    return f"{mean:.4f}" + ("" if np.isnan(std) else f" ± {std:.4f}")
 
 
 def leaderboard_table(rows: list[dict[str, Any]], title: str) -> Table:
+    metrics = headline_metrics(any(r.get("task") == "multi-label" for r in rows))
     table = Table(title=title)
-    for column in (*GROUP, "seeds", *HEADLINE, "fit s"):
+    for column in (*GROUP, "seeds", *metrics, "95% CI", "fit s"):
         table.add_column(column, justify="right" if column not in GROUP else "left")
     for row in rows:
-        table.add_row(*(row[k] for k in GROUP), str(row["n_seeds"]),
-                      *(format_mean_std(row, m) for m in HEADLINE), f"{row['fit_seconds_mean']:.1f}")
+        ci = row[f"{row['primary']}_ci95"]
+        paradigm = row["paradigm"] + (f" [dim](reference: {row['reference']})[/]" if row["reference"] else "")
+        table.add_row(row["dataset"], row["backbone"], paradigm, str(row["n_seeds"]),
+                      *(format_mean_std(row, m) for m in metrics), "" if np.isnan(ci) else f"± {ci:.4f}",
+                      f"{row['fit_seconds_mean']:.1f}")
     return table

@@ -187,3 +187,21 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def forward_cost(backbone: Backbone | None, image_size: int | None) -> dict[str, Any]:
+    """GFLOPs of one image's forward through the backbone (torch's FlopCounterMode counts 2 FLOPs per
+    multiply-add, so this is twice timm's GMACs) and its parameter count; None for runs without one."""
+    if backbone is None or image_size is None:
+        return {"gflops": None, "parameters": None, "image_size": image_size}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = backbone.model
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    model.train(was_training)
+    return {"gflops": round(counter.get_total_flops() / 1e9, 4),
+            "parameters": sum(p.numel() for p in model.parameters()), "image_size": image_size}
