@@ -1,17 +1,35 @@
-"""Assemble report.html from the records under `<study dir>/runs/` (one self-contained file)."""
+"""Assemble report.html from the records under `<study dir>/runs/` (one self-contained file).
+
+Everything shown comes from the run records (aggregated by the study's `leaderboard` / `compare_best`):
+no recomputation, no cache, and every figure and thumbnail is inlined as a data: URI so that the file
+opens offline on its own. Records of older formats render with whatever keys they have.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import math
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..errors import TransferlabError
-from ..evaluate import HEADLINE
+from ..evaluate import headline_metrics, primary_metric
 from . import plots
+
+# The test metrics shown beside the best run of a dataset (whichever its record has), in order.
+SUMMARY_METRICS = {
+    False: ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "top3_accuracy", "top5_accuracy",
+            "roc_auc_ovr", "ece", "log_loss"),
+    True: ("micro_f1", "macro_f1", "samples_f1", "mAP", "micro_precision", "micro_recall", "subset_accuracy",
+           "hamming_loss", "log_loss", "n_images_without_label"),
+}
+UNBOUNDED = frozenset({"log_loss"})  # metrics not confined to [0, 1]
+PAIR_EXAMPLES = 6  # thumbnails shown beside each most-confused pair
 
 
 def load_records(study_dir: str | Path) -> list[dict[str, Any]]:
@@ -35,31 +53,289 @@ def load_records(study_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def build_report(study_dir: str | Path) -> Path:
-    from ..study import format_mean_std, leaderboard  # the same aggregation as the CSV
-
+    """Write `study_dir/report.html` from the study's run records alone; return its path."""
     study_dir = Path(study_dir)
     records = load_records(study_dir)
-    rows = leaderboard(records)
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    best = max(records, key=lambda r: r["metrics"]["accuracy"])
     env = Environment(loader=PackageLoader("transferlab", "report"), autoescape=select_autoescape())
-    html = env.get_template("report.html.j2").render(
-        title=records[0].get("study") or study_dir.name,
-        metrics=HEADLINE,
-        rows=[{**r, "cells": [format_mean_std(r, m) for m in HEADLINE]} for r in rows],
-        bars={d: data_uri(plots.accuracy_bars(rows, d)) for d in datasets},
-        best=best,
-        confusion=data_uri(plots.confusion(best["metrics"]["confusion_matrix"], best["classes"],
-                                            f"{best['run_id']} (test)")),
-        curves=data_uri(plots.learning_curves(trained)) if (trained := [r for r in records if r.get("history")])
-        else None,
-        records=records,
-        versions=records[0]["versions"],
-    )
+    env.filters.update(num=fmt_number, run_href=run_href, compact=compact_json)
+    html = env.get_template("report.html.j2").render(**report_context(records, study_dir))
     path = study_dir / "report.html"
     path.write_text(html)
     return path
 
 
+def report_context(records: list[dict[str, Any]], study_dir: Path) -> dict[str, Any]:
+    """Everything the template shows, section by section, one entry per dataset where it is per dataset."""
+    from ..study import compare_best, leaderboard  # imported here: the study imports this module for its report
+
+    rows = leaderboard(records)
+    by_id = {r["run_id"]: r for r in records}
+    comparisons = compare_best(records)
+    names = list(dict.fromkeys(r["dataset"] for r in rows))
+    datasets = []
+    for name in names:
+        own_rows = [r for r in rows if r["dataset"] == name]
+        own = [r for r in records if r["labels"]["dataset"] == name]
+        datasets.append(dataset_context(name, own_rows, own, by_id, comparisons.get(name)))
+    trained = [r for r in records if r.get("history")]
+    return {
+        "title": records[0].get("study") or study_dir.name,
+        "n_records": len(records),
+        "datasets": datasets,
+        "curves": data_uri(plots.learning_curves(trained)) if trained else None,
+        "n_trained": len(trained),
+        "runs": [run_row(r, study_dir) for r in sorted(records, key=_run_order)],
+        "versions": merged_values(records, "versions"),
+        "environment": merged_values(records, "environment"),
+    }
+
+
+# ------------------------------------------------------------------------------------------ per dataset
+
+def dataset_context(name: str, rows: list[dict[str, Any]], records: list[dict[str, Any]],
+                    by_id: dict[str, dict[str, Any]], comparison: Any) -> dict[str, Any]:
+    """One dataset's leaderboard, comparison, cost figure, best-run diagnostics and data summary."""
+    multi_label = any(is_multi_label(r) for r in records)
+    metrics, primary = headline_for(rows, multi_label)
+    table = leaderboard_rows(rows, by_id, metrics)
+    best = best_run(rows, by_id, primary)
+    points = [{"label": shown["label"], "score": _float(row.get(f"{primary}_mean")), "fit_s": shown["fit_s"] or 0.0,
+               "gflops": shown["gflops"], "reference": bool(shown["reference"])}
+              for row, shown in zip(rows, table, strict=True)]
+    return {
+        "name": name,
+        "anchor": "dataset-" + quote(name, safe=""),
+        "multi_label": multi_label,
+        "metrics": metrics,
+        "primary": primary,
+        "rows": table,
+        "comparison": comparison_text(comparison) if comparison else None,
+        "scatter": data_uri(plots.cost_scatter(points, primary, f"{name}: test {primary} vs cost")),
+        "best": diagnostics(best) if best else None,
+        "summary": data_summary(records),
+    }
+
+
+def headline_for(rows: list[dict[str, Any]], multi_label: bool) -> tuple[list[str], str]:
+    """(the headline metrics of the leaderboard, the one its rows are sorted by)."""
+    return list(headline_metrics(multi_label)), primary_metric(multi_label)
+
+
+def leaderboard_rows(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]],
+                     metrics: list[str]) -> list[dict[str, Any]]:
+    """Leaderboard rows for display: formatted cells, links to the seeds' runs, the top non-reference row."""
+    shown, top_seen = [], False
+    for row in rows:
+        runs = [by_id[i] for i in row.get("run_ids", []) if i in by_id]
+        reference = row.get("reference") or next((r.get("reference") for r in runs if r.get("reference")), None)
+        top = not reference and not top_seen
+        top_seen = top_seen or top
+        shown.append({
+            "backbone": row["backbone"], "paradigm": row["paradigm"], "label": row_label(row),
+            "reference": reference, "top": top, "n_seeds": row.get("n_seeds", len(runs)),
+            "runs": [{"seed": r.get("seed"), "run_id": r["run_id"]} for r in runs],
+            "cells": [metric_cell(row, m) for m in metrics],
+            "fit_s": _float(row.get("fit_seconds_mean")),
+            "gflops": _float(row["gflops"]) if "gflops" in row else _mean_gflops(runs),
+        })
+    return shown
+
+
+def metric_cell(row: dict[str, Any], metric: str) -> dict[str, str]:
+    """mean, ± std and the 95 % interval [mean − h, mean + h] of one headline metric, formatted; the
+    interval is clipped to [0, 1] where the metric lives there (a t-interval over two seeds can overshoot)."""
+    mean, std, half = (_float(row.get(f"{metric}_{s}")) for s in ("mean", "std", "ci95"))
+    interval = ""
+    if mean is not None and half is not None:
+        low, high = mean - half, mean + half
+        if metric not in UNBOUNDED:
+            low, high = max(low, 0.0), min(high, 1.0)
+        interval = f"[{low:.3f}, {high:.3f}]"
+    return {"mean": fmt_number(mean), "std": "" if std is None else f"± {std:.3f}", "interval": interval}
+
+
+def best_run(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], primary: str) -> dict[str, Any] | None:
+    """The best seed (on `primary`) of the top leaderboard row that is not a reference row."""
+    for row in rows:
+        runs = [by_id[i] for i in row.get("run_ids", []) if i in by_id]
+        if runs and not row.get("reference") and not any(r.get("reference") for r in runs):
+            return max(runs, key=lambda r: _float(r["metrics"].get(primary)) or -math.inf)
+    return None
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """How a leaderboard row is named in sentences and figures: paradigm (backbone)."""
+    backbone = row.get("backbone")
+    return row["paradigm"] if backbone in (None, "none") else f"{row['paradigm']} ({backbone})"
+
+
+# ------------------------------------------------------------------------------------ paired comparison
+
+def comparison_text(comparison: dict[str, Any]) -> dict[str, Any]:
+    """`study.compare_best`'s result for one dataset as one sentence: "A beats B by +0.012 accuracy (95 % CI
+    [...], paired bootstrap over the N test images; better in 99.1 % of resamples; paired t-test ...)"."""
+    a, b = row_label(comparison["a"]), row_label(comparison["b"])
+    metric, diff, ci = comparison["metric"], comparison["difference"], comparison["ci95"]
+    verb = "ties with" if diff == 0 else "beats" if diff > 0 else "trails"
+    head = f"{a} {verb} {b}" + (f" by {diff:+.3f} {metric}" if diff else f" on {metric}")
+    method = comparison["method"].replace("test images", f"the {comparison['n_images']} test images")
+    details = [f"95 % CI [{ci[0]:.3f}, {ci[1]:.3f}], {method}",
+               f"better in {100 * comparison['p_better']:.1f} % of {comparison['resamples']} resamples"]
+    t_test = comparison.get("seeds_t_test")
+    if t_test:
+        over = f"over {len(t_test['seeds'])} seeds"
+        p = t_test["p_value"]
+        details.append(f"paired t-test {over} p = {p:.3g}" if p is not None else
+                       f"paired t-test {over} undefined: the per-seed differences do not vary")
+    return {"sentence": f"{head} ({'; '.join(details)})", "unclear": ci[0] <= 0 <= ci[1]}
+
+
+# ------------------------------------------------------------------------------------ best-run diagnostics
+
+def diagnostics(record: dict[str, Any]) -> dict[str, Any]:
+    """What a decision needs to see of one run: scores, per-class table and bars, confusions, mistakes."""
+    multi_label = is_multi_label(record)
+    metrics, classes = record.get("metrics") or {}, record.get("classes") or []
+    per_class = metrics.get("per_class") or []
+    examples = [e for e in record.get("examples") or [] if str(e.get("thumbnail", "")).startswith("data:image/")]
+    out: dict[str, Any] = {
+        "record": record, "multi_label": multi_label,
+        "scores": [{"name": m, "test": metrics.get(m), "val": (record.get("val_metrics") or {}).get(m)}
+                   for m in SUMMARY_METRICS[multi_label] if metrics.get(m) is not None],
+        "per_class": per_class,
+        "has_auc": any(c.get("auc") is not None for c in per_class),
+        "has_ap": any(c.get("ap") is not None for c in per_class),
+        "has_threshold": any(c.get("threshold") is not None for c in per_class),
+        "bars": data_uri(plots.per_class_bars(per_class, f"{record['run_id']}: per-class test scores"))
+        if per_class else None,
+        "gallery": [{**e, "true_text": _label_text(e.get("true")), "predicted_text": _label_text(e.get("predicted"))}
+                    for e in examples],
+        "thresholds": thresholds_text(record) if multi_label else None,
+        "confusion": None, "pairs": [],
+    }
+    if not multi_label and metrics.get("confusion_matrix"):
+        out["confusion"] = data_uri(plots.confusion(metrics["confusion_matrix"], classes, f"{record['run_id']} (test)",
+                                                    normalized=metrics.get("confusion_normalized")))
+        out["pairs"] = [{**p, "examples": [e for e in examples if e.get("true") == p.get("true")
+                                           and e.get("predicted") == p.get("predicted")][:PAIR_EXAMPLES]}
+                        for p in metrics.get("most_confused") or []]
+    return out
+
+
+def thresholds_text(record: dict[str, Any]) -> str | None:
+    """The decision thresholds chosen on validation, in words."""
+    chosen = record.get("thresholds") or {}
+    values = chosen.get("values", (record.get("metrics") or {}).get("thresholds"))
+    if values is None:
+        return None
+    if isinstance(values, list):
+        listed = ", ".join(f"{c} {v:.2f}" for c, v in zip(record.get("classes") or [], values, strict=False))
+        return f"one threshold per class, chosen on validation: {listed}"
+    return f"one global threshold, chosen on validation: {values:.2f} (a label is predicted where its probability ≥ it)"
+
+
+def _label_text(label: Any) -> str:
+    if isinstance(label, list):
+        return "{" + ", ".join(map(str, label)) + "}" if label else "∅ (no label)"
+    return str(label)
+
+
+# ------------------------------------------------------------------------------------- dataset summary
+
+def data_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Images (multi-label: positives) per class and split, split sizes and skipped files, from one record.
+
+    Test is the same for every seed; validation (and a few-shot train set) are drawn per seed, so the
+    counts are those of the first record's seed."""
+    record = min(records, key=lambda r: (bool(r.get("reference")), r.get("seed") or 0))
+    classes = record.get("classes") or []
+    counts = dict(record.get("class_counts") or {})
+    if not counts and (record.get("metrics") or {}).get("per_class"):  # older records: test support only
+        counts = {"test": [c.get("support", 0) for c in record["metrics"]["per_class"]]}
+    counts = {split: values for split, values in counts.items() if values and len(values) == len(classes)}
+    skipped = list(dict.fromkeys(note for r in records for note in r.get("skipped") or []))
+    return {
+        "seed": record.get("seed"), "classes": classes, "splits": record.get("splits") or {},
+        "counts": counts, "skipped": skipped, "multi_label": is_multi_label(record),
+        "plot": data_uri(plots.class_counts({s: dict(zip(classes, v, strict=True)) for s, v in counts.items()}))
+        if counts else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------ runs, environment
+
+def run_row(record: dict[str, Any], study_dir: Path) -> dict[str, Any]:
+    """One runs-table row: what ran, its primary score on test and validation, choices, time, cost."""
+    primary = primary_metric(is_multi_label(record))
+    timings, cost = record.get("timings") or {}, record.get("cost") or {}
+    return {
+        "record": record, "run_id": record["run_id"], "primary": primary,
+        "json_exists": (study_dir / "runs" / f"{record['run_id']}.json").is_file(),
+        "test": (record.get("metrics") or {}).get(primary), "val": (record.get("val_metrics") or {}).get(primary),
+        "passes": sum((record.get("backbone_passes") or {}).values()),
+        "inputs_s": timings.get("inputs_s"), "fit_s": timings.get("fit_s"), "gflops": cost.get("gflops"),
+    }
+
+
+def merged_values(records: list[dict[str, Any]], key: str) -> dict[str, str]:
+    """{name: value} of a per-record mapping (versions, environment); values that differ between runs are
+    all listed, so a study assembled on two machines says so."""
+    seen: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        for name, value in (record.get(key) or {}).items():
+            text = "—" if value is None else str(value)
+            if text not in seen[name]:
+                seen[name].append(text)
+    return {name: " | ".join(values) for name, values in seen.items()}
+
+
+def _run_order(record: dict[str, Any]) -> tuple:
+    labels = record.get("labels") or {}
+    return (labels.get("dataset", ""), bool(record.get("reference")), labels.get("paradigm", ""),
+            labels.get("backbone", ""), record.get("seed") or 0)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def is_multi_label(record: dict[str, Any]) -> bool:
+    return record.get("task") == "multi-label"
+
+
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def run_href(run_id: str) -> str:
+    """The record's file relative to the report (which sits beside runs/)."""
+    return "runs/" + quote(run_id, safe="@=,+-_.") + ".json"
+
+
+def fmt_number(value: Any, digits: int = 3) -> str:
+    """A metric for a table: fixed decimals, integers as they are, "—" for missing or NaN."""
+    if isinstance(value, bool) or value is None:
+        return "—" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(", ", ": "), default=str)
+
+
+def _float(value: Any) -> float | None:
+    """A number or None (None, NaN and non-numbers all read as missing)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _mean_gflops(records: list[dict[str, Any]]) -> float | None:
+    values = [g for r in records if (g := _float((r.get("cost") or {}).get("gflops"))) is not None]
+    return sum(values) / len(values) if values else None

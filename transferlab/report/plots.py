@@ -19,31 +19,63 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def accuracy_bars(rows: list[dict[str, Any]], dataset: str) -> bytes:
-    """Test accuracy per backbone × paradigm (mean, with ± std over seeds), best on top."""
-    rows = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["accuracy_mean"])
-    backbones = sorted({r["backbone"] for r in rows})
-    colours = {b: plt.cm.tab10(i % 10) for i, b in enumerate(backbones)}
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
-    means = [r["accuracy_mean"] for r in rows]
-    stds = [0 if np.isnan(r["accuracy_std"]) else r["accuracy_std"] for r in rows]
-    ax.barh(range(len(rows)), means, xerr=stds, color=[colours[r["backbone"]] for r in rows], capsize=3)
-    ax.set_yticks(range(len(rows)), [f"{r['paradigm']}  ({r['backbone']})" for r in rows])
-    for y, (m, s) in enumerate(zip(means, stds, strict=True)):
-        ax.text(m + s + 0.005, y, f"{m:.3f}", va="center", fontsize=8)
-    low = max(0.0, min(means) - 0.1)
-    ax.set_xlim(low, min(1.0, max(m + s for m, s in zip(means, stds, strict=True)) + 0.06))
-    ax.set_xlabel("test accuracy (mean ± std over seeds)")
-    ax.set_title(f"{dataset}: accuracy per backbone × paradigm")
-    ax.grid(axis="x", alpha=0.3)
+REFERENCE_GREY = "#9a9a9a"
+
+
+def cost_scatter(points: list[dict[str, Any]], metric: str, title: str) -> bytes:
+    """`metric` (mean over seeds) against fit seconds (log x) and against forward GFLOPs per image.
+
+    One point per leaderboard row, numbered as in the leaderboard and named in a key beside the panels
+    (names beside the points would overlap where rows cost the same); `points` hold label, score, fit_s,
+    gflops (or None) and reference (bool). Reference rows are grey; a row without GFLOPs is left out of the
+    right panel only.
+    """
+    fig, (time_ax, flops_ax) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    seconds = [max(p["fit_s"] or 0.0, 1e-3) for p in points]
+    for ax, xs in ((time_ax, seconds), (flops_ax, [p["gflops"] for p in points])):
+        at: dict[tuple, list[int]] = {}  # rows drawn on one spot share one label ("1,2")
+        for number, (p, x) in enumerate(zip(points, xs, strict=True), 1):
+            if x is None or p["score"] is None:
+                continue
+            ax.scatter(x, p["score"], color=REFERENCE_GREY if p["reference"] else "tab:blue", s=36, zorder=3,
+                       edgecolor="white", linewidth=0.5)
+            at.setdefault((round(x, 4), round(p["score"], 4)), []).append(number)
+        for (x, y), numbers in at.items():
+            grey = all(points[n - 1]["reference"] for n in numbers)
+            ax.annotate(",".join(map(str, numbers)), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=8,
+                        color="#777" if grey else "#111")
+    time_ax.set_xscale("log")
+    time_ax.set(xlabel="fit seconds (mean over seeds, log; under 1 ms drawn at 1 ms)", ylabel=f"test {metric}",
+                title="score vs training time")
+    missing = sum(p["gflops"] is None for p in points)
+    flops_ax.set(xlabel="forward GFLOPs per image" + (f" ({missing} rows without)" if missing else ""),
+                 title="score vs inference cost")
+    if missing == len(points):
+        flops_ax.set_xticks([])
+        flops_ax.text(0.5, 0.5, "no row records GFLOPs", ha="center", va="center", transform=flops_ax.transAxes,
+                      color="#777")
+    for ax in (time_ax, flops_ax):
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.15, y=0.12)
+    if missing < len(points):
+        flops_ax.set_xlim(left=0)
+    key = "\n".join(f"{n:>2}  {p['label']}" + ("  (reference)" if p["reference"] else "")
+                    for n, p in enumerate(points, 1))
+    flops_ax.text(1.04, 1, key, transform=flops_ax.transAxes, va="top", ha="left", fontsize=7, family="monospace")
+    fig.suptitle(title, fontsize=10)
     return _png(fig)
 
 
-def confusion(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
-    """Row-normalised confusion matrix (recall on the diagonal), counts in the cells."""
+def confusion(matrix: list[list[int]], classes: list[str], title: str,
+              normalized: list[list[float]] | None = None) -> bytes:
+    """Row-normalised confusion matrix (recall on the diagonal), counts in the cells.
+
+    `normalized` is the record's own row-normalised matrix; without it the rates come from the counts.
+    """
     counts = np.asarray(matrix, dtype=float)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = max(4.5, 0.5 * len(classes) + 2)
+    rates = (np.asarray(normalized, dtype=float) if normalized is not None
+             else counts / np.maximum(counts.sum(axis=1, keepdims=True), 1))
+    size = min(max(3.6, 0.42 * len(classes) + 1.6), 14)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
@@ -60,21 +92,67 @@ def confusion(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
     return _png(fig)
 
 
-def learning_curves(records: list[dict[str, Any]]) -> bytes:
-    """Train loss and validation accuracy per epoch, one line per run that trained weights."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for record in records:
-        history = record["history"]
-        epochs = range(1, len(history) + 1)
-        label = f"{record['labels']['paradigm']} ({record['labels']['backbone']}) s{record['seed']}"
-        line, = loss_ax.plot(epochs, [h["train_loss"] for h in history], label=label)
-        acc_ax.plot(epochs, [h["val_accuracy"] for h in history], color=line.get_color(), label=label)
-    loss_ax.set(xlabel="epoch", ylabel="train loss", title="training loss")
-    acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-    acc_ax.legend(fontsize=7, loc="lower right")
+def per_class_bars(per_class: list[dict[str, Any]], title: str) -> bytes:
+    """F1 per class as bars (value at the end), precision and recall as markers on them; support in the tick."""
+    names = [f"{c['class']} (n={c.get('support', '?')})" for c in per_class]
+    f1 = [c.get("f1") or 0.0 for c in per_class]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(per_class) + 1.3))
+    ys = np.arange(len(per_class))
+    ax.barh(ys, f1, color="tab:blue", alpha=0.75)
+    ax.scatter([c.get("precision") or 0.0 for c in per_class], ys, marker="|", s=90, color="black", zorder=3)
+    ax.scatter([c.get("recall") or 0.0 for c in per_class], ys, marker="o", s=14, facecolor="white",
+               edgecolor="black", zorder=3)
+    for y, value in zip(ys, f1, strict=True):
+        ax.text(1.04, y, f"{value:.3f}", va="center", fontsize=7)
+    ax.set_yticks(ys, names, fontsize=8 if len(per_class) <= 40 else 6)
+    ax.invert_yaxis()  # the first class on top, as in the tables
+    ax.set_xlim(0, 1.14)
+    ax.set_xticks(np.linspace(0, 1, 6))
+    ax.set_xlabel("test score")
+    ax.set_title(f"{title}\nbars: F1 · |: precision · o: recall", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
     return _png(fig)
+
+
+def learning_curves(records: list[dict[str, Any]]) -> bytes:
+    """Train (solid) and validation (dotted) loss, and the validation score, per epoch of each trained run.
+
+    The score is val_accuracy (single-label) or val_micro_f1 (multi-label); the epochs of two-phase runs
+    follow each other on one axis. The legend sits outside the panels so that many runs stay readable.
+    """
+    fig, (loss_ax, score_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = plt.cm.tab20(np.linspace(0, 1, 20)) if len(records) > 10 else plt.cm.tab10(np.arange(10))
+    score_names = set()
+    for i, record in enumerate(records):
+        history = record["history"]
+        epochs = np.arange(1, len(history) + 1)
+        labels = record.get("labels", {})
+        label = f"{labels.get('paradigm')} ({labels.get('backbone')}) s{record.get('seed')}"
+        colour = colours[i % len(colours)]
+        loss_ax.plot(epochs, [h.get("train_loss", np.nan) for h in history], color=colour, label=label)
+        loss_ax.plot(epochs, [_num(h.get("val_loss")) for h in history], color=colour, linestyle=":")
+        score = _score_key(history)
+        score_names.add(score)
+        score_ax.plot(epochs, [_num(h.get(score)) for h in history], color=colour, marker=".", label=label)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss (solid), validation loss (dotted)")
+    score_name = " / ".join(sorted(s.removeprefix("val_") for s in score_names))
+    score_ax.set(xlabel="epoch", ylabel=f"validation {score_name}", title=f"validation {score_name}")
+    for ax in (loss_ax, score_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    score_ax.legend(fontsize=6 if len(records) > 8 else 7, loc="upper left", bbox_to_anchor=(1.02, 1),
+                    ncol=1 if len(records) <= 20 else 2, frameon=False)
+    return _png(fig)
+
+
+def _score_key(history: list[dict[str, Any]]) -> str:
+    """The validation score a history carries: val_accuracy (single-label) or val_micro_f1 (multi-label)."""
+    keys = set().union(*history) if history else set()
+    return next((k for k in ("val_accuracy", "val_micro_f1") if k in keys), "val_accuracy")
+
+
+def _num(value: Any) -> float:
+    return np.nan if value is None else float(value)
 
 
 # ---------------------------------------------------------------- dataset inspection (`transferlab inspect`)

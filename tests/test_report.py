@@ -1,0 +1,213 @@
+"""report.html of real tiny studies, opened in headless Chromium: the leaderboard, the links back to the run
+records, every figure and thumbnail decoded, the best run's mistakes, multi-label, and older records."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from transferlab.config import StudySpec, validated
+from transferlab.report import build_report, load_records
+from transferlab.study import leaderboard, run_study
+
+from .conftest import SMALL_SIZE
+from .mosaics import write_mosaic_manifest
+
+BACKBONE = {"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE}
+CNN = {"name": "simple-cnn", "label": "cnn", "epochs": 2, "image_size": 16, "augment": "none"}
+
+
+@pytest.fixture(scope="module")
+def single_label(image_folder, tmp_path_factory):
+    """A finished study: knn, linear and a 2-epoch CNN (learning curves) × 2 seeds, plus the majority row."""
+    train, test = image_folder
+    out = tmp_path_factory.mktemp("report")
+    spec = {"name": "report", "datasets": [{"source": str(train), "test": str(test), "name": "fm3"}],
+            "backbones": [BACKBONE], "paradigms": ["knn", {"name": "linear", "C": [0.1, 1.0]}, CNN],
+            "seeds": [0, 1], "references": ["majority"]}
+    run_study(validated(StudySpec, spec, "test"), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def multi_label(fashion_pools, tmp_path_factory):
+    """A finished multi-label study on Fashion-MNIST mosaics (some with no label), per-class thresholds."""
+    folder = tmp_path_factory.mktemp("mosaics")
+    train = write_mosaic_manifest(fashion_pools.train, folder, 120, 0, name="train.csv")
+    test = write_mosaic_manifest(fashion_pools.test, folder, 48, 1, name="test.csv")
+    spec = {"name": "mosaics", "datasets": [{"source": str(train), "test": str(test), "name": "mosaic"}],
+            "backbones": [BACKBONE], "paradigms": ["knn", {"name": "linear", "C": [0.1, 1.0]}],
+            "seeds": [0], "threshold": "per_class", "references": ["majority", "all-negative"]}
+    out = folder / "study"
+    run_study(validated(StudySpec, spec, "test"), out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+class Rows(HTMLParser):
+    """Every <tr> of a page: its attributes, the hrefs inside it and its text."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[dict] = []
+        self.images: list[str] = []
+        self.open: dict | None = None  # the <tr> being read
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr":
+            self.open = {"attrs": attrs, "hrefs": [], "text": ""}
+            self.rows.append(self.open)
+        elif tag == "a" and self.open:
+            self.open["hrefs"].append(attrs.get("href", ""))
+        elif tag == "img":
+            self.images.append(attrs.get("src", ""))
+
+    def handle_endtag(self, tag):
+        if tag in ("tr", "table"):
+            self.open = None
+
+    def handle_data(self, data):
+        if self.open:
+            self.open["text"] += data
+
+    def with_class(self, name: str) -> list[dict]:
+        return [r for r in self.rows if name in r["attrs"].get("class", "").split()]
+
+
+def parsed(html: str) -> Rows:
+    parser = Rows()
+    parser.feed(html)
+    return parser
+
+
+def rendered(report: Path, tmp_path: Path) -> str:
+    """The page as Chromium leaves it after loading (the DOM, after the report's own image check ran)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium is not installed (apt-get install chromium); the rendering check needs it")
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'chromium'}",
+         "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert "<body" in result.stdout, result.stderr[-2000:]
+    return result.stdout
+
+
+def images_decoded(dom: str) -> tuple[int, int]:
+    """(images that decoded, images on the page), as the report's inline check counted them."""
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    ok, total = (re.search(rf'{name}="(\d+)"', body) for name in ("data-images-ok", "data-images-total"))
+    assert ok and total, f"the report's image check did not run: {body}"
+    return int(ok.group(1)), int(total.group(1))
+
+
+# -------------------------------------------------------------------------------------------------- tests
+
+def test_leaderboard_renders_in_chromium_with_every_image_decoded(single_label, tmp_path):
+    records = load_records(single_label)
+    rows = leaderboard(records)
+    dom = rendered(build_report(single_label), tmp_path)
+    ok, total = images_decoded(dom)
+    assert ok == total > 0
+    shown = parsed(dom).with_class("lb-row")
+    assert len(shown) == len(rows) == 4  # knn, linear, cnn, majority
+    for row, tr in zip(rows, shown, strict=True):
+        assert row["paradigm"] in tr["text"] and f"{row['accuracy_mean']:.3f}" in tr["text"]
+    majority = next(tr for tr in shown if "majority" in tr["text"])
+    assert "ref" in majority["attrs"]["class"] and "reference · majority" in majority["text"]
+    assert len(parsed(dom).with_class("top")) == 1  # the best non-reference row, highlighted
+
+
+def test_every_leaderboard_row_links_to_its_runs_and_every_run_to_its_record(single_label):
+    html = build_report(single_label).read_text()
+    page = parsed(html)
+    run_rows = {r["attrs"]["id"]: r for r in page.rows if r["attrs"].get("id", "").startswith("run-")}
+    records = load_records(single_label)
+    assert len(run_rows) == len(records)
+    for row, tr in zip(leaderboard(records), page.with_class("lb-row"), strict=True):
+        targets = [h.removeprefix("#") for h in tr["hrefs"] if h.startswith("#run-")]
+        assert targets == [f"run-{i}" for i in row["run_ids"]]
+        assert all(t in run_rows for t in targets)
+    for anchor, tr in run_rows.items():
+        (href,) = [h for h in tr["hrefs"] if h.startswith("runs/")]
+        record = single_label / href
+        assert record.is_file() and json.loads(record.read_text())["run_id"] == anchor.removeprefix("run-")
+
+
+def test_report_is_one_self_contained_file_with_every_section(single_label):
+    html = build_report(single_label).read_text()
+    page = parsed(html)
+    assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", html) and "<link" not in html
+    assert "<script src" not in html
+    for section in ("Leaderboard", "Best vs runner-up", "Score vs cost", "Learning curves", "Best run of each dataset",
+                    "Per class", "Mistakes on test", "Data", "Runs", "Environment"):
+        assert f">{section}<" in html, section
+    assert re.search(r"(beats|ties with|trails) .+ (by [+-]\d\.\d{3} |on )accuracy \(95 % CI \[-?\d\.\d{3}, "
+                     r"-?\d\.\d{3}\], paired bootstrap over the 60 test images; better in \d+\.\d % of \d+ resamples", html)
+    assert "torch_threads" in html and "scikit-learn" in html
+
+
+def test_best_run_shows_its_confusions_and_mistakes_with_thumbnails(single_label, tmp_path):
+    """The report of the CNN runs alone (the frozen-feature rows make no mistake on these 3 easy classes)."""
+    study = tmp_path / "cnn-only"
+    (study / "runs").mkdir(parents=True)
+    for path in (single_label / "runs").glob("*__cnn__*.json"):
+        shutil.copy(path, study / "runs")
+    report = build_report(study)
+    best = max(load_records(study), key=lambda r: r["metrics"]["accuracy"])
+    assert best["examples"] and best["metrics"]["most_confused"]
+    html = report.read_text()
+    gallery = html.split('class="gallery"', 1)[1].split("</div>", 1)[0]
+    assert gallery.count("<figure>") == len(best["examples"])
+    first = best["examples"][0]
+    assert f"#{first['index']}" in gallery and first["true"] in gallery and f"({first['confidence']:.2f})" in gallery
+    pairs = html.split(">Most confused pairs<", 1)[1].split("</table>", 1)[0]
+    pair = best["metrics"]["most_confused"][0]
+    in_pair = [e for e in best["examples"] if (e["true"], e["predicted"]) == (pair["true"], pair["predicted"])]
+    assert pairs.count('<img src="data:image/png') >= min(len(in_pair), 1)
+    ok, total = images_decoded(rendered(report, tmp_path))
+    assert ok == total >= 5 + len(best["examples"])  # cost, curves, confusion, F1 bars, counts + thumbnails
+
+
+def test_multi_label_report_shows_thresholds_label_sets_and_no_confusion_matrix(multi_label, tmp_path):
+    records = load_records(multi_label)
+    assert records[0]["task"] == "multi-label"
+    report = build_report(multi_label)
+    html = report.read_text()
+    header = parsed(html).rows[0]["text"]
+    assert all(m in header for m in ("micro_f1", "macro_f1", "mAP"))
+    assert "one threshold per class, chosen on validation" in html
+    assert "<th>AP</th>" in html and "<th>threshold</th>" in html
+    assert "confusion matrix" not in html and ">Most confused pairs<" not in html
+    assert "reference · all-negative" in html
+    best = next(r for r in records if r["run_id"] in html.split(">Best run of each dataset<")[1].split("</h3>")[0])
+    if best["examples"]:
+        example = best["examples"][0]
+        assert "{" + ", ".join(example["true"]) + "}" in html or "∅ (no label)" in html
+    ok, total = images_decoded(rendered(report, tmp_path))
+    assert ok == total > 0
+
+
+def test_records_of_the_previous_format_still_render(single_label, tmp_path):
+    """Version-2 records had no task, reference, cost, examples, class counts, environment or pair list."""
+    study = tmp_path / "old"
+    (study / "runs").mkdir(parents=True)
+    for record in load_records(single_label):
+        for key in ("task", "reference", "cost", "examples", "class_counts", "environment", "thresholds", "final",
+                    "test_outcomes"):
+            record.pop(key, None)
+        for key in ("confusion_normalized", "most_confused"):
+            record["metrics"].pop(key, None)
+        (study / "runs" / f"{record['run_id']}.json").write_text(json.dumps(record))
+    html = build_report(study).read_text()
+    assert len(parsed(html).with_class("lb-row")) == 4 and ">Learning curves<" in html
+    assert "The record keeps no example images" in html
