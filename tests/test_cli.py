@@ -74,3 +74,13 @@ def test_unreadable_image_fails_naming_it_and_skip_bad_lists_it_in_the_record(co
     record = json.loads(record_file.read_text())
     assert len(record["skipped"]) == 1 and victim.name in record["skipped"][0]
     assert sum(record["splits"].values()) == 119  # 120 images, one skipped, none else lost
+
+
+def test_run_final_refits_on_train_and_val_and_says_so_in_the_record(tmp_path):
+    result = transferlab("run", "--data", "digits", "--paradigm", "pixels", "-p", "C=[0.01, 1]", "--final",
+                         "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    (record_file,) = (tmp_path / "runs").glob("*__final.json")
+    record = json.loads(record_file.read_text())
+    assert record["final"]["params"]["C"] == record["selected"]["C"]  # the choice made on validation, fixed
+    assert record["final"]["train_images"] == record["splits"]["train"] + record["splits"]["val"]

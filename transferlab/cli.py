@@ -35,8 +35,8 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
         backbone: str | None = typer.Option(None, help="timm model name (none for the pixels paradigm)"),
         weights: str = typer.Option("auto", help="auto | offline | hub | random | path to .safetensors/.pth"),
         image_size: int | None = typer.Option(None, help="override the backbone's pretrained input size"),
-        paradigm: str = typer.Option("linear", help="knn | linear | rff | mlp | pixels | finetune | scratch | "
-                                     "simple-cnn"),
+        paradigm: str = typer.Option("linear", help="knn | linear | rff | mlp | pixels | head | finetune | "
+                                     "scratch | bit | simple-cnn | majority | all-negative"),
         param: list[str] = typer.Option([], "--param", "-p", help="paradigm hyper-parameter KEY=VALUE (YAML)"),
         train_size: int | None = typer.Option(None, help="few-shot: training images (stratified)"),
         data_option: list[str] = typer.Option([], "--data-option", "-d",
@@ -45,6 +45,10 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
         seed: int = typer.Option(0, help="seed for the val/train draw and the paradigm"),
         engine: str = typer.Option("auto", help="frozen-pass engine: auto | onnx | torch"),
         device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        threshold: str = typer.Option("global", help="multi-label: global | per_class decision thresholds, tuned "
+                                      "on validation"),
+        final: bool = typer.Option(False, help="retrain the configuration chosen on validation on train + val "
+                                   "before the one test score"),
         out: Path = typer.Option(DEFAULT_RUN_DIR, help="output folder; the record goes to OUT/runs/<run id>.json"),
         skip_bad: bool = typer.Option(False, help="skip unreadable images and list them in the record"),
         force: bool = typer.Option(False, help="recompute even if the record is up to date"),
@@ -60,7 +64,7 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
     paradigm_spec = {"name": paradigm, **_parse_params(param)}
     record = run_one({k: v for k, v in data_spec.items() if v is not None}, backbone_spec, paradigm_spec,
                      seed=seed, out=out, force=force, resume=resume, engine=engine,
-                     device=device)
+                     device=device, threshold=threshold, final=final)
     results.print(f"{record['run_id']}: {headline(record)}")
     results.print(f"record: {Path(out) / 'runs' / (record['run_id'] + '.json')}")
 
