@@ -169,3 +169,54 @@ def test_kill_9_mid_training_then_resume_ends_exactly_like_an_uninterrupted_run(
     assert a["metrics"] == b["metrics"]
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in a["history"]]
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in b["history"]]
+
+
+def small_digits(digit_images):
+    from transferlab.train.loop import Images
+
+    _, x, y = digit_images
+    images = torch.nn.functional.interpolate(x.float(), size=16).to(torch.uint8)
+    return Images(images[:200], torch.as_tensor(y[:200])), Images(images[200:], torch.as_tensor(y[200:]))
+
+
+def test_restore_best_false_keeps_the_last_epochs_weights_after_the_same_training(digit_images):
+    from transferlab.train.loop import evaluate, fit
+    from transferlab.train.optim import make_loss, param_groups
+
+    train, val = small_digits(digit_images)
+
+    def go(restore_best):
+        p = TrainParams(epochs=8, lr=0.02, optimizer="adamw", augment="none", schedule="constant",
+                        restore_best=restore_best)
+        torch.manual_seed(0)
+        model = create_paradigm("simple-cnn", {"image_size": 16}, n_classes=10, seed=0).build_model()
+        result = fit(model, param_groups([(list(model.parameters()), p.lr)], 0.0), train, val, p, n_classes=10,
+                     seed=0, device=torch.device("cpu"))
+        val_loss, _ = evaluate(model, val, make_loss(p, train.y.numpy(), 10), p.batch_size, torch.device("cpu"))
+        return result, val_loss
+
+    (best, best_loss), (last, last_loss) = go(True), go(False)
+    strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in r.history] for r in (best, last)]
+    assert strip[0] == strip[1]  # keeping the last epoch changes no training step, only what is kept
+    assert best.best_epoch < 8, "this lr should make a middle epoch the best (else the test shows nothing)"
+    assert last.best_epoch == 8 and last.best_score == last.history[-1]["val_accuracy"]
+    assert last_loss == pytest.approx(last.history[-1]["val_loss"], abs=1e-6)
+    assert best_loss == pytest.approx(best.history[best.best_epoch - 1]["val_loss"], abs=1e-6)
+
+
+def test_final_params_fix_the_best_epoch_and_the_refit_trains_exactly_that_many(digit_images):
+    from transferlab.paradigms.base import validate_params
+
+    train, val = small_digits(digit_images)
+    params = {"image_size": 16, "epochs": 30, "patience": 2, "lr": 0.05, "optimizer": "adamw", "augment": "none",
+              "schedule": "constant"}
+    paradigm = create_paradigm("simple-cnn", params, n_classes=10, seed=0)
+    paradigm.bind(TrainingContext(None, torch.device("cpu"))).fit(train.x, train.y, val.x, val.y)
+    assert len(paradigm.history_) < 30  # stopped early, so validation chose the epoch count
+    final = paradigm.final_params()
+    assert final == {**params, "epochs": paradigm.selected_["best_epoch"], "patience": None, "restore_best": False}
+    refit = create_paradigm("simple-cnn", final, n_classes=10, seed=0)  # validates, as the runner's refit does
+    assert validate_params("simple-cnn", final).restore_best is False
+    both = torch.cat([train.x, val.x]), torch.cat([train.y, val.y])
+    refit.bind(TrainingContext(None, torch.device("cpu"))).fit(*both, val.x, val.y)
+    assert len(refit.history_) == final["epochs"] == refit.selected_["best_epoch"]

@@ -4,7 +4,8 @@ Three independent levers, each a small function the training loop (or a paradigm
 - **loss weights** (`class_weights`): scikit-learn's "balanced" (n / (C · n_c)), or the effective number of
   samples (Cui et al. 2019): w_c ∝ (1 − β) / (1 − β^n_c), normalised to sum to the number of classes;
 - **sampling per epoch** (`sampled_order`): "weighted" draws as many images as there are, with
-  replacement, each with probability ∝ 1 / its class's count; "undersample" draws the smallest class's
+  replacement, each with probability ∝ 1 / its class's count (multi-label: the mean inverse frequency of
+  its labels, `label_frequency_sample_weights`); "undersample" draws the smallest class's
   count from every class, without replacement. Both are reproducible from (seed, epoch);
 - **offline oversampling** (`oversample`): augmented copies until every class has at least N images.
 """
@@ -80,10 +81,14 @@ def sampled_order(labels: np.ndarray, sampler: Sampler, seed: int, epoch: int) -
     """
     labels = np.asarray(labels)
     generator = torch.Generator().manual_seed(derived_seed(seed, "sampler", epoch))
+    if labels.ndim == 2:  # a 0/1 label matrix: each image weighs the mean inverse frequency of its labels
+        if sampler != "weighted":
+            raise ValueError(f"sampler '{sampler}' needs one label per image; multi-label data take 'weighted'")
+        weights = torch.as_tensor(label_frequency_sample_weights(labels), dtype=torch.float64)
+        return _weighted_order(weights, generator)
     counts = np.bincount(labels)
     if sampler == "weighted":
-        weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.float64)
-        return torch.tensor(list(WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator)))
+        return _weighted_order(torch.as_tensor(1.0 / counts[labels], dtype=torch.float64), generator)
     if sampler == "undersample":
         # torch and scikit-learn have no per-class sampler without replacement (imbalanced-learn's
         # RandomUnderSampler would be one more dependency for four lines).
@@ -93,6 +98,11 @@ def sampled_order(labels: np.ndarray, sampler: Sampler, seed: int, epoch: int) -
         chosen = torch.as_tensor(np.concatenate(picks))
         return chosen[torch.randperm(len(chosen), generator=generator)]
     raise ValueError(f"sampler '{sampler}' draws no balanced order")
+
+
+def _weighted_order(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """As many draws as images, with replacement, each ∝ its weight."""
+    return torch.tensor(list(WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)))
 
 
 # ---------------------------------------------------------------- offline oversampling

@@ -88,3 +88,8 @@ class Bit(TrainedParadigm):
 
     def predict_proba(self, X):
         return super().predict_proba(self._center(X))
+
+    def chosen_epochs(self) -> dict[str, int]:
+        """None: the rule decides the epochs (and refuses a user's), recomputed for the train + val size; the
+        final refit runs the rule's whole schedule and keeps its last epoch."""
+        return {}

@@ -93,6 +93,12 @@ class Finetune(TrainedParadigm):
         self.model_ = model.eval()
         return self
 
+    def chosen_epochs(self) -> dict[str, int]:
+        """Two-phase: each phase's best epoch (the finetune phase started from the head phase's best)."""
+        if not self.params.head_epochs:
+            return super().chosen_epochs()
+        return {"head_epochs": self.selected_["head_best_epoch"], "epochs": self.selected_["finetune_best_epoch"]}
+
 
 @register
 class Scratch(TrainedParadigm):

@@ -104,4 +104,5 @@ class Head(TrainedParadigm):
         augment = make_augment(self.params.augment, tuple(X.shape[-2:])) or (lambda image: image)
         views = [self._features(view, "train")
                  for view in augmented_copies(images.x, augment, self.params.views, self.seed)]
-        return torch.cat(views), np.tile(images.y.numpy(), self.params.views)
+        y = images.y.numpy()
+        return torch.cat(views), np.tile(y, (self.params.views,) + (1,) * (y.ndim - 1))  # label matrices by rows

@@ -2,6 +2,10 @@
 
 The runner decodes each split once at the paradigm's `view()` geometry and calls `bind(context)` before
 `fit`; training goes through the one loop in `train/loop.py`. What was learned per epoch is `history_`.
+
+Multi-label data (y an N × C 0/1 matrix) train with bce (or mse) on independent sigmoids, and
+`predict_proba` gives each class's sigmoid. For the `final` retraining on train + val, `final_params`
+fixes the epoch count chosen on validation (the best epoch) and keeps the last epoch's weights.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import TransferlabError
 from ..models.backbones import Backbone
 from ..train.loop import Images, TrainResult, fit, predict_logits
 from ..train.optim import param_groups
@@ -35,6 +40,8 @@ class TrainedParadigm(Paradigm):
     input = "images"
 
     def bind(self, context: TrainingContext) -> TrainedParadigm:
+        if self.multi_label:  # before any decoding or encoding: refuse what needs one label per image
+            self.params.check_multi_label(self.name)
         self.context = context
         self.passes_ = {"train": 0, "val": 0}  # images through the backbone's input layers while fitting
         return self
@@ -64,6 +71,10 @@ class TrainedParadigm(Paradigm):
                     *, params=None, phase: str = "", epochs: int | None = None, penalty=None,
                     augment=None) -> TrainResult:
         p = params or self.params
+        if (np.ndim(y) == 2) != self.multi_label:  # the loss and predict_proba must agree on what labels are
+            form = "an N × C 0/1 matrix" if np.ndim(y) == 2 else "one per image"
+            raise TransferlabError(f"{self.name}: the labels are {form}, but the paradigm was created with "
+                                   f"multi_label={self.multi_label}; create it with the data's multi_label")
         folder = self.context.checkpoints / phase if self.context.checkpoints and phase else self.context.checkpoints
         result = fit(model, param_groups(groups, p.weight_decay), Images(X, torch.as_tensor(y)),
                    Images(X_val, torch.as_tensor(y_val)), p, n_classes=self.n_classes, seed=self.seed,
@@ -85,4 +96,14 @@ class TrainedParadigm(Paradigm):
 
     def predict_proba(self, X) -> np.ndarray:
         logits = predict_logits(self.model_, X, self.params.batch_size, self.context.device)
-        return logits.softmax(dim=1).double().numpy()
+        # multi-label: every class is its own yes/no (what bce and mse trained), so rows need not sum to 1
+        return (logits.sigmoid() if self.multi_label else logits.softmax(dim=1)).double().numpy()
+
+    def final_params(self) -> dict[str, Any]:
+        """What validation chose was the best epoch: train that many epochs, no early stopping, and keep the
+        last epoch's weights (nothing in train + val is held out to pick another)."""
+        return {**super().final_params(), **self.chosen_epochs(), "patience": None, "restore_best": False}
+
+    def chosen_epochs(self) -> dict[str, int]:
+        """The epoch counts validation chose, as params (`epochs`; finetune's two phases: both)."""
+        return {"epochs": self.selected_["best_epoch"]}

@@ -1,6 +1,7 @@
 """The one training loop every weight-training paradigm uses.
 
-Data are uint8 image tensors decoded once (small datasets). Offline steps run once before the first epoch
+Data are uint8 image tensors decoded once (small datasets), labelled by integers or, for multi-label
+data, an N × C 0/1 matrix. Offline steps run once before the first epoch
 (oversampling short classes, augmented copies: seeded, so reruns and resumes get the same set); then each
 epoch draws its order from a generator seeded by (seed, epoch) — a plain shuffle or a balancing sampler —
 and augments on the fly, so an epoch is reproducible on its own. At every epoch end the loop
@@ -36,13 +37,18 @@ from .params import TrainParams
 
 @dataclass
 class Images:
-    """uint8 images N×3×H×W and their integer labels."""
+    """uint8 images N×3×H×W (or activations / features computed from them) and their labels: N integers,
+    or for multi-label data an N × C 0/1 matrix."""
 
     x: torch.Tensor
     y: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.y.ndim == 2
 
 
 @dataclass
@@ -72,7 +78,7 @@ def offline_training_set(train: Images, p: TrainParams, seed: int, n_classes: in
         notes["train_images_per_class"] = class_counts(y.numpy(), n_classes)
     if p.augment_copies:
         x = torch.cat([x, *augmented_copies(x, make_augment(p.augment, size), p.augment_copies, seed)])
-        y = y.repeat(p.augment_copies + 1)
+        y = y.repeat(p.augment_copies + 1, *[1] * (y.ndim - 1))  # a label matrix repeats by rows
     notes["train_images"] = len(y)
     return Images(x, y), notes
 
@@ -87,14 +93,21 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
         seed: int, device: torch.device, checkpoints: Path | None = None, resume: bool = False,
         label: str = "train", epochs: int | None = None, penalty=None, augment=None,
         run_key: str = "") -> TrainResult:
-    """Train `model` (its trainable parameters, in `groups`) and leave it holding the best epoch's weights.
+    """Train `model` (its trainable parameters, in `groups`) and leave it holding the best epoch's weights
+    (the last epoch's with `p.restore_best` false).
 
-    `penalty()`, if given, is added to the training loss (e.g. an L1 term on a head's weights);
-    `augment`, if given, replaces the `p.augment` preset online (per-image, uint8 in, uint8 out; offline
+    Multi-label data (labels an N × C 0/1 matrix) train with bce unless `loss` says mse, and the epoch's
+    score is micro-F1 at 0.5 (`train_micro_f1` / `val_micro_f1` in the history, what `monitor:
+    val_accuracy` then follows) instead of accuracy.
+
+    `penalty()`, if given, is added to the training loss (e.g. an L1 term on a head's weights); `augment`,
+    if given, replaces the `p.augment` preset online (per-image, uint8 in, uint8 out; offline
     copies still use the preset). `run_key` is stored with every checkpoint; `resume` refuses a checkpoint
     written under another key.
     """
     epochs = epochs or p.epochs
+    if train.multi_label:
+        p.check_multi_label(label)
     torch.manual_seed(seed + rank())  # under torchrun each rank draws its own augmentations
     train, notes = offline_training_set(train, p, seed, n_classes, label)
     if p.cutmix:
@@ -124,23 +137,25 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
     finished = False
     if resume and checkpoints and (checkpoints / "last.pt").is_file():
         result, stale, finished = _restore(checkpoints, model, optimizer, schedule, run_key)
-        best_state = _load_best(checkpoints, model)
+        best_state = _load_best(checkpoints, model) if p.restore_best else None
     result.notes = notes
+    metric = score_name(train.multi_label)
 
     for epoch in range(result.resumed_from, 0 if finished else epochs):
         started = time.perf_counter()
-        train_loss, train_acc = _train_epoch(trained, optimizer, schedule, train_loss_fn, train, p, augment, seed,
-                                             epoch, device, f"{label} · epoch {epoch + 1}/{epochs}")
-        val_loss, val_acc = _agreed(evaluate(model, val, loss_fn, p.batch_size, device), device)
-        result.history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-                               "val_loss": val_loss, "val_accuracy": val_acc,
+        train_loss, train_score = _train_epoch(trained, optimizer, schedule, train_loss_fn, train, p, augment, seed,
+                                               epoch, device, f"{label} · epoch {epoch + 1}/{epochs}")
+        val_loss, val_score = _agreed(evaluate(model, val, loss_fn, p.batch_size, device), device)
+        result.history.append({"epoch": epoch + 1, "train_loss": train_loss, f"train_{metric}": train_score,
+                               "val_loss": val_loss, f"val_{metric}": val_score,
                                "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started})
-        score = val_acc if p.monitor == "val_accuracy" else -val_loss
+        score = _monitored(result.history[-1], p, metric)
         if result.best_score is None or score > result.best_score:
             result.best_score, result.best_epoch, stale = score, epoch + 1, 0
-            best_state = copy.deepcopy(model.state_dict())
-            if checkpoints and is_main():
-                atomic_write(checkpoints / "best.safetensors", lambda path: save_model(model, str(path)))
+            if p.restore_best:  # only then is the best epoch's state needed again
+                best_state = copy.deepcopy(model.state_dict())
+                if checkpoints and is_main():
+                    atomic_write(checkpoints / "best.safetensors", lambda path: save_model(model, str(path)))
         else:
             stale += 1
         finished = epoch + 1 == epochs or bool(p.patience and stale >= p.patience)
@@ -148,16 +163,33 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
             _save(checkpoints, model, optimizer, schedule, result, stale, finished, run_key)
         if finished:
             break
-    if best_state is not None:
+    if not p.restore_best:
+        # The model is the last epoch's, so that is the epoch the result reports. (The checkpoint keeps the
+        # tracked best: patience counts from it, and a resume must continue that count exactly.)
+        result.best_epoch = len(result.history)
+        result.best_score = _monitored(result.history[-1], p, metric)
+    elif best_state is not None:
         model.load_state_dict(best_state)
     return result
+
+
+def score_name(multi_label: bool) -> str:
+    """The epoch's score in the history: accuracy, or for multi-label micro-F1 at threshold 0.5."""
+    return "micro_f1" if multi_label else "accuracy"
+
+
+def _monitored(entry: dict[str, Any], p: TrainParams, metric: str) -> float:
+    """The figure best epochs and early stopping compare (higher is better); `monitor: val_accuracy` means
+    the validation score, whichever it is for these labels."""
+    return entry[f"val_{metric}"] if p.monitor == "val_accuracy" else -entry["val_loss"]
 
 
 def _train_epoch(model, optimizer, schedule, loss_fn, data: Images, p: TrainParams, augment, seed: int, epoch: int,
                  device: torch.device, label: str) -> tuple[float, float]:
     order = epoch_order(len(data), seed, epoch, labels=data.y, sampler=p.sampler)
     set_train_mode(model)
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, counts, seen = 0.0, None, 0
+    short = "f1" if data.multi_label else "acc"
     autocast = device.type == "cuda" and p.amp
     with progress_bar(label, total=len(order), unit="img") as bar:
         for step, batch in enumerate(order.split(p.batch_size)):
@@ -186,15 +218,34 @@ def _train_epoch(model, optimizer, schedule, loss_fn, data: Images, p: TrainPara
                                        "(or the image size)") from None
             schedule.step()
             total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            batch_counts = score_counts(logits, y)
+            counts = batch_counts if counts is None else [a + b for a, b in zip(counts, batch_counts, strict=True)]
             seen += len(y)
             bar(len(y))
-            bar.note(f"loss {total_loss / seen:.3f} acc {correct / seen:.3f}")
-    if world_size() > 1:  # the epoch's figures over every rank's shard
-        totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=device)
+            bar.note(f"loss {total_loss / seen:.3f} {short} {score_from_counts(counts, seen):.3f}")
+    if world_size() > 1:  # the epoch's figures over every rank's shard (micro-F1: its TP / FP / FN counts)
+        totals = torch.tensor([total_loss, *counts, seen], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(totals)
-        total_loss, correct, seen = totals.tolist()
-    return total_loss / seen, correct / seen
+        total_loss, *counts, seen = totals.tolist()
+    return total_loss / seen, score_from_counts(counts, seen)
+
+
+def score_counts(logits: torch.Tensor, y: torch.Tensor) -> list[int]:
+    """What an epoch's score is summed from, batch by batch (and rank by rank): [correct] for one label per
+    image; for a 0/1 label matrix [TP, FP, FN] at threshold 0.5, which micro-F1 pools over images and classes."""
+    if y.ndim == 1:
+        return [int((logits.argmax(1) == y).sum())]
+    predicted, truth = logits.float().sigmoid() >= 0.5, y.bool()  # ≥ 0.5: the runner's thresholding
+    return [int((predicted & truth).sum()), int((predicted & ~truth).sum()), int((~predicted & truth).sum())]
+
+
+def score_from_counts(counts: list[float], seen: float) -> float:
+    """Accuracy from [correct], or micro-F1 = 2TP / (2TP + FP + FN) from [TP, FP, FN] (0 when TP is 0, which
+    covers 0/0 as scikit-learn's zero_division=0 does)."""
+    if len(counts) == 1:
+        return counts[0] / seen
+    tp, fp, fn = counts
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 def _finite_everywhere(loss: torch.Tensor, device: torch.device) -> bool:
@@ -284,8 +335,11 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int, device: t
 
 
 def evaluate(model, data: Images, loss_fn, batch_size: int, device: torch.device) -> tuple[float, float]:
+    """(loss, score) on `data`: accuracy, or for multi-label micro-F1 at 0.5."""
     logits = predict_logits(model, data.x, batch_size, device).to(device)
     y = data.y.to(device)
+    if data.multi_label:
+        return float(loss_fn(logits, y)), score_from_counts(score_counts(logits, y), len(y))
     return float(loss_fn(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 

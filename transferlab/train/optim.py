@@ -63,11 +63,15 @@ def make_schedule(optimizer: torch.optim.Optimizer, p: TrainParams, steps_per_ep
 
 
 def make_loss(p: TrainParams, labels: np.ndarray, n_classes: int, device: torch.device | None = None):
-    """logits, integer targets → loss. BCE and MSE see one-hot targets (multi-label arrives with issue 6).
+    """logits, targets → loss. Single-label targets are integers (BCE and MSE see them one-hot); multi-label
+    targets are the N × C 0/1 matrix (uint8), told apart by `labels` being 2-D.
 
     `labels` are the training labels the loss will see (after any offline oversampling): class weights are
     computed from them (data/balance.py).
     """
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return multi_label_loss(p, labels, device)
     w = class_weights(labels, n_classes, p.class_weights, p.effective_beta)
     weight = None if w is None else torch.as_tensor(w, device=device)
     if p.loss == "ce":
@@ -81,3 +85,19 @@ def make_loss(p: TrainParams, labels: np.ndarray, n_classes: int, device: torch.
         return lambda logits, y: bce(logits, nn.functional.one_hot(y, n_classes).to(logits.dtype))
     mse = nn.MSELoss()
     return lambda logits, y: mse(logits.softmax(1), nn.functional.one_hot(y, n_classes).to(logits.dtype))
+
+
+def multi_label_loss(p: TrainParams, label_matrix: np.ndarray, device: torch.device | None = None):
+    """logits, N × C 0/1 targets → loss: BCE on the logits (the default) or MSE on their sigmoids.
+
+    Each class is its own yes/no question, so class weighting (balanced or effective alike) is BCE's
+    pos_weight = negatives / positives of that class, and label smoothing moves every target ε/2 toward
+    the other answer (y·(1 − ε) + ε/2, Keras's binary smoothing).
+    """
+    if p.loss_for(multi_label=True) == "mse":
+        mse = nn.MSELoss()
+        return lambda logits, y: mse(logits.sigmoid(), y.to(logits.dtype))
+    positive = None if p.class_weights == "none" else torch.as_tensor(pos_weight(label_matrix), device=device)
+    bce = nn.BCEWithLogitsLoss(pos_weight=positive)
+    eps = p.label_smoothing
+    return lambda logits, y: bce(logits, y.to(logits.dtype) * (1 - eps) + eps / 2)

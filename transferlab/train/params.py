@@ -30,18 +30,28 @@ class TrainParams(Spec):
     milestones: list[float] = Field(default_factory=lambda: [0.3, 0.6, 0.9],
                                     description="multistep: decay points as fractions of training")
     gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step, multistep; exponential: per epoch)")
-    loss: Literal["ce", "bce", "mse"] = "ce"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    loss: Literal["ce", "bce", "mse"] = Field("ce", description="multi-label data train with bce (what the "
+                                              "default means there) or mse on the sigmoids; ce needs one label "
+                                              "per image")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="ce; multi-label bce: each 0/1 target moves ε/2 "
+                                   "toward the other (Keras's binary smoothing)")
     class_weights: ClassWeights = Field("none", description="loss weights per class: balanced (n / (C·n_c)) or "
-                                        "effective (Cui et al. 2019, effective number of samples)")
+                                        "effective (Cui et al. 2019, effective number of samples); with bce "
+                                        "(multi-label too) either means pos_weight = negatives / positives per "
+                                        "class")
     effective_beta: float = Field(0.999, gt=0, lt=1, description="class_weights: effective — its β")
     sampler: Sampler = Field("none", description="per epoch: weighted (with replacement, ∝ 1/class count, as many "
-                             "draws as images) or undersample (the smallest class's count from every class)")
+                             "draws as images; multi-label: the mean inverse frequency of an image's labels) or "
+                             "undersample (the smallest class's count from every class; single-label only)")
     oversample_to: int | None = Field(None, gt=0, description="offline: augmented copies until every class has "
-                                      "this many images (the augment preset, light if none)")
+                                      "this many images (the augment preset, light if none; single-label only)")
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
     patience: int | None = Field(None, gt=0, description="early stopping: epochs without a better val score")
-    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    restore_best: bool = Field(True, description="keep the weights of the best validation epoch; false keeps the "
+                               "last epoch's (what `final` retraining uses)")
+    monitor: Literal["val_accuracy", "val_loss"] = Field("val_accuracy", description="best epoch and early "
+                                                         "stopping by val_accuracy (multi-label: val_micro_f1, "
+                                                         "micro-F1 at 0.5) or val_loss")
     augment: AugmentSpec = Field("light", description="a preset (data.augment.PRESETS), a list of "
                                  "torchvision.transforms.v2 transforms [{name: ..., kwarg: ...}], or a YAML file")
     augment_copies: int = Field(0, ge=0, description="offline: N augmented copies of every image made once "
@@ -68,6 +78,26 @@ class TrainParams(Spec):
         if self.class_weights != "none" and self.loss == "mse":
             raise ValueError("class_weights work with loss ce or bce, not mse")
         return self
+
+    def check_multi_label(self, label: str) -> None:
+        """Refuse, in one line naming the option, what needs one label per image when the labels are an
+        N × C 0/1 matrix. (Params are validated before the data are known, hence a method, not a validator.)"""
+        if "loss" in self.model_fields_set and self.loss == "ce":
+            raise TransferlabError(f"{label}: loss: ce needs one label per image, but these data are multi-label; "
+                                   "set loss: bce or mse, or leave loss unset (multi-label trains with bce)")
+        if self.sampler == "undersample":
+            raise TransferlabError(f"{label}: sampler: undersample needs one label per image, but these data are "
+                                   "multi-label; use sampler: weighted or class_weights: balanced")
+        if self.oversample_to is not None:
+            raise TransferlabError(f"{label}: oversample_to needs one label per image, but these data are "
+                                   "multi-label; use sampler: weighted or class_weights: balanced")
+
+    def loss_for(self, multi_label: bool) -> str:
+        """The loss that trains: `loss` as given, except that an unset loss on multi-label data means bce
+        (ce, the single-label default, has no meaning for a 0/1 matrix)."""
+        if multi_label and "loss" not in self.model_fields_set:
+            return "bce"
+        return self.loss
 
     @property
     def fixed_inputs(self) -> bool:
