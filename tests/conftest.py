@@ -59,3 +59,46 @@ def copy_folder(image_folder, tmp_path):
     import shutil
 
     return shutil.copytree(image_folder[0], tmp_path / "train")
+
+
+def study_spec(folder, **extra):
+    """A small real study: frozen-feature rows, the pixels row and a 3-epoch CNN, 2 seeds (+ reference rows)."""
+    train, test = folder
+    return {"name": "tiny", "datasets": [{"source": str(train), "test": str(test), "name": "fm3"}],
+            "backbones": [{"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE}],
+            "paradigms": ["knn", {"name": "linear", "C": [0.1, 1.0]}, "pixels",
+                          {"name": "simple-cnn", "label": "cnn", "epochs": 3, "image_size": 16, "augment": "none"}],
+            "seeds": [0, 1], **extra}
+
+
+@pytest.fixture(scope="session")
+def finished_study(image_folder, tmp_path_factory):
+    """(output folder, records) of `study_spec` run once per test session (the study and report tests share it)."""
+    from transferlab.config import StudySpec, validated
+    from transferlab.study import run_study
+
+    out = tmp_path_factory.mktemp("study")
+    records = run_study(validated(StudySpec, study_spec(image_folder), "test"), out)
+    return out, records
+
+
+@pytest.fixture(scope="session")
+def mosaic_manifest(fashion_pools, tmp_path_factory):
+    from .mosaics import write_mosaic_manifest
+
+    return write_mosaic_manifest(fashion_pools.train, tmp_path_factory.mktemp("mosaics"), 360, seed=0)
+
+
+@pytest.fixture(scope="session")
+def multilabel_study(mosaic_manifest, tmp_path_factory):
+    """(output folder, records) of a multi-label study on the mosaics: mlp (BCE) and knn, per-class thresholds,
+    the all-negative and most-frequent baselines."""
+    from transferlab.config import StudySpec, validated
+    from transferlab.study import run_study
+
+    spec = {"name": "mosaics", "datasets": [{"source": str(mosaic_manifest), "name": "mosaics"}],
+            "backbones": [{"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE}],
+            "paradigms": ["mlp", {"name": "knn", "k": [5, 15]}],
+            "references": ["all-negative", "majority"], "threshold": "per_class"}
+    out = tmp_path_factory.mktemp("ml-study")
+    return out, run_study(validated(StudySpec, spec, "test"), out)

@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from transferlab.config import RunSpec, StudySpec, validated
+from transferlab.config import RunSpec, validated
 from transferlab.runner import execute_run
-from transferlab.study import leaderboard, run_study
+from transferlab.study import leaderboard
 
 from .conftest import SMALL_SIZE
-from .mosaics import write_mosaic_manifest
 
 BACKBONE = {"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE}
-
-
-@pytest.fixture(scope="module")
-def mosaic_manifest(fashion_pools, tmp_path_factory):
-    return write_mosaic_manifest(fashion_pools.train, tmp_path_factory.mktemp("mosaics"), 360, seed=0)
-
-
-@pytest.fixture(scope="module")
-def multilabel_study(mosaic_manifest, tmp_path_factory):
-    spec = {"name": "mosaics", "datasets": [{"source": str(mosaic_manifest), "name": "mosaics"}],
-            "backbones": [BACKBONE], "paradigms": ["mlp", {"name": "knn", "k": [5, 15]}],
-            "references": ["all-negative", "majority"], "threshold": "per_class"}
-    out = tmp_path_factory.mktemp("ml-study")
-    return out, run_study(validated(StudySpec, spec, "test"), out)
 
 
 def test_a_multilabel_study_trains_with_bce_and_beats_the_all_negative_baseline(multilabel_study):

@@ -12,41 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from transferlab.config import StudySpec, validated
 from transferlab.report import build_report, load_records
-from transferlab.study import leaderboard, run_study
-
-from .conftest import SMALL_SIZE
-from .mosaics import write_mosaic_manifest
-
-BACKBONE = {"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE}
-CNN = {"name": "simple-cnn", "label": "cnn", "epochs": 2, "image_size": 16, "augment": "none"}
+from transferlab.study import leaderboard
 
 
 @pytest.fixture(scope="module")
-def single_label(image_folder, tmp_path_factory):
-    """A finished study: knn, linear and a 2-epoch CNN (learning curves) × 2 seeds, plus the majority row."""
-    train, test = image_folder
-    out = tmp_path_factory.mktemp("report")
-    spec = {"name": "report", "datasets": [{"source": str(train), "test": str(test), "name": "fm3"}],
-            "backbones": [BACKBONE], "paradigms": ["knn", {"name": "linear", "C": [0.1, 1.0]}, CNN],
-            "seeds": [0, 1], "references": ["majority"]}
-    run_study(validated(StudySpec, spec, "test"), out)
-    return out
+def single_label(finished_study):
+    """The shared finished study (conftest): knn, linear, pixels and a 3-epoch CNN × 2 seeds + reference rows."""
+    return finished_study[0]
 
 
 @pytest.fixture(scope="module")
-def multi_label(fashion_pools, tmp_path_factory):
-    """A finished multi-label study on Fashion-MNIST mosaics (some with no label), per-class thresholds."""
-    folder = tmp_path_factory.mktemp("mosaics")
-    train = write_mosaic_manifest(fashion_pools.train, folder, 120, 0, name="train.csv")
-    test = write_mosaic_manifest(fashion_pools.test, folder, 48, 1, name="test.csv")
-    spec = {"name": "mosaics", "datasets": [{"source": str(train), "test": str(test), "name": "mosaic"}],
-            "backbones": [BACKBONE], "paradigms": ["knn", {"name": "linear", "C": [0.1, 1.0]}],
-            "seeds": [0], "threshold": "per_class", "references": ["majority", "all-negative"]}
-    out = folder / "study"
-    run_study(validated(StudySpec, spec, "test"), out)
-    return out
+def multi_label(multilabel_study):
+    """The shared multi-label study on Fashion-MNIST mosaics (some with no label), per-class thresholds."""
+    return multilabel_study[0]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -118,7 +97,7 @@ def test_leaderboard_renders_in_chromium_with_every_image_decoded(single_label, 
     ok, total = images_decoded(dom)
     assert ok == total > 0
     shown = parsed(dom).with_class("lb-row")
-    assert len(shown) == len(rows) == 4  # knn, linear, cnn, majority
+    assert len(shown) == len(rows) == 6  # knn, linear, pixels, cnn; majority and untrained (reference rows)
     for row, tr in zip(rows, shown, strict=True):
         assert row["paradigm"] in tr["text"] and f"{row['accuracy_mean']:.3f}" in tr["text"]
     majority = next(tr for tr in shown if "majority" in tr["text"])
@@ -210,5 +189,5 @@ def test_records_of_the_previous_format_still_render(single_label, tmp_path):
             record["metrics"].pop(key, None)
         (study / "runs" / f"{record['run_id']}.json").write_text(json.dumps(record))
     html = build_report(study).read_text()
-    assert len(parsed(html).with_class("lb-row")) == 4 and ">Learning curves<" in html
+    assert len(parsed(html).with_class("lb-row")) == 6 and ">Learning curves<" in html
     assert "The record keeps no example images" in html

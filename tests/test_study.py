@@ -12,23 +12,7 @@ from transferlab.errors import TransferlabError
 from transferlab.report import build_report
 from transferlab.study import expand, run_study
 
-from .conftest import SMALL_SIZE
-
-
-def study_spec(folder, **extra):
-    train, test = folder
-    return {"name": "tiny", "datasets": [{"source": str(train), "test": str(test), "name": "fm3"}],
-            "backbones": [{"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE}],
-            "paradigms": ["knn", {"name": "linear", "C": [0.1, 1.0]}, "pixels",
-                          {"name": "simple-cnn", "label": "cnn", "epochs": 3, "image_size": 16, "augment": "none"}],
-            "seeds": [0, 1], **extra}
-
-
-@pytest.fixture(scope="module")
-def finished_study(image_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("study")
-    records = run_study(validated(StudySpec, study_spec(image_folder), "test"), out)
-    return out, records
+from .conftest import SMALL_SIZE, study_spec
 
 
 def test_study_writes_one_record_per_cell_with_the_promised_fields(finished_study):
