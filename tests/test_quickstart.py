@@ -1,4 +1,4 @@
-"""The published quickstart targets, checked end to end (slow: about 4 minutes cold; `pytest -m slow`)."""
+"""The published quickstart targets, checked end to end (slow: about 8 minutes cold; `pytest -m slow`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 from .conftest import needs_fashion_mnist
 
 SPEC = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
-COLD_SECONDS = 300
+# Cold: ~8 min measured on 2 cores (Dec 2026, ONNX Runtime at 97 img/s on this machine vs the 161 measured
+# when the target was 5 min); the untrained-backbone reference row encodes every image a second time.
+COLD_SECONDS = 600
 
 
 def study(out: Path, cache: Path) -> float:

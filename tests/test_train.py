@@ -145,6 +145,7 @@ def only_record(out):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow  # ~2 min (three CLI runs of 8 epochs); CI runs it with the slow checks
 def test_kill_9_mid_training_then_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
     victim = run_cli(tmp_path / "killed", wait=False)
     checkpoint = None

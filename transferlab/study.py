@@ -152,6 +152,10 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
     write_leaderboard_csv(rows, out_dir / "leaderboard.csv")
     results.print(leaderboard_table(rows, title=f"{spec.name}: test metrics, mean ± std over seeds"))
     from .report import build_report
+    from .report.html import comparison_text
+
+    for dataset, comparison in compare_best(records).items():
+        results.print(f"{dataset}: {comparison_text(comparison)['sentence']}")
 
     report = build_report(out_dir)
     console.print(f"{summary['computed']} runs computed, {summary['reused']} reused, "
