@@ -41,7 +41,7 @@ def test_leaderboard_csv_has_the_documented_columns_and_mean_std(finished_study)
         (f"tf_efficientnet_lite0@{SMALL_SIZE}", "knn", ""),
         (f"tf_efficientnet_lite0@{SMALL_SIZE}", "linear(C=[0.1, 1.0])", ""), ("none", "pixels", "pixels"),
         ("none", "cnn", ""), ("none", "majority", "majority"),
-        (f"tf_efficientnet_lite0@{SMALL_SIZE} (random init)", "linear", "untrained")}
+        (f"tf_efficientnet_lite0@{SMALL_SIZE} (random init)", "linear-untrained", "untrained")}
     knn = next(r for r in rows if r["paradigm"] == "knn")
     accs = [r["metrics"]["accuracy"] for r in records if r["labels"]["paradigm"] == "knn"]
     assert float(knn["accuracy_mean"]) == pytest.approx(sum(accs) / 2, abs=1e-5)
@@ -95,7 +95,8 @@ def test_overrides_change_only_the_cells_they_select(image_folder):
         {"where": {"paradigm": "knn"}, "set": {"paradigm": {"k": 3}, "seed": 7}}]), "test")
     cells = expand(spec)
     knn = [c for c in cells if c.paradigm.name == "knn"]
-    assert [c.paradigm.params for c in knn] == [{"k": 3}, {"k": 3}] and {c.seed for c in knn} == {7}
+    # both seeds' knn cells became the same cell (seed 7): it runs, and counts as a seed, once
+    assert [c.paradigm.params for c in knn] == [{"k": 3}] and {c.seed for c in knn} == {7}
     assert all(c.paradigm.params == {"C": [0.1, 1.0]} for c in cells if c.paradigm.name == "linear" and not c.reference)
     assert {c.reference for c in cells} == {None, "majority", "pixels", "untrained"}
 
@@ -123,3 +124,49 @@ def test_bad_specs_fail_before_any_work_with_one_line(image_folder, change, mess
     with pytest.raises(TransferlabError, match=message) as err:
         expand(validated(StudySpec, study_spec(image_folder, **change), "spec.yaml"))
     assert "\n" not in str(err.value)
+
+
+def test_reference_rows_take_data_wide_overrides_once_each_and_keep_their_own_ids(image_folder):
+    spec = validated(StudySpec, study_spec(image_folder, references=["majority", "majority", "untrained"],
+                                           paradigms=["linear", "pixels"],
+                                           backbones=[{"name": "tf_efficientnet_lite0", "weights": "random"}],
+                                           overrides=[{"set": {"data": {"train_size": 30}}},
+                                                      {"where": {"paradigm": "knn"}, "set": {"seed": 5}}]), "test")
+    cells = expand(spec)
+    references = [c for c in cells if c.reference in ("majority", "untrained")]
+    assert len([c for c in references if c.reference == "majority"]) == 2  # once per seed, though listed twice
+    assert all(c.data.train_size == 30 for c in references) and {c.seed for c in references} == {0, 1}
+    ids = [c.run_id for c in cells]
+    assert len(ids) == len(set(ids))  # the grid's random-init linear and the untrained reference differ
+
+
+def test_a_study_mixing_single_and_multi_label_datasets_gets_every_metric_column(finished_study, multilabel_study,
+                                                                                   tmp_path):
+    from transferlab.study import leaderboard, leaderboard_table, write_leaderboard_csv
+
+    rows = leaderboard(finished_study[1] + multilabel_study[1])
+    write_leaderboard_csv(rows, tmp_path / "mixed.csv")
+    with open(tmp_path / "mixed.csv") as f:
+        table = list(csv.DictReader(f))
+    assert {"accuracy_mean", "micro_f1_mean", "mAP_mean"} <= set(table[0])
+    assert all(r["accuracy_mean"] for r in table if r["dataset"] == "fm3")
+    assert all(r["micro_f1_mean"] and not r["accuracy_mean"] for r in table if r["dataset"] == "mosaics")
+    assert leaderboard_table(rows, "mixed").row_count == len(rows)
+
+
+def test_study_skip_bad_skips_bad_manifest_rows_and_lists_them(copy_folder, tmp_path):
+    images = sorted(copy_folder.rglob("*.png"))
+    manifest = copy_folder / "listed.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p.relative_to(copy_folder)},{p.parent.name}\n" for p in images)
+                        + f"gone.png,{images[0].parent.name}\n")
+    spec = validated(StudySpec, {"name": "skips", "datasets": [{"source": str(manifest)}], "paradigms": ["pixels"],
+                                 "references": ["majority"]}, "test")
+    with pytest.raises(TransferlabError, match="gone.png"):
+        run_study(spec, tmp_path / "strict")
+    records = run_study(spec, tmp_path / "lenient", skip_bad=True)
+    assert len(records) == 2 and all(any("gone.png" in note for note in r["skipped"]) for r in records)
+
+
+def test_all_negative_on_single_label_data_is_refused_before_any_run(image_folder):
+    with pytest.raises(TransferlabError, match="'all-negative' is a multi-label baseline.*use 'majority'"):
+        expand(validated(StudySpec, study_spec(image_folder, paradigms=["all-negative"]), "test"))

@@ -267,7 +267,8 @@ def encoder_label(spec: RunSpec) -> str:
 
 def headline(record: dict[str, Any]) -> str:
     m = record["metrics"]
-    return " ".join(f"{k}={m[k]:.4f}" for k in headline_metrics(record.get("task") == "multi-label"))
+    return " ".join(f"{k}={m[k]:.4f}" if m.get(k) is not None else f"{k}=–"
+                    for k in headline_metrics(record.get("task") == "multi-label"))
 
 
 def cell_key(spec: RunSpec, pools: Pools, input_key: str) -> str:

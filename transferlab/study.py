@@ -49,15 +49,21 @@ def expand(spec: StudySpec, is_multi_label=None) -> list[RunSpec]:
                         if _matches(override.where, data.label, backbone, paradigm):
                             cell = deep_merge(cell, override.set)
                     cells.append(validated(RunSpec, cell, f"study '{spec.name}', cell {len(cells) + 1}"))
-            cells += [validated(RunSpec, cell, f"study '{spec.name}', reference row {cell['reference']}")
-                      for cell in reference_cells(spec, data, seed, is_multi_label(data))]
+            for cell in reference_cells(spec, data, seed, is_multi_label(data)):
+                # A reference row anchors the grid rows of its dataset: it takes their data-wide overrides
+                # (e.g. a train_size), never those that select a backbone or paradigm.
+                for override in spec.overrides:
+                    if override.where.backbone is None and override.where.paradigm is None and \
+                            override.where.dataset in (None, data.label):
+                        cell = deep_merge(cell, {k: v for k, v in override.set.items() if k != "paradigm"})
+                cells.append(validated(RunSpec, cell, f"study '{spec.name}', reference row {cell['reference']}"))
     seen: dict[str, RunSpec] = {}
     for cell in cells:  # two cells with one id would overwrite each other's record and checkpoints
         if cell.run_id in seen and seen[cell.run_id] != cell:
             raise TransferlabError(f"study '{spec.name}': two cells are both named {cell.run_id}; give the datasets "
                                    "distinct `name:`s or the paradigms distinct `label:`s")
         seen[cell.run_id] = cell
-    return cells
+    return list(seen.values())  # a cell listed twice runs (and counts as a seed) once
 
 
 def _cell(spec: StudySpec, data, backbone, paradigm, seed: int, reference: str | None = None) -> dict[str, Any]:
@@ -83,14 +89,19 @@ def reference_cells(spec: StudySpec, data, seed: int, multi_label: bool) -> list
     training label frequencies) and, for multi-label data, no label at all; raw pixels (no backbone); and a
     linear probe on each backbone's *untrained* (random-init) features. Untrained inits share one fixed seed,
     so every run seed reuses one encoding."""
-    wanted = list(REFERENCE_PARADIGMS) if spec.references is True else list(spec.references or [])
+    wanted = list(REFERENCE_PARADIGMS) if spec.references is True else list(dict.fromkeys(spec.references or []))
     if not multi_label:
+        if any(p.name == "all-negative" for p in spec.paradigms):
+            raise TransferlabError(f"study '{spec.name}': paradigm 'all-negative' is a multi-label baseline, but "
+                                   f"{data.label} is single-label; use 'majority'")
         wanted = [w for w in wanted if w != "all-negative"]
     in_grid = {p.name for p in spec.paradigms}  # e.g. pixels listed by hand: that row is the reference
     wanted = [w for w in wanted if w == "untrained" or REFERENCE_PARADIGMS[w] not in in_grid]
     cells = []
     for kind in wanted:
-        paradigm = ParadigmSpec(name=REFERENCE_PARADIGMS[kind])
+        # The untrained row is labelled apart, so a random-init backbone in the grid never shares its id.
+        paradigm = ParadigmSpec(name=REFERENCE_PARADIGMS[kind], label="linear-untrained" if kind == "untrained"
+                                else None)
         if kind != "untrained":
             cells.append(_cell(spec, data, None, paradigm, seed, reference=kind))
             continue
@@ -109,6 +120,10 @@ def _matches(where, dataset: str, backbone, paradigm) -> bool:
     return all(wanted is None or wanted in names[field] for field, wanted in where.model_dump().items())
 
 
+# DataSpec fields that only change how the listed images are split: datasets differing in these share pools.
+SPLIT_ONLY_FIELDS = {"name", "train_size", "val_size", "test_size", "ratios", "folds", "limit_per_class", "split_seed"}
+
+
 def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, skip_bad: bool = False,
               force: bool = False, resume: bool = False) -> list[dict]:
     """Run every cell, write records, leaderboard.csv and report.html under `out` (default runs/<name>).
@@ -119,17 +134,17 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
     if not isinstance(spec, StudySpec):
         spec = load_study_spec(spec)
     out_dir = Path(out) if out else Path("runs") / spec.name
+    if skip_bad:
+        spec = spec.model_copy(update={"datasets": [d.model_copy(update={"skip_bad": True}) for d in spec.datasets]})
     pools_by_data: dict[str, Any] = {}
 
     def pools_of(data):  # each dataset is opened once, for the expansion (which baselines apply) and the runs
-        key = data.model_dump_json(include={"source", "val", "test", "splits", "multi_label"})
+        key = data.model_dump_json(exclude=SPLIT_ONLY_FIELDS)
         if key not in pools_by_data:
             pools_by_data[key] = open_pools(data)
         return pools_by_data[key]
 
     cells = expand(spec, is_multi_label=lambda data: pools_of(data).train.multi_label)
-    if skip_bad:
-        cells = [c.model_copy(update={"data": c.data.model_copy(update={"skip_bad": True})}) for c in cells]
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main():
         (out_dir / "study.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -213,14 +228,21 @@ def leaderboard(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def compare_best(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per dataset: the two best non-reference rows, and which is better with what confidence
-    (stats.paired_comparison on their per-image test outcomes)."""
+    """Per dataset: the two best non-reference rows, and which is better on test with what confidence
+    (stats.paired_comparison on their per-image test outcomes). The two are picked by their mean
+    *validation* score, so that choosing them does not bias the test comparison in their favour."""
     by_row: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
         by_row[tuple(record["labels"][k] for k in GROUP)].append(record)
+
+    def validation_score(row) -> float:
+        values = [r["val_metrics"].get(row["primary"]) for r in by_row[tuple(row[k] for k in GROUP)]]
+        return float(np.mean([np.nan if v is None else v for v in values]))
+
     out = {}
     for dataset in dict.fromkeys(r["labels"]["dataset"] for r in records):
-        ranked = [row for row in leaderboard(records) if row["dataset"] == dataset and not row["reference"]]
+        candidates = [row for row in leaderboard(records) if row["dataset"] == dataset and not row["reference"]]
+        ranked = sorted(candidates, key=lambda row: -np.nan_to_num(validation_score(row), nan=-np.inf))
         if len(ranked) < 2:
             continue
         first, second = ranked[:2]
@@ -231,8 +253,15 @@ def compare_best(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def study_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    """The headline metrics of rows that may mix single- and multi-label datasets: the union, in order."""
+    tasks = [False] * any(r.get("task") != "multi-label" for r in rows) + [True] * any(
+        r.get("task") == "multi-label" for r in rows)
+    return list(dict.fromkeys(m for multi in tasks for m in headline_metrics(multi)))
+
+
 def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
-    metrics = headline_metrics(any(r.get("task") == "multi-label" for r in rows))
+    metrics = study_metrics(rows)
     return [*GROUP, "reference", "n_seeds", *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "ci95")),
             "fit_seconds_mean", "gflops"]
 
@@ -247,14 +276,14 @@ def write_leaderboard_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def format_mean_std(row: dict[str, Any], metric: str) -> str:
-    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+    mean, std = row.get(f"{metric}_mean", np.nan), row.get(f"{metric}_std", np.nan)
     if np.isnan(mean):
         return "–"
     return f"{mean:.4f}" + ("" if np.isnan(std) else f" ± {std:.4f}")
 
 
 def leaderboard_table(rows: list[dict[str, Any]], title: str) -> Table:
-    metrics = headline_metrics(any(r.get("task") == "multi-label" for r in rows))
+    metrics = study_metrics(rows)
     table = Table(title=title)
     for column in (*GROUP, "seeds", *metrics, "95% CI", "fit s"):
         table.add_column(column, justify="right" if column not in GROUP else "left")

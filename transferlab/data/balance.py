@@ -140,13 +140,14 @@ def oversample(x: torch.Tensor, labels: torch.Tensor, target: int, augment: Augm
 def pos_weight(label_matrix: np.ndarray) -> np.ndarray:
     """BCEWithLogitsLoss's `pos_weight`: negatives / positives per class (float32).
 
-    A class without positives gets 1: nothing can be weighted up, and an infinite weight would only turn
-    into NaNs later.
+    A class without positives, or without negatives, gets 1: nothing can be weighted against the other side
+    (an infinite weight would turn into NaNs, a zero one would stop the class from learning at all).
     """
     Y = np.asarray(label_matrix, dtype=np.float64)
     positives = Y.sum(axis=0)
     negatives = len(Y) - positives
-    return np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0).astype(np.float32)
+    both = (positives > 0) & (negatives > 0)
+    return np.where(both, negatives / np.maximum(positives, 1), 1.0).astype(np.float32)
 
 
 def label_frequency_sample_weights(label_matrix: np.ndarray) -> np.ndarray:
