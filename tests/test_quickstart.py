@@ -14,9 +14,10 @@ import pytest
 from .conftest import needs_fashion_mnist
 
 SPEC = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
-# Cold: ~8 min measured on 2 cores (Dec 2026, ONNX Runtime at 97 img/s on this machine vs the 161 measured
-# when the target was 5 min); the untrained-backbone reference row encodes every image a second time.
-COLD_SECONDS = 600
+# Cold: 490–550 s measured on 2 cores (Dec 2026, ONNX Runtime at 97 img/s on this machine vs the 161 measured
+# when the target was 5 min); the untrained-backbone reference row encodes every image a second time. The
+# limit leaves room for a noisy machine.
+COLD_SECONDS = 720
 
 
 def study(out: Path, cache: Path) -> float:
