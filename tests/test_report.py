@@ -170,9 +170,8 @@ def test_multi_label_report_shows_thresholds_label_sets_and_no_confusion_matrix(
     assert "confusion matrix" not in html and ">Most confused pairs<" not in html
     assert "reference · all-negative" in html
     best = next(r for r in records if r["run_id"] in html.split(">Best run of each dataset<")[1].split("</h3>")[0])
-    if best["examples"]:
-        example = best["examples"][0]
-        assert "{" + ", ".join(example["true"]) + "}" in html or "∅ (no label)" in html
+    example = best["examples"][0]  # the best run still gets some mosaics wrong
+    assert "{" + ", ".join(example["true"]) + "}" in html or "∅ (no label)" in html
     ok, total = images_decoded(rendered(report, tmp_path))
     assert ok == total > 0
 

@@ -2,7 +2,7 @@
 
 Everything comes from scikit-learn except the expected calibration error, which scikit-learn does not have.
 Single-label: `classification_metrics`. Multi-label: `multilabel_metrics`, with thresholds chosen on
-validation by `tune_thresholds` and the two trivial baselines `all_negative_proba` / `most_frequent_proba`.
+validation by `tune_thresholds` (the trivial baselines are paradigms: paradigms/baselines.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from sklearn.metrics import (
 SINGLE_LABEL_HEADLINE = ("accuracy", "top3_accuracy", "macro_f1")  # the leaderboard's columns, in order
 MULTI_LABEL_HEADLINE = ("micro_f1", "macro_f1", "mAP")
 PRIMARY = {False: "accuracy", True: "micro_f1"}  # what leaderboards sort by
-LOWER_IS_BETTER = frozenset({"log_loss", "ece", "hamming_loss"})
 
 ECE_BINS = 15
 THRESHOLD_CANDIDATES = tuple(sorted({*np.round(np.linspace(0.05, 0.95, 19), 2).tolist(), 0.5}))
@@ -42,10 +41,6 @@ def headline_metrics(multi_label: bool) -> tuple[str, ...]:
 def primary_metric(multi_label: bool) -> str:
     """The one metric leaderboards sort by (higher is better)."""
     return PRIMARY[bool(multi_label)]
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric not in LOWER_IS_BETTER
 
 
 # ---------------------------------------------------------------------------------------------- single-label
@@ -179,7 +174,7 @@ def multilabel_metrics(Y_true: np.ndarray, proba: np.ndarray, classes: list[str]
     if proba.shape != Y_true.shape or proba.shape[1] != len(classes):
         raise ValueError(f"labels {Y_true.shape} and probabilities {proba.shape} must both be N × {len(classes)}")
     per_class_threshold = _thresholds_per_class(thresholds, len(classes))
-    Y_pred = (proba >= per_class_threshold).astype(np.int64)
+    Y_pred = predicted_labels(proba, multi_label=True, thresholds=per_class_threshold)
     micro_p, micro_r, micro_f1, _ = precision_recall_fscore_support(
         Y_true, Y_pred, average="micro", zero_division=0)
     precision, recall, f1, support = precision_recall_fscore_support(Y_true, Y_pred, average=None, zero_division=0)
@@ -251,18 +246,6 @@ def _best(candidates: np.ndarray, scores: Sequence[float]) -> float:
     scores = np.asarray(scores)
     tied = candidates[np.isclose(scores, scores.max(), rtol=0, atol=1e-12)]
     return float(tied[np.argmin(np.abs(tied - 0.5))])
-
-
-def all_negative_proba(n: int, n_classes: int) -> np.ndarray:
-    """Baseline: no label on any image (probability 0 everywhere)."""
-    return np.zeros((n, n_classes))
-
-
-def most_frequent_proba(Y_train: np.ndarray, n: int) -> np.ndarray:
-    """Baseline: every image gets the training label frequencies as its probabilities, so a global
-    threshold t predicts, on every image, exactly the labels carried by at least a fraction t of the training
-    images (t = 0.5: the labels on at least half of them)."""
-    return np.tile(np.asarray(Y_train, dtype=np.float64).mean(axis=0), (n, 1))
 
 
 # ------------------------------------------------------------------------------------------ one scored split

@@ -22,6 +22,7 @@ import numpy as np
 
 from .config import RunSpec
 from .data import Pools, Split, UnreadableImage, make_splits, open_pools, split_sizes
+from .data.balance import class_counts
 from .data.decode import decode_images
 from .data.splits import split_indices
 from .distributed import barrier, is_main, world_size
@@ -185,7 +186,7 @@ def _class_counts(labels: np.ndarray, n_classes: int) -> list[int]:
     labels = np.asarray(labels)
     if labels.ndim == 2:
         return labels.sum(axis=0).astype(int).tolist()
-    return np.bincount(labels, minlength=n_classes).tolist()
+    return class_counts(labels, n_classes)
 
 
 def _input_size(paradigm, backbone, train_inputs) -> int | None:

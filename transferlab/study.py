@@ -239,9 +239,9 @@ def compare_best(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         values = [r["val_metrics"].get(row["primary"]) for r in by_row[tuple(row[k] for k in GROUP)]]
         return float(np.mean([np.nan if v is None else v for v in values]))
 
-    out = {}
+    out, rows = {}, leaderboard(records)
     for dataset in dict.fromkeys(r["labels"]["dataset"] for r in records):
-        candidates = [row for row in leaderboard(records) if row["dataset"] == dataset and not row["reference"]]
+        candidates = [row for row in rows if row["dataset"] == dataset and not row["reference"]]
         ranked = sorted(candidates, key=lambda row: -np.nan_to_num(validation_score(row), nan=-np.inf))
         if len(ranked) < 2:
             continue

@@ -96,7 +96,7 @@ def dataset_context(name: str, rows: list[dict[str, Any]], records: list[dict[st
                     by_id: dict[str, dict[str, Any]], comparison: Any) -> dict[str, Any]:
     """One dataset's leaderboard, comparison, cost figure, best-run diagnostics and data summary."""
     multi_label = any(is_multi_label(r) for r in records)
-    metrics, primary = headline_for(rows, multi_label)
+    metrics, primary = list(headline_metrics(multi_label)), primary_metric(multi_label)
     table = leaderboard_rows(rows, by_id, metrics)
     best = best_run(rows, by_id, primary)
     points = [{"label": shown["label"], "score": _float(row.get(f"{primary}_mean")), "fit_s": shown["fit_s"] or 0.0,
@@ -116,11 +116,6 @@ def dataset_context(name: str, rows: list[dict[str, Any]], records: list[dict[st
     }
 
 
-def headline_for(rows: list[dict[str, Any]], multi_label: bool) -> tuple[list[str], str]:
-    """(the headline metrics of the leaderboard, the one its rows are sorted by)."""
-    return list(headline_metrics(multi_label)), primary_metric(multi_label)
-
-
 def leaderboard_rows(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]],
                      metrics: list[str]) -> list[dict[str, Any]]:
     """Leaderboard rows for display: formatted cells, links to the seeds' runs, the top non-reference row."""
@@ -136,7 +131,7 @@ def leaderboard_rows(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]
             "runs": [{"seed": r.get("seed"), "run_id": r["run_id"]} for r in runs],
             "cells": [metric_cell(row, m) for m in metrics],
             "fit_s": _float(row.get("fit_seconds_mean")),
-            "gflops": _float(row["gflops"]) if "gflops" in row else _mean_gflops(runs),
+            "gflops": _float(row["gflops"]),
         })
     return shown
 
@@ -334,8 +329,3 @@ def _float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(value) else value
-
-
-def _mean_gflops(records: list[dict[str, Any]]) -> float | None:
-    values = [g for r in records if (g := _float((r.get("cost") or {}).get("gflops"))) is not None]
-    return sum(values) / len(values) if values else None
