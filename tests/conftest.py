@@ -102,3 +102,26 @@ def multilabel_study(mosaic_manifest, tmp_path_factory):
             "references": ["all-negative", "majority"], "threshold": "per_class"}
     out = tmp_path_factory.mktemp("ml-study")
     return out, run_study(validated(StudySpec, spec, "test"), out)
+
+
+def search_spec(folder, **search):
+    """A small real search on `image_folder`: mlp (width, lr; conditional on paradigm) or linear (C)."""
+    train, test = folder
+    return {"name": "tiny-search", "datasets": [{"source": str(train), "test": str(test), "name": "fm3"}],
+            "backbones": [{"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE}],
+            "paradigms": [{"name": "mlp", "max_epochs": 30, "patience": 5}, "linear"], "references": False,
+            "search": {"trials": 10, "sampler": "tpe", "pruner": "median", "objective": "log_loss",
+                       "space": {"paradigm.hidden": {"choices": [0, 32, 128], "when": {"paradigm": "mlp"}},
+                                 "paradigm.lr": {"low": 1e-4, "high": 3e-2, "log": True, "when": {"paradigm": "mlp"}},
+                                 "paradigm.C": {"low": 0.01, "high": 10.0, "log": True,
+                                                "when": {"paradigm": "linear"}}}, **search}}
+
+
+@pytest.fixture(scope="session")
+def finished_search(image_folder, tmp_path_factory):
+    """(output folder, summary) of `search_spec` run once per session (SQLite storage under the folder)."""
+    from transferlab.config import StudySpec, validated
+    from transferlab.search import run_search
+
+    out = tmp_path_factory.mktemp("search")
+    return out, run_search(validated(StudySpec, search_spec(image_folder), "test"), out)

@@ -1,4 +1,8 @@
-"""torchrun on CPU: two gloo processes train one run with DistributedDataParallel, rank 0 writes it."""
+"""torchrun on CPU: two gloo processes train one run with DistributedDataParallel, rank 0 writes it.
+
+Slow (each test starts three Python processes that import torch, about a minute each): `pytest -m slow`,
+which `.ci/run` runs.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors.numpy import load_file
 
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
@@ -22,6 +27,7 @@ def run(out, *launcher, args=SIMPLE_CNN, cache=None):
     return json.loads(record.read_text())
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run_matches_the_single_process_run_within_noise(tmp_path):
     single = run(tmp_path / "single", sys.executable)
     ddp = run(tmp_path / "ddp", sys.executable, *TORCHRUN)
@@ -31,6 +37,7 @@ def test_two_process_ddp_run_matches_the_single_process_run_within_noise(tmp_pat
     assert abs(ddp["metrics"]["accuracy"] - single["metrics"]["accuracy"]) < 0.08
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_feature_encoding_and_get_the_single_process_result(tmp_path):
     """Each rank encodes half of the missing images (fresh caches for both runs); together they hold all."""
     linear = ("--backbone", "tf_efficientnet_lite0", "--image-size", "32", "--engine", "torch", "--paradigm", "linear")

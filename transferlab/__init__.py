@@ -3,10 +3,11 @@
     import transferlab
     transferlab.study("examples/quickstart.yaml")          # the grid, leaderboard and report
     transferlab.run("digits", "tf_efficientnet_lite0", "linear")   # one cell
+    transferlab.search("examples/search.yaml")             # Optuna over the spec's search: space
 """
 
-from .api import report, run, study
+from .api import report, run, search, study
 from .errors import TransferlabError
 
 __version__ = "0.1.0"
-__all__ = ["TransferlabError", "__version__", "report", "run", "study"]
+__all__ = ["TransferlabError", "__version__", "report", "run", "search", "study"]

@@ -1,5 +1,5 @@
-"""The Python API: the CLI's commands as functions (`transferlab.run`, `transferlab.study`, `transferlab.report`,
-`transferlab.api.inspect`)."""
+"""The Python API: the CLI's commands as functions (`transferlab.run`, `transferlab.study`, `transferlab.search`,
+`transferlab.report`, `transferlab.api.inspect`)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,25 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     if isinstance(spec, dict):
         spec = validated(StudySpec, spec, "transferlab.study")
     return run_study(spec, out, skip_bad=skip_bad, force=force, resume=resume)
+
+
+def search(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None = None, *, trials: int | None = None,
+           timeout: float | None = None, storage: str | None = None, study_name: str | None = None,
+           worker: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Search the spec's `search:` space with Optuna (validation only), retrain the best configuration and
+    score it once on test; returns the summary written to `out/search/<name>.json`.
+
+    `storage` defaults to a SQLite file under `out` (a killed search continues with the same call); give a
+    PostgreSQL URL and run the same call with `worker=True` on other machines to share the budget.
+
+    >>> transferlab.search("examples/search.yaml", trials=50)                 # doctest: +SKIP
+    """
+    from .search import run_search
+
+    if isinstance(spec, dict):
+        spec = validated(StudySpec, spec, "transferlab.search")
+    return run_search(spec, out, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
+                      worker=worker, resume=resume)
 
 
 def report(study_dir: str | Path) -> Path:

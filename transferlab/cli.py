@@ -29,6 +29,26 @@ def study(spec: Path = typer.Argument(..., help="YAML study spec (datasets × ba
 
 
 @app.command()
+def search(spec: Path = typer.Argument(..., help="YAML study spec with a search: block (space, objective, sampler)"),
+           trials: int | None = typer.Option(None, help="the budget, shared by every worker [default: the spec's, "
+                                             "else 20; grid: every point]"),
+           timeout: float | None = typer.Option(None, help="seconds after which this process starts no new trial"),
+           storage: str | None = typer.Option(None, help="Optuna storage URL, e.g. postgresql://user@host/db "
+                                              "[default: sqlite file OUT/search.db]"),
+           study_name: str | None = typer.Option(None, help="the search's name in the storage [default: the spec's "
+                                                 "name]"),
+           out: Path | None = typer.Option(None, help="output folder [default: runs/<spec name>]"),
+           worker: bool = typer.Option(False, help="only run trials of the (existing or new) search, then exit; the "
+                                       "command without --worker retrains the best and writes the report"),
+           resume: bool = typer.Option(False, help="continue a stored search even though its space differs")):
+    """Tune a study's options with Optuna on validation, then retrain the best and score it once on test."""
+    from .api import search as run_search
+
+    run_search(spec, out, trials=trials, timeout=timeout, storage=storage, study_name=study_name, worker=worker,
+               resume=resume)
+
+
+@app.command()
 def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) or builtin: fashion-mnist, digits"),
         test: str | None = typer.Option(None, help="explicit test folder (else carved from --data)"),
         val: str | None = typer.Option(None, help="explicit validation folder (else carved from training)"),

@@ -254,8 +254,74 @@ class Override(Spec):
     set: dict[str, Any]
 
 
+class SpaceParam(Spec):
+    """One dimension of a search space: `choices` (categorical), or a range `low`..`high` (ints when both
+    are ints, unless `type: float`; `log` for a log scale, `step` for a grid). `when` makes it conditional:
+    {other dimension: value or [values]}, e.g. `when: {paradigm: finetune}`."""
+
+    choices: list[Any] | None = Field(None, min_length=1)
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    type: Literal["int", "float"] | None = None
+    when: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, data: Any) -> Any:
+        return {"choices": data} if isinstance(data, list) else data
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SpaceParam:
+        ranged = self.low is not None or self.high is not None
+        if self.choices is not None:
+            if ranged or self.log or self.step is not None:
+                raise ValueError("give choices (a list) or a range (low, high), not both")
+            if any(not isinstance(c, str | int | float | bool) and c is not None for c in self.choices):
+                raise ValueError("choices must be strings, numbers or booleans (Optuna stores them as such)")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high (or give a list of choices)")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0 (got {self.low:g})")
+        if self.log and self.step is not None:
+            raise ValueError("give log or step, not both")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        if self.type is not None:
+            return self.type == "int"
+        return all(float(v).is_integer() for v in (self.low, self.high, self.step or 1))
+
+
+class SearchSpec(Spec):
+    """A hyper-parameter search over a study's options (`transferlab search`): Optuna explores `space`,
+    each trial is one run scored on validation, and the best configuration is retrained and scored once on
+    test. Space keys are paths into a run: `paradigm` / `backbone` (names), `paradigm.<param>`,
+    `backbone.<field>`, `data.<field>`, or a run field such as `batch_size`."""
+
+    space: dict[str, SpaceParam] = Field(default_factory=dict)
+    objective: str | None = Field(None, description="validation metric to optimise (default: accuracy, "
+                                  "multi-label micro_f1); direction inferred (log_loss, ece, hamming_loss: lower)")
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="stops hopeless trials that "
+                                                          "train for epochs, from their per-epoch validation score")
+    trials: int | None = Field(None, gt=0, description="the budget (default 20; grid: every point)")
+    timeout: float | None = Field(None, gt=0, description="seconds after which no new trial starts")
+    seed: int = Field(0, description="the sampler's seed")
+    final: bool | None = Field(None, description="retrain the best configuration on train + val (default: the "
+                               "study's final)")
+    top: int = Field(10, gt=0, description="trials shown in the report's table")
+    heartbeat: int = Field(10, gt=0, description="seconds between a running trial's heartbeats; a trial silent "
+                           "for twice this is failed (its worker died) and retried")
+
+
 class StudySpec(Spec):
-    """datasets × backbones × paradigms × seeds, with per-cell overrides."""
+    """datasets × backbones × paradigms × seeds, with per-cell overrides; `search` for `transferlab search`."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     datasets: list[DataSpec] = Field(min_length=1)
@@ -270,6 +336,7 @@ class StudySpec(Spec):
     final: bool = False
     references: bool | list[Reference] = Field(True, description="reference rows added to every dataset: true "
                                                "(all that apply), false, or a list of " + ", ".join(REFERENCES))
+    search: SearchSpec | None = None
 
 
 def validated(model: type[Spec], data: Any, where: str) -> Any:

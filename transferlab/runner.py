@@ -42,12 +42,17 @@ VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "scikit-lea
 
 
 def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None, pools: Pools | None = None,
-                store: FeatureStore | None = None, reuse: bool = True, resume: bool = False) -> dict[str, Any]:
+                store: FeatureStore | None = None, reuse: bool = True, resume: bool = False,
+                validation_only: bool = False) -> dict[str, Any]:
     """Run `spec`, write `out_dir/runs/<run id>.json`, return the record. `pools` / `store` may be shared.
 
     Like make: when the record already there was computed from the same inputs (same `cell_key`), it is
     returned as it is (marked `reused`) and nothing is recomputed; `reuse=False` recomputes. `resume`
     continues a training paradigm from its last epoch checkpoint (under `out_dir/checkpoints/<run id>`).
+
+    `validation_only` (a search trial): fit and score validation, and stop there — the test split is never
+    encoded, predicted or scored, and no record is written; returns {val_metrics, selected, history,
+    backbone_passes, timings}.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -57,6 +62,8 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         pools = pools or open_pools(spec.data)
         multi_label = pools.train.multi_label
         splits = make_splits(pools, spec.data, spec.seed)
+        if validation_only:
+            del splits["test"]  # a search never looks at test: not even its features are computed
         classes = pools.train.classes
         paradigm = create_paradigm(spec.paradigm.name, spec.paradigm.params, n_classes=len(classes),
                                    seed=spec.seed, multi_label=multi_label)
@@ -65,7 +72,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         key = cell_key(spec, pools, f"{input_key}|{paradigm.params.model_dump_json()}")  # resolved: YAML files read
         if paradigm.input == "images":
             paradigm.context.run_key = key  # a checkpoint resumes only the run that wrote it
-    previous = read_record(record_path(out_dir, spec.run_id))
+    previous = None if validation_only else read_record(record_path(out_dir, spec.run_id))
     if reuse and previous and previous.get("cell_key") == key:
         return {**previous, "reused": True}
 
@@ -85,6 +92,13 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         val_proba = paradigm.predict_proba(inputs["val"])
     # Everything chosen on validation is chosen before test is looked at: thresholds, then (final) the refit.
     thresholds = tune_thresholds(y["val"], val_proba, spec.threshold) if multi_label else None
+    if validation_only:
+        timings["total_s"] = time.perf_counter() - started
+        return {"val_metrics": score(y["val"], val_proba, classes, multi_label=multi_label, thresholds=thresholds,
+                                     detailed=False),
+                "selected": paradigm.selected_, "history": getattr(paradigm, "history_", None),
+                "backbone_passes": _backbone_passes(spec, splits, encoded, paradigm, encoder),
+                "timings": {k: round(v, 3) for k, v in timings.items()}}
     final, scored = None, paradigm
     if spec.final:
         with _timed(timings, "final_fit_s"):
@@ -250,7 +264,8 @@ def _backbone_passes(spec, splits, encoded, paradigm, encoder) -> dict[str, int]
     if encoder is not None:
         return encoded
     fitted = paradigm.passes_
-    return {"train": fitted["train"], "val": fitted["val"] + len(splits["val"]), "test": len(splits["test"])}
+    return {"train": fitted["train"], "val": fitted["val"] + len(splits["val"]),
+            "test": len(splits["test"]) if "test" in splits else 0}
 
 
 def _backbone_info(backbone: Backbone | None, encoder: Encoder | None) -> dict[str, Any]:

@@ -44,10 +44,8 @@ def expand(spec: StudySpec, is_multi_label=None) -> list[RunSpec]:
                     raise TransferlabError(f"study '{spec.name}': paradigm '{paradigm.name}' needs a backbone; "
                                            "add one under backbones:")
                 for backbone in backbones:
-                    cell = _cell(spec, data, backbone, paradigm, seed)
-                    for override in spec.overrides:
-                        if _matches(override.where, data.label, backbone, paradigm):
-                            cell = deep_merge(cell, override.set)
+                    cell = base_cell(spec, data, backbone, paradigm, seed)
+                    cell = apply_overrides(spec, cell, data, backbone, paradigm)
                     cells.append(validated(RunSpec, cell, f"study '{spec.name}', cell {len(cells) + 1}"))
             for cell in reference_cells(spec, data, seed, is_multi_label(data)):
                 # A reference row anchors the grid rows of its dataset: it takes their data-wide overrides
@@ -66,7 +64,15 @@ def expand(spec: StudySpec, is_multi_label=None) -> list[RunSpec]:
     return list(seen.values())  # a cell listed twice runs (and counts as a seed) once
 
 
-def _cell(spec: StudySpec, data, backbone, paradigm, seed: int, reference: str | None = None) -> dict[str, Any]:
+def apply_overrides(spec: StudySpec, cell: dict[str, Any], data, backbone, paradigm) -> dict[str, Any]:
+    """`cell` with every override whose `where` selects it merged in, in the order they are listed."""
+    for override in spec.overrides:
+        if _matches(override.where, data.label, backbone, paradigm):
+            cell = deep_merge(cell, override.set)
+    return cell
+
+
+def base_cell(spec: StudySpec, data, backbone, paradigm, seed: int, reference: str | None = None) -> dict[str, Any]:
     return {
         "data": data.model_dump(exclude_defaults=True),
         "backbone": backbone.model_dump(exclude_defaults=True) if backbone else None,
@@ -103,11 +109,11 @@ def reference_cells(spec: StudySpec, data, seed: int, multi_label: bool) -> list
         paradigm = ParadigmSpec(name=REFERENCE_PARADIGMS[kind], label="linear-untrained" if kind == "untrained"
                                 else None)
         if kind != "untrained":
-            cells.append(_cell(spec, data, None, paradigm, seed, reference=kind))
+            cells.append(base_cell(spec, data, None, paradigm, seed, reference=kind))
             continue
         for backbone in dict.fromkeys((b.name, b.image_size) for b in spec.backbones):
             untrained = BackboneSpec(name=backbone[0], image_size=backbone[1], weights="random", init_seed=0)
-            cells.append(_cell(spec, data, untrained, paradigm, seed, reference=kind))
+            cells.append(base_cell(spec, data, untrained, paradigm, seed, reference=kind))
     return cells
 
 

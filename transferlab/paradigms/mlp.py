@@ -14,7 +14,10 @@ from pydantic import Field
 from torch import nn
 
 from ..config import Spec
+from ..errors import TransferlabError
 from ..models.heads import make_head
+from ..train.hooks import epoch_done
+from ..train.loop import score_counts, score_from_counts, score_name
 from .base import Paradigm, register
 
 
@@ -58,7 +61,13 @@ class Mlp(Paradigm):
                 optimizer.step()
             model.eval()
             with torch.no_grad():
-                val_loss = loss_fn(model(X_v), y_v).item()
+                logits = model(X_v)
+                val_loss = loss_fn(logits, y_v).item()
+            if not np.isfinite(val_loss):
+                raise TransferlabError(f"mlp: the validation loss became {val_loss} at epoch {epoch + 1}; lower lr "
+                                       f"(now {p.lr:g})")
+            epoch_done({"epoch": epoch + 1, "val_loss": val_loss,  # a search's pruner may stop the trial here
+                        f"val_{score_name(self.multi_label)}": score_from_counts(score_counts(logits, y_v), len(y_v))})
             if val_loss < best_loss - 1e-4:
                 best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
             else:

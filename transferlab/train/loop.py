@@ -31,6 +31,7 @@ from ..distributed import is_main, rank, world_size
 from ..errors import TransferlabError
 from ..paths import atomic_write
 from ..progress import progress_bar
+from .hooks import epoch_done
 from .optim import make_loss, make_optimizer, make_schedule
 from .params import TrainParams
 
@@ -149,6 +150,7 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
         result.history.append({"epoch": epoch + 1, "train_loss": train_loss, f"train_{metric}": train_score,
                                "val_loss": val_loss, f"val_{metric}": val_score,
                                "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started})
+        epoch_done(result.history[-1])  # a search's pruner may stop the trial here
         score = _monitored(result.history[-1], p, metric)
         if result.best_score is None or score > result.best_score:
             result.best_score, result.best_epoch, stale = score, epoch + 1, 0

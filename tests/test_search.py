@@ -1,0 +1,176 @@
+"""The hyper-parameter search (transferlab search): its space, its budget, its use of the feature cache,
+pruning, failed trials, continuing a stored search, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from transferlab.config import StudySpec, validated
+from transferlab.errors import TransferlabError
+from transferlab.search import grid_points, parse_space, run_search
+
+from .conftest import needs_fashion_mnist, search_spec
+
+
+def space_spec(space, paradigms=("mlp",), **search):
+    return validated(StudySpec, {"name": "s", "datasets": ["digits"], "backbones": ["tf_efficientnet_lite0"],
+                                 "paradigms": list(paradigms), "search": {"space": space, **search}}, "test")
+
+
+# ------------------------------------------------------------------------------------------- the space
+
+@pytest.mark.parametrize("space, paradigms, sampler, message", [
+    ({}, ("mlp",), "tpe", "search.space is empty"),
+    ({"paradigm.hiden": [32, 64]}, ("mlp",), "tpe", "did you mean paradigm.hidden"),
+    ({"lr": {"low": 1e-4, "high": 1e-2}}, ("mlp",), "tpe", "paradigm.lr"),
+    ({"paradigm.from_fraction": {"low": 0.1, "high": 1.0}, "paradigm": ["mlp", "finetune"]}, ("mlp",), "tpe",
+     "mlp has no parameter 'from_fraction'; add when: {paradigm: finetune}"),
+    ({"paradigm.dropout": {"low": 0.0, "high": 1.5}}, ("mlp",), "tpe", "the value 1.5 makes an invalid run"),
+    ({"paradigm.hidden": {"choices": [32], "when": {"paradigm": "knn"}}, "paradigm": ["mlp", "linear"]}, ("mlp",),
+     "tpe", "when: paradigm = 'knn' is not one of its choices"),
+    ({"paradigm.hidden": {"choices": [32], "when": {"backbone": "x"}}}, ("mlp",), "tpe",
+     "when: backbone must name another categorical dimension"),
+    ({"paradigm.lr": {"low": 1e-4, "high": 1e-2}}, ("mlp",), "grid", "a grid needs a finite set"),
+])
+def test_bad_space_is_one_line_naming_the_key(space, paradigms, sampler, message):
+    with pytest.raises(TransferlabError) as err:
+        parse_space(space_spec(space, paradigms, sampler=sampler))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("param, message", [
+    ({"low": 1, "high": 1}, "low (1) must be below high (1)"),
+    ({"low": 0, "high": 1, "log": True}, "log scale needs low > 0"),
+    ({"low": 1}, "needs both low and high"),
+    ({"choices": [32], "low": 1, "high": 2}, "not both"),
+])
+def test_contradictory_range_is_refused_with_its_path(param, message):
+    with pytest.raises(TransferlabError, match="search.space.paradigm.hidden") as err:
+        space_spec({"paradigm.hidden": param})
+    assert message in str(err.value)
+
+
+def test_study_paradigms_become_a_categorical_and_conditions_prune_the_grid():
+    spec = space_spec({"paradigm.hidden": {"choices": [0, 32, 128], "when": {"paradigm": "mlp"}},
+                       "paradigm.C": {"choices": [0.1, 1.0], "when": {"paradigm": "linear"}}},
+                      paradigms=("mlp", "linear"), sampler="grid")
+    dims = parse_space(spec)
+    assert dims[0].path == "paradigm" and dims[0].param.choices == ["mlp", "linear"]
+    points = grid_points(dims)
+    assert len(points) == 5  # 3 mlp widths + 2 linear Cs: no width on a linear point, no duplicates
+    assert {json.dumps(p, sort_keys=True) for p in points} == {json.dumps(p, sort_keys=True) for p in [
+        {"paradigm": "mlp", "paradigm.hidden": h} for h in (0, 32, 128)] + [
+        {"paradigm": "linear", "paradigm.C": c} for c in (0.1, 1.0)]}
+
+
+def test_unreachable_storage_is_one_line_with_host_and_port(image_folder, tmp_path):
+    spec = validated(StudySpec, search_spec(image_folder), "test")
+    with pytest.raises(TransferlabError) as err:
+        run_search(spec, tmp_path, storage="postgresql://nobody@127.0.0.1:1/db")
+    assert "127.0.0.1:1" in str(err.value) and "check the server is running" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(TransferlabError, match="not a database URL"):
+        run_search(spec, tmp_path, storage="no-such-scheme")
+
+
+# ----------------------------------------------------------------------------------- a search, for real
+
+@needs_fashion_mnist
+def test_twenty_mlp_trials_extract_each_split_once_and_never_touch_test(image_folder, tmp_path, monkeypatch,
+                                                                        session_cache):
+    """20 trials over width × dropout × L2 × lr: the first trial encodes train and val, the other 19 read the
+    cache; test is encoded once, by the retrained best, after the search."""
+    from transferlab import features, search
+
+    cache = tmp_path / "cache"  # no features yet; the session's ONNX export comes along (it is not what's counted)
+    if (session_cache / "onnx").is_dir():
+        shutil.copytree(session_cache / "onnx", cache / "onnx")
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(cache))
+    spec = search_spec(image_folder, trials=20, sampler="random", pruner="none", objective="accuracy",
+                       space={"paradigm.hidden": [16, 64, 256], "paradigm.dropout": {"low": 0.0, "high": 0.6},
+                              "paradigm.weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
+                              "paradigm.lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    spec["paradigms"] = [{"name": "mlp", "max_epochs": 15, "patience": 5}]
+    seen, phase = [], {"now": "search"}
+    real_get, real_retrain = features.FeatureStore.get, search.retrain_best
+    monkeypatch.setattr(features.FeatureStore, "get", lambda self, source, *a, **k: (
+        seen.append((phase["now"], source)), real_get(self, source, *a, **k))[1])
+    monkeypatch.setattr(search, "retrain_best", lambda *a, **k: (phase.update(now="final"), real_retrain(*a, **k))[1])
+
+    summary = run_search(validated(StudySpec, spec, "test"), tmp_path / "out")
+
+    trials = summary["trials"]
+    assert len(trials) == 20 and all(t["state"] == "complete" for t in trials)
+    train, val = (sum(t["backbone_passes"][split] for t in trials) for split in ("train", "val"))
+    assert (train, val) == (96, 24)  # one extraction of each split, whatever the 20 configurations
+    assert all("test" not in t["backbone_passes"] for t in trials)
+    test_sources = {id(s) for p, s in seen if p == "final"} - {id(s) for p, s in seen if p == "search"}
+    assert test_sources, "the final retrain reads a split the search never read (test)"
+    assert {len(t["params"]) for t in trials} == {4}
+
+    record = json.loads((tmp_path / "out" / "runs" / f"{summary['final_run_ids'][0]}.json").read_text())
+    assert record["backbone_passes"] == {"train": 0, "val": 0, "test": 60}
+    assert record["labels"]["paradigm"] == "mlp-searched"
+    best = max(t["value"] for t in trials)
+    assert record["search"]["value"] == best == summary["best"]["value"]
+    assert record["params"]["hidden"] == summary["best"]["params"]["paradigm.hidden"]
+    assert summary["importances"] and set(summary["importances"]) == set(trials[0]["params"])
+
+
+@needs_fashion_mnist
+def test_median_pruner_stops_a_hopeless_trial_and_it_counts_toward_the_budget(image_folder, tmp_path):
+    """A grid whose last point has a learning rate too small to learn: after 5 startup trials the median
+    pruner stops it at an early epoch, from its per-epoch validation loss."""
+    spec = search_spec(image_folder, sampler="grid", pruner="median", objective="log_loss",
+                       space={"paradigm.hidden": [16, 32, 64], "paradigm.lr": [1e-2, 1e-7]})
+    spec["paradigms"] = [{"name": "mlp", "max_epochs": 20, "patience": None}]
+    summary = run_search(validated(StudySpec, spec, "test"), tmp_path)
+    by_number = {t["number"]: t for t in summary["trials"]}
+    assert len(by_number) == summary["budget"] == 6
+    last = by_number[5]
+    assert last["params"] == {"paradigm.hidden": 64, "paradigm.lr": 1e-7}
+    assert last["state"] == "pruned" and 1 <= len(last["intermediate"]) < 20
+    assert summary["best"]["params"]["paradigm.lr"] == 1e-2
+
+
+@needs_fashion_mnist
+def test_a_failing_configuration_is_a_failed_trial_with_its_reason(image_folder, tmp_path):
+    spec = search_spec(image_folder, sampler="grid", objective="accuracy",
+                       space={"data.train_size": [30, 100_000]})
+    spec["paradigms"] = ["linear"]
+    summary = run_search(validated(StudySpec, spec, "test"), tmp_path)
+    states = {t["params"]["data.train_size"]: t for t in summary["trials"]}
+    assert states[30]["state"] == "complete"
+    assert states[100_000]["state"] == "fail" and "train_size" in states[100_000]["fail_reason"]
+    assert summary["best"]["params"] == {"data.train_size": 30}
+
+
+@needs_fashion_mnist
+def test_a_stopped_search_continues_with_the_same_command_and_refuses_a_changed_space(image_folder, tmp_path):
+    spec = search_spec(image_folder, trials=4, sampler="random", pruner="none")
+    run_search(validated(StudySpec, spec, "test"), tmp_path, timeout=0.01)  # stops after its first trial
+    first = json.loads((tmp_path / "search" / "tiny-search.json").read_text())["trials"]
+    assert len(first) == 1
+    summary = run_search(validated(StudySpec, spec, "test"), tmp_path)
+    assert [t["number"] for t in summary["trials"]] == [0, 1, 2, 3]
+    assert summary["trials"][0]["params"] == first[0]["params"]  # trial 0 kept, not rerun
+
+    changed = search_spec(image_folder, trials=4, sampler="random",
+                          space={"paradigm.C": {"low": 0.1, "high": 1.0, "when": {"paradigm": "linear"}}})
+    with pytest.raises(TransferlabError, match="already exists in this storage with a different space.*--resume"):
+        run_search(validated(StudySpec, changed, "test"), tmp_path)
+    resumed = run_search(validated(StudySpec, changed, "test"), tmp_path, resume=True)
+    assert len(resumed["trials"]) == 4
+
+
+def test_search_spec_needs_one_dataset_and_a_search_block():
+    with pytest.raises(TransferlabError, match="no search: block"):
+        parse_space(validated(StudySpec, {"name": "s", "datasets": ["digits"], "paradigms": ["pixels"]}, "t"))
+    two = validated(StudySpec, {"name": "s", "datasets": ["digits", {"source": "digits", "name": "d2"}],
+                                "paradigms": ["pixels"], "search": {"space": {"paradigm.C": [1.0]}}}, "t")
+    with pytest.raises(TransferlabError, match="one dataset"):
+        parse_space(two)
+
