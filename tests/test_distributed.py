@@ -47,3 +47,25 @@ def test_two_processes_share_the_feature_encoding_and_get_the_single_process_res
     assert abs(ddp["metrics"]["accuracy"] - single["metrics"]["accuracy"]) < 0.01
     chunks = (tmp_path / "cache-ddp" / "features").rglob("*.safetensors")  # rank 0 wrote the merged rows
     assert sum(len(load_file(str(chunk))["indices"]) for chunk in chunks) == sum(single["splits"].values())
+
+
+@pytest.mark.slow
+def test_a_search_worker_can_be_a_torchrun_job(tmp_path):
+    """Rank 0 asks the storage for trials and the other rank trains each one with it (DDP); the best is
+    retrained by both and written once."""
+    import yaml
+
+    spec = {"name": "ddp-search", "datasets": ["digits"], "references": False,
+            "paradigms": [{"name": "simple-cnn", "epochs": 2, "image_size": 16, "augment": "none"}],
+            "search": {"sampler": "grid", "pruner": "median", "space": {"paradigm.lr": [0.01, 0.05]}}}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = subprocess.run([sys.executable, *TORCHRUN, "-m", "transferlab", "search", str(path), "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "search" / "ddp-search.json").read_text())
+    assert summary["counts"]["complete"] == 2 and len({t["worker"] for t in summary["trials"]}) == 1
+    (record,) = (tmp_path / "out" / "runs").glob("*.json")
+    record = json.loads(record.read_text())
+    assert record["world_size"] == 2 and record["search"]["trial"] == summary["best"]["number"]
+    assert len(record["history"]) == 2

@@ -95,10 +95,10 @@ def test_twenty_mlp_trials_extract_each_split_once_and_never_touch_test(image_fo
                               "paradigm.lr": {"low": 1e-4, "high": 1e-2, "log": True}})
     spec["paradigms"] = [{"name": "mlp", "max_epochs": 15, "patience": 5}]
     seen, phase = [], {"now": "search"}
-    real_get, real_retrain = features.FeatureStore.get, search.retrain_best
+    real_get, real_retrain = features.FeatureStore.get, search.retrain
     monkeypatch.setattr(features.FeatureStore, "get", lambda self, source, *a, **k: (
         seen.append((phase["now"], source)), real_get(self, source, *a, **k))[1])
-    monkeypatch.setattr(search, "retrain_best", lambda *a, **k: (phase.update(now="final"), real_retrain(*a, **k))[1])
+    monkeypatch.setattr(search, "retrain", lambda *a, **k: (phase.update(now="final"), real_retrain(*a, **k))[1])
 
     summary = run_search(validated(StudySpec, spec, "test"), tmp_path / "out")
 

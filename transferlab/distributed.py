@@ -59,3 +59,12 @@ def merged_across_ranks(part: dict) -> dict:
     parts: list[dict] = [{} for _ in range(world_size())]
     dist.all_gather_object(parts, part)
     return {key: value for one in parts for key, value in one.items()}
+
+
+def broadcast_from_main(obj=None):
+    """Rank 0's `obj` on every rank (what the others pass is ignored); `obj` itself without torchrun."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -33,7 +33,7 @@ import numpy as np
 
 from .config import RunSpec, SearchSpec, SpaceParam, StudySpec, load_study_spec, validated
 from .data import open_pools
-from .distributed import is_main
+from .distributed import broadcast_from_main, is_main, world_size
 from .errors import TransferlabError
 from .features import FeatureStore
 from .paradigms import PARADIGMS, get_paradigm_class
@@ -473,6 +473,8 @@ class Objective:
         folder = self.trial_dir / f"trial{trial.number}-{os.getpid()}"
         try:
             run = trial_spec(self.spec, values, seed=self.spec.seeds[0], label=f"trial{trial.number}")
+            if world_size() > 1:  # torchrun: the other ranks run the same trial with this process (follow_trials)
+                broadcast_from_main({"kind": "trial", "values": values, "number": trial.number})
             with listening_to_epochs(self._reporter(trial)):
                 result = execute_run(run, folder, pools=self.pools, store=self.store, reuse=False,
                                      validation_only=True)
@@ -507,7 +509,7 @@ class Objective:
                 return
             # val_loss is reported negated when the objective is maximised, so the pruner compares like with like
             trial.report(float(-value if name == "val_loss" and self.direction == "maximize" else value), next(step))
-            if trial.should_prune():
+            if broadcast_from_main(trial.should_prune()):  # under torchrun every rank stops at the same epoch
                 raise optuna.TrialPruned(f"pruned at epoch {figures.get('epoch', '?')}")
 
         return report
@@ -586,17 +588,25 @@ def run_search(spec: StudySpec | str | Path, out: str | Path | None = None, *, t
     pools = open_pools(spec.datasets[0])
     multi_label = pools.train.multi_label
     metric, direction = objective_of(spec, multi_label)
-    study = open_search(spec, dims, open_storage(url, search.heartbeat), name, worker=worker, resume=resume,
-                        multi_label=multi_label)
-    budget = study.user_attrs.get(BUDGET_ATTR) or trials or search.trials or DEFAULT_TRIALS
-    objective = Objective(spec, dims, pools, FeatureStore(), out_dir / "search" / "trials", budget, metric, direction)
-    started = time.perf_counter()
-    run_trials(study, objective, budget, timeout=timeout or search.timeout, heartbeat=search.heartbeat)
-    console.print(f"search {name}: {budget_status(study)[0]}/{budget} trials done, "
-                  f"{time.perf_counter() - started:.1f}s in this process")
+    if not is_main():  # torchrun: rank 0 alone talks to the storage; this rank runs what it is told
+        return follow_trials(spec, pools, out_dir, metric)
+    best = None
+    try:
+        study = open_search(spec, dims, open_storage(url, search.heartbeat), name, worker=worker, resume=resume,
+                            multi_label=multi_label)
+        budget = study.user_attrs.get(BUDGET_ATTR) or trials or search.trials or DEFAULT_TRIALS
+        objective = Objective(spec, dims, pools, FeatureStore(), out_dir / "search" / "trials", budget, metric,
+                              direction)
+        started = time.perf_counter()
+        run_trials(study, objective, budget, timeout=timeout or search.timeout, heartbeat=search.heartbeat)
+        console.print(f"search {name}: {budget_status(study)[0]}/{budget} trials done, "
+                      f"{time.perf_counter() - started:.1f}s in this process{_ranks()}")
+        best = None if worker else best_configuration(study, metric)
+    finally:
+        broadcast_from_main({"kind": "stop", "best": best})  # the other ranks retrain with this one, or exit
     if worker:
         return summarize(study, spec, dims, url, budget, metric, final_records=[])
-    records = retrain_best(spec, study, out_dir, pools, metric)
+    records = retrain(spec, best, out_dir, pools)
     summary = summarize(study, spec, dims, url, budget, metric, final_records=records)
     path = write_summary(summary, out_dir)
     from .report import build_report
@@ -606,9 +616,40 @@ def run_search(spec: StudySpec | str | Path, out: str | Path | None = None, *, t
     return summary
 
 
-def retrain_best(spec: StudySpec, study, out_dir: Path, pools, metric: str) -> list[dict[str, Any]]:
-    """The best trial's configuration, retrained (train, or train + val with `final`) and scored once on test
-    for every study seed; ordinary run records under out/runs, labelled `<paradigm>-searched`."""
+def _ranks() -> str:
+    return f" ({world_size()} torchrun processes per trial)" if world_size() > 1 else ""
+
+
+def follow_trials(spec: StudySpec, pools, out_dir: Path, metric: str) -> dict[str, Any]:
+    """torchrun ranks > 0: run each trial rank 0 announces (the training loop's DDP path needs every rank in
+    it), stop at the epochs where rank 0's pruner stops, then join the retraining of the best."""
+    import optuna
+
+    store = FeatureStore()
+
+    def pruned_by_rank_0(figures: dict[str, Any]) -> None:
+        if broadcast_from_main():
+            raise optuna.TrialPruned()
+
+    while True:
+        message = broadcast_from_main()
+        if message["kind"] == "stop":
+            if message["best"] is not None:
+                retrain(spec, message["best"], out_dir, pools)
+            return {}
+        folder = out_dir / "search" / "trials" / f"trial{message['number']}-{os.getpid()}"
+        try:
+            run = trial_spec(spec, message["values"], seed=spec.seeds[0], label=f"trial{message['number']}")
+            with listening_to_epochs(pruned_by_rank_0):
+                execute_run(run, folder, pools=pools, store=store, reuse=False, validation_only=True)
+        except Exception:  # noqa: BLE001 — rank 0 records how the trial ended; this rank waits for the next
+            pass
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def best_configuration(study, metric: str) -> dict[str, Any]:
+    """The best completed trial: its number, parameters and validation value (one line if there is none)."""
     from optuna.trial import TrialState
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -618,20 +659,27 @@ def retrain_best(spec: StudySpec, study, out_dir: Path, pools, metric: str) -> l
         first = f"; the first failure: {reasons[0]}" if reasons else ""
         raise TransferlabError(f"search '{study.study_name}': no trial completed{first}")
     best = study.best_trial
+    return {"study": study.study_name, "trial": best.number, "params": best.params, "objective": metric,
+            "value": best.value}
+
+
+def retrain(spec: StudySpec, best: dict[str, Any], out_dir: Path, pools) -> list[dict[str, Any]]:
+    """The best configuration, retrained (train, or train + val with `final`) and scored once on test for
+    every study seed; ordinary run records under out/runs, labelled `<paradigm>-searched`, with `search`
+    saying which trial they come from."""
     final = spec.search.final if spec.search.final is not None else spec.final
-    paradigm = resolve_paradigm(spec, best.params.get("paradigm", spec.paradigms[0].row_label))
+    paradigm = resolve_paradigm(spec, best["params"].get("paradigm", spec.paradigms[0].row_label))
     store, records = FeatureStore(), []
     for seed in spec.seeds:
-        run = trial_spec(spec, best.params, seed=seed, label=f"{paradigm.label or paradigm.name}-searched")
+        run = trial_spec(spec, best["params"], seed=seed, label=f"{paradigm.label or paradigm.name}-searched")
         run = run.model_copy(update={"final": final})
         record = execute_run(run, out_dir, study=spec.name, pools=pools, store=store)
-        provenance = {"study": study.study_name, "trial": best.number, "params": best.params,
-                      "objective": metric, "value": best.value}
-        if record.get("search") != provenance and is_main():
-            record = {**record, "search": provenance}
+        if record.get("search") != best and is_main():
+            record = {**record, "search": best}
             write_record({k: v for k, v in record.items() if k != "reused"}, out_dir)
-        results.print(f"best trial {best.number} ({metric} {best.value:.4f} on validation), seed {seed}: "
-                      f"{headline(record)}")
+        if is_main():
+            results.print(f"best trial {best['trial']} ({best['objective']} {best['value']:.4f} on validation), "
+                          f"seed {seed}: {headline(record)}")
         records.append(record)
     return records
 
