@@ -84,3 +84,13 @@ def test_run_final_refits_on_train_and_val_and_says_so_in_the_record(tmp_path):
     record = json.loads(record_file.read_text())
     assert record["final"]["params"]["C"] == record["selected"]["C"]  # the choice made on validation, fixed
     assert record["final"]["train_images"] == record["splits"]["train"] + record["splits"]["val"]
+
+
+def test_search_with_a_misspelt_parameter_or_an_unreachable_storage_is_one_line(tmp_path):
+    spec = tmp_path / "search.yaml"
+    spec.write_text("name: s\ndatasets: [digits]\nbackbones: [tf_efficientnet_lite0]\nparadigms: [mlp]\n"
+                    "search: {space: {paradigm.hiden: [32, 64]}}\n")
+    assert "did you mean paradigm.hidden" in one_error_line(transferlab("search", spec, "--out", tmp_path))
+    spec.write_text(spec.read_text().replace("hiden", "hidden"))
+    line = one_error_line(transferlab("search", spec, "--out", tmp_path, "--storage", "postgresql://u@127.0.0.1:1/d"))
+    assert "127.0.0.1:1" in line
