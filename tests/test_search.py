@@ -66,6 +66,28 @@ def test_study_paradigms_become_a_categorical_and_conditions_prune_the_grid():
         {"paradigm": "linear", "paradigm.C": c} for c in (0.1, 1.0)]}
 
 
+def test_an_unknown_objective_is_one_line_with_close_matches(image_folder, tmp_path):
+    spec = validated(StudySpec, search_spec(image_folder, objective="acuracy"), "test")
+    with pytest.raises(TransferlabError, match="search.objective 'acuracy' is not a single-label validation "
+                                               "metric \\(did you mean 'accuracy'\\?\\)"):
+        run_search(spec, tmp_path)
+
+
+def test_the_objective_lists_are_the_scalar_metrics_score_gives():
+    import numpy as np
+
+    from transferlab.evaluate import SCALAR_METRICS, score
+
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(6), 60)
+    single = score(np.arange(60) % 6, proba, list("abcdef"), multi_label=False, detailed=False)
+    multi = score((rng.random((60, 6)) < 0.3).astype(int), proba, list("abcdef"), multi_label=True,
+                  thresholds=0.3, detailed=False)
+    for metrics, multi_label in ((single, False), (multi, True)):
+        scalars = {k for k, v in metrics.items() if isinstance(v, float) or v is None} - {"thresholds"}
+        assert scalars == set(SCALAR_METRICS[multi_label])
+
+
 def test_unreachable_storage_is_one_line_with_host_and_port(image_folder, tmp_path):
     spec = validated(StudySpec, search_spec(image_folder), "test")
     with pytest.raises(TransferlabError) as err:

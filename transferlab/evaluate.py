@@ -29,6 +29,15 @@ SINGLE_LABEL_HEADLINE = ("accuracy", "top3_accuracy", "macro_f1")  # the leaderb
 MULTI_LABEL_HEADLINE = ("micro_f1", "macro_f1", "mAP")
 PRIMARY = {False: "accuracy", True: "micro_f1"}  # what leaderboards sort by
 
+# The scalar metrics `score` gives for each task (what a search may optimise; tests/test_search.py checks the
+# lists against score's output).
+SCALAR_METRICS = {
+    False: ("accuracy", "top3_accuracy", "top5_accuracy", "balanced_accuracy", "macro_precision", "macro_recall",
+            "macro_f1", "weighted_precision", "weighted_recall", "weighted_f1", "roc_auc_ovr", "ece", "log_loss"),
+    True: ("micro_f1", "macro_f1", "samples_f1", "micro_precision", "micro_recall", "subset_accuracy",
+           "hamming_loss", "mAP", "log_loss"),
+}
+
 ECE_BINS = 15
 THRESHOLD_CANDIDATES = tuple(sorted({*np.round(np.linspace(0.05, 0.95, 19), 2).tolist(), 0.5}))
 

@@ -292,11 +292,17 @@ def space_digest(spec: StudySpec, dims: list[Dimension]) -> str:
 
 def objective_of(spec: StudySpec, multi_label: bool | None = None) -> tuple[str, str]:
     """(validation metric, direction). The default follows the task: accuracy, or multi-label micro_f1."""
-    from .evaluate import primary_metric
+    from .evaluate import SCALAR_METRICS, primary_metric
 
-    name = spec.search.objective or primary_metric(bool(multi_label if multi_label is not None
-                                                        else spec.datasets[0].multi_label))
-    name = name.removeprefix("val_")
+    multi_label = bool(multi_label if multi_label is not None else spec.datasets[0].multi_label)
+    name = (spec.search.objective or primary_metric(multi_label)).removeprefix("val_")
+    known = SCALAR_METRICS[multi_label]
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        task = "multi-label" if multi_label else "single-label"
+        raise TransferlabError(f"study '{spec.name}': search.objective '{name}' is not a {task} validation "
+                               f"metric{hint}; choose from {', '.join(known)}")
     return name, "minimize" if name in MINIMIZED else "maximize"
 
 
