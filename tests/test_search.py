@@ -196,3 +196,28 @@ def test_search_spec_needs_one_dataset_and_a_search_block():
     with pytest.raises(TransferlabError, match="one dataset"):
         parse_space(two)
 
+
+
+@needs_fashion_mnist
+def test_an_interrupted_trial_is_queued_again_and_the_rerun_completes_the_grid(image_folder, tmp_path, monkeypatch):
+    from transferlab import search
+
+    spec = search_spec(image_folder, sampler="grid", objective="accuracy", space={"paradigm.C": [0.1, 1.0]})
+    spec["paradigms"] = ["linear"]
+    real, calls = search.execute_run, []
+
+    def interrupted_at_the_second_trial(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "execute_run", interrupted_at_the_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(validated(StudySpec, spec, "test"), tmp_path)
+    monkeypatch.setattr(search, "execute_run", real)
+    summary = run_search(validated(StudySpec, spec, "test"), tmp_path)
+    complete = [t for t in summary["trials"] if t["state"] == "complete"]
+    assert sorted(t["params"]["paradigm.C"] for t in complete) == [0.1, 1.0] == sorted(
+        t["params"]["paradigm.C"] for t in summary["trials"][:2])
+    assert [t["fail_reason"] for t in summary["trials"] if t["state"] == "fail"] == ["interrupted; queued again"]

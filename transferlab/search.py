@@ -486,6 +486,10 @@ class Objective:
                                      validation_only=True)
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:  # Optuna fails the trial; queue its configuration so that a rerun does it
+            trial.set_user_attr("interrupted", True)
+            trial.study.enqueue_trial(values)
+            raise
         except TransferlabError as exc:
             self._fail(trial, str(exc))
         except Exception as exc:  # noqa: BLE001 — any one configuration may break; the search goes on
@@ -706,7 +710,8 @@ def summarize(study, spec: StudySpec, dims: list[Dimension], url: str, budget: i
             "intermediate": {str(k): v for k, v in t.intermediate_values.items()},
             "seconds": t.duration.total_seconds() if t.duration else None,
             "fail_reason": t.user_attrs.get("fail_reason") or (
-                "its worker stopped sending heartbeats (killed?); retried" if t.state == TrialState.FAIL else None),
+                None if t.state != TrialState.FAIL else "interrupted; queued again" if t.user_attrs.get(
+                    "interrupted") else "its worker stopped sending heartbeats (killed?); retried"),
             "worker": t.user_attrs.get("worker"), "backbone_passes": t.user_attrs.get("backbone_passes"),
             "val_metrics": t.user_attrs.get("val_metrics")})
     complete = [t for t in trials if t["state"] == "complete"]
