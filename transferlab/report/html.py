@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ..errors import TransferlabError
 from ..evaluate import headline_metrics, primary_metric
 from . import plots
+from .search import search_context
 
 # The test metrics shown beside the best run of a dataset (whichever its record has), in order.
 SUMMARY_METRICS = {
@@ -38,8 +39,8 @@ def load_records(study_dir: str | Path) -> list[dict[str, Any]]:
     runs = Path(study_dir) / "runs"
     files = sorted(runs.glob("*.json"))
     manifest = Path(study_dir) / "last_invocation.json"
-    if manifest.is_file():
-        wanted = set(json.loads(manifest.read_text()).get("run_ids", []))
+    if manifest.is_file():  # a search's retrained best (search/<name>.json) stays beside the study's cells
+        wanted = set(json.loads(manifest.read_text()).get("run_ids", [])) | search_run_ids(study_dir)
         files = [f for f in files if f.stem in wanted] or files
     if not files:
         raise TransferlabError(f"{runs}: no run records; run a study first (transferlab study SPEC.yaml)")
@@ -50,6 +51,17 @@ def load_records(study_dir: str | Path) -> list[dict[str, Any]]:
         except (OSError, json.JSONDecodeError) as exc:
             raise TransferlabError(f"{path}: unreadable run record ({exc}); delete it and rerun its cell") from None
     return records
+
+
+def search_run_ids(study_dir: str | Path) -> set[str]:
+    """The run ids of every search's retrained best configuration (`transferlab search`)."""
+    ids: set[str] = set()
+    for path in sorted((Path(study_dir) / "search").glob("*.json")):
+        try:
+            ids |= set(json.loads(path.read_text()).get("final_run_ids", []))
+        except (OSError, ValueError):
+            continue
+    return ids
 
 
 def build_report(study_dir: str | Path) -> Path:
@@ -84,6 +96,7 @@ def report_context(records: list[dict[str, Any]], study_dir: Path) -> dict[str, 
         "datasets": datasets,
         "curves": data_uri(plots.learning_curves(trained)) if trained else None,
         "n_trained": len(trained),
+        "searches": search_context(study_dir),  # transferlab search: one entry per search/<name>.json
         "runs": [run_row(r, study_dir) for r in sorted(records, key=_run_order)],
         "versions": merged_values(records, "versions"),
         "environment": merged_values(records, "environment"),
