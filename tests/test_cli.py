@@ -86,6 +86,7 @@ def test_run_final_refits_on_train_and_val_and_says_so_in_the_record(tmp_path):
     assert record["final"]["train_images"] == record["splits"]["train"] + record["splits"]["val"]
 
 
+@pytest.mark.slow  # two CLI starts (~20 s); the same errors are checked in-process in test_search.py
 def test_search_with_a_misspelt_parameter_or_an_unreachable_storage_is_one_line(tmp_path):
     spec = tmp_path / "search.yaml"
     spec.write_text("name: s\ndatasets: [digits]\nbackbones: [tf_efficientnet_lite0]\nparadigms: [mlp]\n"

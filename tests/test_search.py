@@ -100,6 +100,7 @@ def test_unreachable_storage_is_one_line_with_host_and_port(image_folder, tmp_pa
 
 # ----------------------------------------------------------------------------------- a search, for real
 
+@pytest.mark.slow  # ~40 s: in `pytest -m slow`, which .ci/run runs
 @needs_fashion_mnist
 def test_twenty_mlp_trials_extract_each_split_once_and_never_touch_test(image_folder, tmp_path, monkeypatch,
                                                                         session_cache):
@@ -142,6 +143,7 @@ def test_twenty_mlp_trials_extract_each_split_once_and_never_touch_test(image_fo
     assert summary["importances"] and set(summary["importances"]) == set(trials[0]["params"])
 
 
+@pytest.mark.slow  # ~40 s: in `pytest -m slow`, which .ci/run runs
 @needs_fashion_mnist
 def test_median_pruner_stops_a_hopeless_trial_and_it_counts_toward_the_budget(image_folder, tmp_path):
     """A grid whose last point has a learning rate too small to learn: after 5 startup trials the median
