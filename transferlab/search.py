@@ -16,7 +16,6 @@ for an exact budget shared by many workers:
 from __future__ import annotations
 
 import difflib
-import hashlib
 import itertools
 import json
 import math
@@ -530,12 +529,11 @@ class Objective:
         raise TrialFailed(reason)
 
 
-def run_trials(study, objective: Objective, budget: int, *, timeout: float | None, heartbeat: int,
-               wait: bool = True) -> None:
+def run_trials(study, objective: Objective, budget: int, *, timeout: float | None, heartbeat: int) -> None:
     """Ask the storage for trials until the budget is used up (by every worker together) or `timeout`.
 
-    A worker that finds the remaining budget in other workers' hands waits (`wait`) while they run: if one of
-    them dies, its trial is failed by its heartbeat and retried here."""
+    A worker that finds the remaining budget in other workers' hands waits while they run: if one of them
+    dies, its trial is failed by its heartbeat and retried here."""
     import optuna
 
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -551,8 +549,6 @@ def run_trials(study, objective: Objective, budget: int, *, timeout: float | Non
             if finished >= budget or (ran and deadline is not None and time.monotonic() >= deadline):
                 return
             if finished + running >= budget:
-                if not wait:
-                    return
                 time.sleep(min(heartbeat, 2))
                 continue
             study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=False,
@@ -745,7 +741,6 @@ def importances(study) -> dict[str, float] | None:
 def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
     from .paths import atomic_write
 
-    safe = hashlib.sha256(summary["name"].encode()).hexdigest()[:6]
-    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in summary["name"]) or safe
+    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in summary["name"])  # a file name, whatever NAME is
     return atomic_write(out_dir / "search" / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
 
