@@ -25,6 +25,7 @@ from .data import Pools, Split, UnreadableImage, make_splits, open_pools, split_
 from .data.balance import class_counts
 from .data.decode import decode_images
 from .data.splits import split_indices
+from .deploy.artifact import save_run_model
 from .distributed import barrier, is_main, world_size
 from .engines import resolve_device
 from .errors import TransferlabError
@@ -37,7 +38,7 @@ from .paradigms.trained import TrainingContext
 from .paths import atomic_write
 from .stats import encode_outcomes
 
-RECORD_VERSION = 3  # 2: split_indices, fold; 3: task, reference, final, thresholds, outcomes, examples, cost
+RECORD_VERSION = 4  # 2: split_indices, fold; 3: task, reference, final, thresholds, outcomes, examples, cost; 4: model
 VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "scikit-learn", "numpy", "onnxruntime")
 
 
@@ -148,6 +149,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         "environment": environment(device),
     }
     if is_main():
+        record["model"] = save_run_model(scored, backbone, spec.run_id, out_dir)  # what predict / export load
         write_record(record, out_dir)
     barrier()  # under torchrun nobody reads the run folder before rank 0 has written it
     return record

@@ -44,6 +44,19 @@ class Paradigm(ABC):
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
 
+    # ---- deployment: the fitted paradigm as torch modules (transferlab/deploy saves them with the run)
+    scores: ClassVar[str] = "logits"  # what the torch form outputs: logits, or "probabilities" (knn's vote)
+
+    def deploy_steps(self) -> tuple[list[Any], bool]:
+        """(torch modules from deploy/modules.py, frozen_features). frozen_features=True: the steps map the
+        frozen backbone's features to scores (the backbone's own weights complete the model); False: the
+        steps are the whole uint8 image → scores model."""
+        raise NotDeployable(f"paradigm '{self.name}' has no deployable model (a reference row); pick a model row")
+
+    def deploy_view(self, backbone) -> dict[str, Any]:
+        """The preprocessing its inputs had, as data: timm's eval transform for the backbone's config."""
+        return {"timm": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}}
+
     def final_params(self) -> dict[str, Any]:
         """Hyper-parameters for the `final` retraining on train + val, every choice made on validation fixed.
 
@@ -56,8 +69,17 @@ class Paradigm(ABC):
         return {**params, **chosen}
 
 
+class NotDeployable(TransferlabError):
+    """The paradigm learned nothing a model file could hold (reference rows)."""
+
+
 class SklearnParadigm(Paradigm):
     """A paradigm whose fitted `model_` is a scikit-learn classifier (or pipeline ending in one)."""
+
+    def deploy_steps(self):
+        from ..deploy.modules import from_sklearn_pipeline
+
+        return from_sklearn_pipeline(self.model_, self.n_classes, self.multi_label), True
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return sklearn_proba(self.model_, X, self.n_classes, self.multi_label)

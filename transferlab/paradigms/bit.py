@@ -77,6 +77,11 @@ class Bit(TrainedParadigm):
         self.model_.eval()
         return self
 
+    def deploy_view(self, backbone):
+        """The rule's evaluation view: resize, centre crop, then the centre crop at the rule's crop size."""
+        size = self.rule(0)["resize"]
+        return {"steps": [["resize", size], ["center_crop", size], ["center_crop", self.crop_]]}
+
     def _augment_at_crop(self):
         """The rule's flip, or the user's own augmentation if they wrote one."""
         if "augment" not in self.params.model_fields_set:

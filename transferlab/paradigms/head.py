@@ -92,6 +92,15 @@ class Head(TrainedParadigm):
         self.model_ = FrozenThenHead(self.encode_, head.eval())
         return self
 
+    def deploy_steps(self):
+        """The frozen backbone's features → the trained head (the backbone's own weights complete it)."""
+        from ..deploy.modules import Head as HeadModule
+
+        p, head = self.params, self.model_.head
+        module = HeadModule(self.context.backbone.model.num_features, self.n_classes, p.hidden, p.dropout)
+        module.net.load_state_dict(head.state_dict())
+        return [module.eval()], True
+
     def _features(self, images: torch.Tensor, split: str = "val") -> torch.Tensor:
         self.count_passes(split, images)
         return torch.cat([torch.from_numpy(self.encode_(chunk)) for chunk in images.split(self.params.batch_size)])

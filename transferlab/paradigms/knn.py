@@ -31,3 +31,10 @@ class Knn(SklearnParadigm):
             candidates.append(({"k": k}, model, validation_score(y_val, proba, self.multi_label)))
         self.selected_, self.model_ = pick_best(candidates)
         return self
+
+    scores = "probabilities"  # a vote share, no logits
+
+    def deploy_steps(self):
+        from ..deploy.modules import from_knn
+
+        return [from_knn(self.model_, self.n_classes, self.multi_label)], True

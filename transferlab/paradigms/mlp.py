@@ -85,6 +85,14 @@ class Mlp(Paradigm):
         return {**super().final_params(), "max_epochs": self.selected_["best_epoch"], "patience": None,
                 "restore_best": False}
 
+    def deploy_steps(self):
+        from ..deploy.modules import Head, Standardize
+
+        p = self.params
+        head = Head(len(self.mean_), self.n_classes, p.hidden, p.dropout)
+        head.net.load_state_dict(self.model_.state_dict())
+        return [Standardize(len(self.mean_), self.mean_, self.std_), head.eval()], True
+
     def _tensor(self, X: np.ndarray) -> torch.Tensor:
         return torch.as_tensor((X - self.mean_) / self.std_, dtype=torch.float32)
 

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from ..data.sources import ArraySource, ImageSource
 from ..features import PixelEncoder
-from .base import register
+from .base import Paradigm, register
 from .linear import Linear, LinearParams
 
 DEFAULT_PIXEL_SIZE = 32  # for folders of mixed sizes; array datasets keep their native size
@@ -21,6 +21,9 @@ class Pixels(Linear):
     name = "pixels"
     Params = PixelsParams
     needs_backbone = False
+
+    def deploy_steps(self):  # its inputs are resized pixels, not a backbone's features
+        return Paradigm.deploy_steps(self)
 
     def encoder(self, source: ImageSource) -> PixelEncoder:
         native = isinstance(source, ArraySource)

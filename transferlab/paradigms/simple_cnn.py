@@ -16,6 +16,8 @@ from ..train.params import Optimizer, TrainParams
 from .base import register
 from .trained import TrainedParadigm
 
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # inputs scaled to about [-2, 2]
+
 
 class SimpleCnnParams(TrainParams):
     image_size: int = Field(64, ge=16)
@@ -46,7 +48,18 @@ class SimpleCnn(TrainedParadigm):
         size = self.params.image_size
         return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
+    def deploy_steps(self):
+        from ..deploy.modules import SimpleCnnModel
+
+        model = SimpleCnnModel(self.params.widths, self.n_classes, self.params.dropout)
+        model.net.load_state_dict(self.model_.state_dict())
+        return [model.eval()], False
+
+    def deploy_view(self, backbone):
+        size = self.params.image_size
+        return {"steps": [["resize", size], ["center_crop", size]]}
+
     def build_model(self) -> Normalized:
         torch.manual_seed(self.seed)  # timm-free: torch's default init
         net = simple_cnn(self.params.widths, self.n_classes, self.params.dropout)
-        return Normalized(net, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        return Normalized(net, mean=MEAN, std=STD)

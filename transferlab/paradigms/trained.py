@@ -99,6 +99,15 @@ class TrainedParadigm(Paradigm):
         # multi-label: every class is its own yes/no (what bce and mse trained), so rows need not sum to 1
         return (logits.sigmoid() if self.multi_label else logits.softmax(dim=1)).double().numpy()
 
+    def deploy_steps(self):
+        """The whole trained model: a timm architecture behind its normalisation (finetune, scratch, bit)."""
+        from ..deploy.modules import TimmModel
+
+        config = self.context.backbone.data_config
+        model = TimmModel(self.context.backbone.name, self.n_classes, config["mean"], config["std"])
+        model.net.load_state_dict(self.model_.state_dict())
+        return [model.eval()], False
+
     def final_params(self) -> dict[str, Any]:
         """What validation chose was the best epoch: train that many epochs, no early stopping, and keep the
         last epoch's weights (nothing in train + val is held out to pick another)."""

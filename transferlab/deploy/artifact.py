@@ -1,0 +1,243 @@
+"""A run's model on disk, and loading it back: `OUT/models/<run id>.safetensors` + the run record.
+
+The runner saves every fitted (non-reference) run as the torch modules of `deploy/modules.py`: their
+tensors in a safetensors file, their shapes (a JSON description) and the file's sha256 in the record's
+`model` entry. A feature paradigm's file holds what it learned on top of the frozen backbone (the
+head; kNN: its reference features); the backbone's own weights come back through `load_backbone` and
+must hash to what the record says. A training paradigm's file holds the whole trained network.
+
+Loading never unpickles: JSON, safetensors, and `load_backbone` (safetensors / `weights_only` torch files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import TransferlabError
+from ..paths import atomic_write
+from .modules import Pipeline, build, describe
+
+MODEL_FORMAT = 1
+DEFAULT_RUNS = Path("runs")  # where run ids are looked up: every study folder under it
+
+
+def save_run_model(paradigm, backbone, run_id: str, out_dir: str | Path) -> dict[str, Any] | None:
+    """Write the fitted paradigm's model file; the record's `model` entry (None for reference rows)."""
+    from ..paradigms.base import NotDeployable
+
+    try:
+        steps, frozen_features = paradigm.deploy_steps()
+    except NotDeployable:
+        return None
+    pipeline = Pipeline(steps, frozen_features=frozen_features)
+    relative = Path("models") / f"{run_id}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in pipeline.state_dict().items()}
+    metadata = {"format": str(MODEL_FORMAT)}
+    atomic_write(Path(out_dir) / relative, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    return {"format": MODEL_FORMAT, "file": str(relative), "sha256": file_sha256(Path(out_dir) / relative),
+            "pipeline": describe(pipeline), "view": paradigm.deploy_view(backbone), "scores": paradigm.scores,
+            "activation": "none" if paradigm.scores == "probabilities" else
+            ("sigmoid" if paradigm.multi_label else "softmax")}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- finding a run
+
+
+def find_record(ref: str | Path, runs: str | Path = DEFAULT_RUNS) -> Path:
+    """A run record from what a user types: the record file, `OUT/models/<id>.safetensors`, or a run id
+    (looked up as `*/runs/<id>.json` under `runs`, default ./runs)."""
+    path = Path(ref)
+    if path.is_file() and path.suffix == ".json":
+        return path
+    if path.is_file() and path.suffix == ".safetensors" and path.parent.name == "models":
+        return _must_exist(path.parent.parent / "runs" / f"{path.stem}.json", ref)
+    if path.is_dir():
+        records = sorted((path / "runs").glob("*.json")) if (path / "runs").is_dir() else []
+        if len(records) == 1:
+            return records[0]
+        what = (f"a study folder with {len(records)} runs; name one: {', '.join(r.stem for r in records[:5])}"
+                f"{' …' if len(records) > 5 else ''}") if records else "not a run (no runs/<run id>.json in it)"
+        raise TransferlabError(f"{ref}: {what}")
+    found = sorted(Path(runs).glob(f"**/runs/{path.name}.json")) if Path(runs).is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise TransferlabError(f"run id '{ref}' is in several folders ({', '.join(map(str, found[:3]))}); give the "
+                               "record's path")
+    raise TransferlabError(f"{ref}: not a run — give a run record (OUT/runs/<run id>.json), its model file "
+                           f"(OUT/models/<run id>.safetensors), a folder holding one run, or a run id under {runs}/")
+
+
+def _must_exist(path: Path, ref) -> Path:
+    if not path.is_file():
+        raise TransferlabError(f"{ref}: its run record {path} is missing; the model file alone cannot be used")
+    return path
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TransferlabError(f"{path}: not a readable run record ({type(exc).__name__})") from None
+    if not isinstance(record, dict) or "run_id" not in record or "spec" not in record:
+        raise TransferlabError(f"{path}: not a transferlab run record (no run_id / spec)")
+    return record
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass
+class RunModel:
+    """A run's model, ready to predict: uint8 N×3×H×W images → class scores, with what the record says."""
+
+    record: dict[str, Any]
+    module: nn.Module
+    view: Any  # PIL image → uint8 C×H×W tensor, the run's preprocessing
+    input_size: tuple[int, int, int]
+    path: Path  # the run record
+
+    @property
+    def classes(self) -> list[str]:
+        return self.record["classes"]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.record.get("task") == "multi-label"
+
+    @property
+    def activation(self) -> str:
+        return self.record["model"]["activation"]
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        thresholds = self.record.get("thresholds")
+        return thresholds["values"] if thresholds else None
+
+    @torch.no_grad()
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images)
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        return to_probabilities(self.scores(images), self.activation).double().numpy()
+
+
+def to_probabilities(scores: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "softmax":
+        return scores.softmax(dim=1)
+    if activation == "sigmoid":
+        return scores.sigmoid()
+    return scores
+
+
+class Classifier(nn.Module):
+    """The frozen backbone's features → the run's learned steps (feature paradigms and `head`)."""
+
+    def __init__(self, features: nn.Module, head: nn.Module):
+        super().__init__()
+        self.features, self.head = features, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def load_run(ref: str | Path, runs: str | Path = DEFAULT_RUNS) -> RunModel:
+    """The run's model, rebuilt from its record and checked: the model file's sha256 must be the record's,
+    and a frozen backbone's weights must hash to what the run used."""
+    path = find_record(ref, runs)
+    record = read_run(path)
+    entry = record.get("model")
+    if not entry:
+        reason = ("a reference row has no model" if record.get("reference") else
+                  "it was recorded before models were saved; rerun it with --force")
+        raise TransferlabError(f"{path}: run {record['run_id']} has no saved model ({reason})")
+    file = path.parent.parent / entry["file"]
+    if not file.is_file():
+        raise TransferlabError(f"{path}: its model file {file} is missing; rerun the run with --force")
+    if file_sha256(file) != entry["sha256"]:
+        raise TransferlabError(f"{file}: sha256 differs from its run record — the file was changed or damaged; "
+                               "rerun the run with --force")
+    pipeline = build(entry["pipeline"])
+    pipeline.load_state_dict(load_file(str(file)))
+    module = Classifier(_frozen_features(record, path), pipeline) if entry["pipeline"]["frozen_features"] else pipeline
+    view, input_size = make_view(entry["view"])
+    return RunModel(record, module.eval(), view, input_size, path)
+
+
+def _frozen_features(record: dict[str, Any], path: Path) -> nn.Module:
+    from ..config import BackboneSpec
+    from ..models import load_backbone
+
+    spec = BackboneSpec.model_validate(record["spec"]["backbone"])
+    seed = record["seed"] if spec.init_seed is None else spec.init_seed
+    backbone = load_backbone(spec, seed=seed)
+    expected = record["backbone"]["weights"]["sha256"]
+    if backbone.weights.sha256 != expected:
+        raise TransferlabError(f"{path}: backbone {spec.name} weights ({backbone.weights.source} "
+                               f"{backbone.weights.detail}) hash to {backbone.weights.sha256[:12]}…, not the run's "
+                               f"{expected[:12]}…; the weights changed since the run: rerun it with --force")
+    return backbone.feature_model()
+
+
+def make_view(spec: dict[str, Any]):
+    """(PIL → uint8 tensor, (3, H, W)) from a model entry's `view`: timm's eval transform for a data config,
+    or resize / centre-crop steps (bit, simple-cnn)."""
+    from torchvision.transforms import v2
+
+    if "timm" in spec:
+        from timm.data import create_transform
+
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["timm"].items()}
+        return create_transform(**config, is_training=False, use_prefetcher=True), tuple(config["input_size"])
+    steps, size = [v2.PILToTensor()], None
+    for op, size in spec["steps"]:
+        steps.append(v2.Resize(size, antialias=True) if op == "resize" else v2.CenterCrop(size))
+    return v2.Compose(steps), (3, size, size)
+
+
+# ---------------------------------------------------------------- the run's own images
+
+
+def run_split(record: dict[str, Any], name: str):
+    """The run's `name` split (train / val / test) as a `Split`: the record's image indices in the source the
+    run's data spec opens to. Parity checks, pruning and quantization score on these real images."""
+    from ..config import DataSpec
+    from ..data import Split, make_splits, open_pools
+
+    spec = DataSpec.model_validate(record["spec"]["data"])
+    try:
+        splits = make_splits(open_pools(spec), spec, record["seed"])
+    except TransferlabError as exc:
+        raise TransferlabError(f"run {record['run_id']}: its {name} images are needed and its data cannot be "
+                               f"opened here ({exc})") from None
+    indices = np.asarray(record["split_indices"][name]["indices"], dtype=np.int64)
+    return Split(splits[name].source, indices)
+
+
+def decoded_split(model: RunModel, name: str, limit: int | None = None, batch_size: int = 64):
+    """(uint8 images at the model's view, labels) of the run's `name` split, the first `limit` of them."""
+    from ..data.decode import decode_images
+
+    split = run_split(model.record, name)
+    indices = split.indices[:limit] if limit else split.indices
+    images, kept, _ = decode_images(split.source, indices, model.view, batch_size=batch_size, skip_bad=True,
+                                    label=f"{name:>5} · decode")
+    labels = np.asarray(split.source.labels)[kept]
+    return images, labels

@@ -1,0 +1,240 @@
+"""Fitted paradigms as torch modules: uint8 images → class scores, one `nn.Module` per run.
+
+Every module here is rebuilt from a JSON description (`describe` / `build`) and then given its tensors
+from a safetensors file, so loading a run never unpickles anything. scikit-learn has no torch (or ONNX)
+conversion for the pipelines the feature paradigms fit (skl2onnx covers ONNX only, and the parity
+check, pruning and TorchScript need torch), so the few operations they use are written out here:
+standardisation, an affine map, random Fourier features and a k-NN vote — each checked against
+scikit-learn's own `predict_proba` in tests/test_deploy.py.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models.heads import make_head
+
+NEVER = -1e4  # the logit of a class the fitted model cannot predict (softmax / sigmoid give exactly 0)
+
+MODULES: dict[str, type[nn.Module]] = {}
+
+
+def rebuildable(cls):
+    MODULES[cls.__name__] = cls
+    return cls
+
+
+def describe(module: nn.Module) -> dict[str, Any]:
+    """{kind, config}: what `build` needs to make an empty module of the same shape."""
+    return {"kind": type(module).__name__, **module.config}
+
+
+def build(description: dict[str, Any]) -> nn.Module:
+    description = dict(description)
+    kind = description.pop("kind")
+    if kind not in MODULES:
+        raise ValueError(f"unknown module kind '{kind}' (this model needs a newer transferlab)")
+    return MODULES[kind](**description)
+
+
+@rebuildable
+class Pipeline(nn.Module):
+    """Steps applied in order; `frozen_features` marks a first step filled from the backbone's own weights."""
+
+    def __init__(self, steps: list[dict[str, Any]] | list[nn.Module], frozen_features: bool = False):
+        super().__init__()
+        modules = [step if isinstance(step, nn.Module) else build(step) for step in steps]
+        self.steps = nn.ModuleList(modules)
+        self.frozen_features = frozen_features
+        self.config = {"steps": [describe(m) for m in modules], "frozen_features": frozen_features}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+@rebuildable
+class TimmModel(nn.Module):
+    """A timm architecture behind uint8 → normalised input (the layout of `Backbone.with_normalization`)."""
+
+    def __init__(self, name: str, num_classes: int, mean: list[float], std: list[float]):
+        super().__init__()
+        import timm
+
+        from ..models.backbones import Normalized
+
+        self.config = {"name": name, "num_classes": num_classes, "mean": list(mean), "std": list(std)}
+        self.net = Normalized(timm.create_model(name, pretrained=False, num_classes=num_classes), mean, std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+@rebuildable
+class SimpleCnnModel(nn.Module):
+    def __init__(self, widths: list[int], num_classes: int, dropout: float):
+        super().__init__()
+        from ..models.backbones import Normalized
+        from ..paradigms.simple_cnn import MEAN, STD, simple_cnn
+
+        self.config = {"widths": list(widths), "num_classes": num_classes, "dropout": dropout}
+        self.net = Normalized(simple_cnn(widths, num_classes, dropout), MEAN, STD)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+@rebuildable
+class Standardize(nn.Module):
+    """(x − mean) / scale, as scikit-learn's StandardScaler.transform."""
+
+    def __init__(self, dim: int, mean: np.ndarray | None = None, scale: np.ndarray | None = None):
+        super().__init__()
+        self.config = {"dim": dim}
+        self.register_buffer("mean", _tensor(mean, (dim,)))
+        self.register_buffer("scale", _tensor(scale, (dim,), fill=1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+
+@rebuildable
+class Affine(nn.Module):
+    """x Wᵀ + b: the decision function of a fitted (multinomial, binary or one-vs-rest) logistic regression."""
+
+    def __init__(self, dim: int, outputs: int, weight: np.ndarray | None = None, bias: np.ndarray | None = None):
+        super().__init__()
+        self.config = {"dim": dim, "outputs": outputs}
+        self.register_buffer("weight", _tensor(weight, (outputs, dim)))
+        self.register_buffer("bias", _tensor(bias, (outputs,)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T + self.bias
+
+
+@rebuildable
+class RandomFourier(nn.Module):
+    """√(2/n) · cos(x W + b): scikit-learn's RBFSampler.transform."""
+
+    def __init__(self, dim: int, components: int, weights: np.ndarray | None = None,
+                 offset: np.ndarray | None = None):
+        super().__init__()
+        self.config = {"dim": dim, "components": components}
+        self.register_buffer("weights", _tensor(weights, (dim, components)))
+        self.register_buffer("offset", _tensor(offset, (components,)))
+        self.factor = math.sqrt(2.0 / components)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cos(x @ self.weights + self.offset) * self.factor
+
+
+@rebuildable
+class Head(nn.Module):
+    """The new head of `mlp` / `head` (models/heads.make_head)."""
+
+    def __init__(self, features: int, classes: int, hidden: int, dropout: float):
+        super().__init__()
+        self.config = {"features": features, "classes": classes, "hidden": hidden, "dropout": dropout}
+        self.net = make_head(features, classes, hidden=hidden, dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@rebuildable
+class KnnVote(nn.Module):
+    """k-nearest-neighbour vote over reference features shipped inside the model (KNeighborsClassifier's
+    brute-force predict_proba: the share of the k nearest, optionally weighted by 1/distance, per class)."""
+
+    def __init__(self, references: int, dim: int, classes: int, k: int, metric: str, weights: str,
+                 features: np.ndarray | None = None, targets: np.ndarray | None = None):
+        super().__init__()
+        self.config = {"references": references, "dim": dim, "classes": classes, "k": k, "metric": metric,
+                       "weights": weights}
+        self.k, self.metric, self.weighting = k, metric, weights
+        if features is not None and metric == "cosine":
+            features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        self.register_buffer("features", _tensor(features, (references, dim)))
+        self.register_buffer("targets", _tensor(targets, (references, classes)))  # one-hot or 0/1 labels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.metric == "cosine":
+            x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            distances = (1 - x @ self.features.T).clamp(0, 2)
+        else:  # euclidean, written out (cdist has no ONNX export)
+            squared = (x * x).sum(1, keepdim=True) - 2 * x @ self.features.T + (self.features ** 2).sum(1)
+            distances = squared.clamp_min(0).sqrt()
+        nearest, index = distances.topk(self.k, dim=1, largest=False)
+        if self.weighting == "distance":  # 1/d; an exact match (d = 0) takes the whole vote, as in scikit-learn
+            exact = nearest == 0
+            weights = torch.where(exact.any(1, keepdim=True), exact.float(), 1 / nearest.clamp_min(1e-30))
+        else:
+            weights = torch.ones_like(nearest)
+        votes = (self.targets[index] * weights.unsqueeze(-1)).sum(1)  # multi-label: per label, the share with it
+        return votes / weights.sum(1, keepdim=True)
+
+
+def _tensor(value, shape: tuple[int, ...], fill: float = 0.0) -> torch.Tensor:
+    if value is None:
+        return torch.full(shape, fill, dtype=torch.float32)
+    return torch.as_tensor(np.asarray(value, dtype=np.float32).reshape(shape))
+
+
+# ---------------------------------------------------------------- scikit-learn → modules
+
+
+def from_sklearn_pipeline(pipeline, n_classes: int, multi_label: bool) -> list[nn.Module]:
+    """The steps of a fitted StandardScaler → [RBFSampler →] logistic regression pipeline (linear, rff)."""
+    from sklearn.kernel_approximation import RBFSampler
+    from sklearn.preprocessing import StandardScaler
+
+    steps: list[nn.Module] = []
+    for _, step in pipeline.steps[:-1]:
+        if isinstance(step, StandardScaler):
+            steps.append(Standardize(len(step.mean_), step.mean_, step.scale_))
+        elif isinstance(step, RBFSampler):
+            steps.append(RandomFourier(*step.random_weights_.shape, step.random_weights_, step.random_offset_))
+        else:
+            raise ValueError(f"no torch form for {type(step).__name__}")
+    steps.append(logistic_affine(pipeline.steps[-1][1], n_classes, multi_label))
+    return steps
+
+
+def logistic_affine(model, n_classes: int, multi_label: bool) -> Affine:
+    """Logits over all n_classes whose softmax (sigmoid, multi-label) is the model's predict_proba."""
+    if multi_label:  # OneVsRestClassifier: a binary model per label (constant for a label never / always seen)
+        rows = [_binary_logit(e) for e in model.estimators_]
+        weight, bias = np.stack([w for w, _ in rows]), np.array([b for _, b in rows])
+        return Affine(weight.shape[1], n_classes, weight, bias)
+    coef, intercept, seen = model.coef_, model.intercept_, model.classes_.astype(int)
+    weight = np.zeros((n_classes, coef.shape[1]))
+    bias = np.full(n_classes, NEVER)
+    if len(seen) == 2:  # binary: predict_proba = [1 − σ(z), σ(z)] = softmax([0, z])
+        weight[seen[1]], bias[seen[0]], bias[seen[1]] = coef[0], 0.0, intercept[0]
+    else:
+        weight[seen], bias[seen] = coef, intercept
+    return Affine(coef.shape[1], n_classes, weight, bias)
+
+
+def _binary_logit(estimator) -> tuple[np.ndarray, float]:
+    if hasattr(estimator, "coef_"):
+        return estimator.coef_[0], float(estimator.intercept_[0])
+    constant = float(np.asarray(estimator.y_).ravel()[0])  # scikit-learn's _ConstantPredictor
+    return np.zeros(estimator.n_features_in_), -NEVER if constant else NEVER
+
+
+def from_knn(model, n_classes: int, multi_label: bool) -> KnnVote:
+    features = np.asarray(model._fit_X, dtype=np.float32)
+    y = np.asarray(model._y)
+    if multi_label:  # scikit-learn encodes each output's classes; map back to the 0/1 label
+        targets = np.column_stack([np.asarray(classes)[y[:, j]] == 1 for j, classes in enumerate(model.classes_)])
+    else:
+        targets = np.eye(n_classes)[np.asarray(model.classes_)[y].astype(int)]
+    return KnnVote(len(features), features.shape[1], n_classes, model.n_neighbors, model.metric, model.weights,
+                   features, targets.astype(np.float32))
