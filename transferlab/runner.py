@@ -125,6 +125,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         "seed": spec.seed,
         "classes": classes,
         "splits": split_sizes(splits),
+        "data_fingerprints": {name: pool.fingerprint for name, pool in vars(pools).items() if pool is not None},
         "class_counts": {name: _class_counts(split.labels, len(classes)) for name, split in splits.items()},
         "split_indices": split_indices(splits),  # which images, so the run can be reproduced
         "fold": spec.seed % spec.data.folds if spec.data.folds else None,

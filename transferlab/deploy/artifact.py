@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import TransferlabError
 from ..paths import atomic_write
-from .modules import Pipeline, build, describe
+from .modules import Pipeline, TimmModel, build, describe
 
 MODEL_FORMAT = 1
 DEFAULT_RUNS = Path("runs")  # where run ids are looked up: every study folder under it
@@ -147,17 +147,6 @@ def to_probabilities(scores: torch.Tensor, activation: str) -> torch.Tensor:
     return scores
 
 
-class Classifier(nn.Module):
-    """The frozen backbone's features → the run's learned steps (feature paradigms and `head`)."""
-
-    def __init__(self, features: nn.Module, head: nn.Module):
-        super().__init__()
-        self.features, self.head = features, head
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
-
-
 def load_run(ref: str | Path, runs: str | Path = DEFAULT_RUNS) -> RunModel:
     """The run's model, rebuilt from its record and checked: the model file's sha256 must be the record's,
     and a frozen backbone's weights must hash to what the run used."""
@@ -176,9 +165,10 @@ def load_run(ref: str | Path, runs: str | Path = DEFAULT_RUNS) -> RunModel:
                                "rerun the run with --force")
     pipeline = build(entry["pipeline"])
     pipeline.load_state_dict(load_file(str(file)))
-    module = Classifier(_frozen_features(record, path), pipeline) if entry["pipeline"]["frozen_features"] else pipeline
+    if pipeline.frozen_features:  # one pipeline, image → scores: the backbone's features first
+        pipeline = Pipeline([_frozen_features(record, path), *pipeline.steps])
     view, input_size = make_view(entry["view"])
-    return RunModel(record, module.eval(), view, input_size, path)
+    return RunModel(record, pipeline.eval(), view, input_size, path)
 
 
 def _frozen_features(record: dict[str, Any], path: Path) -> nn.Module:
@@ -193,7 +183,10 @@ def _frozen_features(record: dict[str, Any], path: Path) -> nn.Module:
         raise TransferlabError(f"{path}: backbone {spec.name} weights ({backbone.weights.source} "
                                f"{backbone.weights.detail}) hash to {backbone.weights.sha256[:12]}…, not the run's "
                                f"{expected[:12]}…; the weights changed since the run: rerun it with --force")
-    return backbone.feature_model()
+    config = backbone.data_config
+    features = TimmModel(spec.name, 0, config["mean"], config["std"])  # timm's num_classes=0: pooled features
+    features.net.load_state_dict(backbone.feature_model().state_dict())
+    return features
 
 
 def make_view(spec: dict[str, Any]):
