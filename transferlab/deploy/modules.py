@@ -111,8 +111,9 @@ class Affine(nn.Module):
     def __init__(self, dim: int, outputs: int, weight: np.ndarray | None = None, bias: np.ndarray | None = None):
         super().__init__()
         self.config = {"dim": dim, "outputs": outputs}
-        self.register_buffer("weight", _tensor(weight, (outputs, dim)))
-        self.register_buffer("bias", _tensor(bias, (outputs,)))
+        # Parameters, not buffers: pruning (torch.nn.utils.prune) and a recovery fine-tune act on parameters.
+        self.weight = nn.Parameter(_tensor(weight, (outputs, dim)))
+        self.bias = nn.Parameter(_tensor(bias, (outputs,)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight.T + self.bias
