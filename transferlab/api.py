@@ -92,3 +92,56 @@ def inspect(data: str | dict[str, Any], *, val: str | None = None, test: str | N
     presets = (augment,) if isinstance(augment, str) else tuple(augment)
     return inspect_data(spec, out if out is not None else DEFAULT_INSPECT_DIR / spec.label, seed=seed, limit=limit,
                         augment=presets, threshold=threshold)
+
+
+# ---------------------------------------------------------------- after the study (transferlab/deploy)
+# `run` is a run record path, a model file OUT/models/<id>.safetensors, a folder holding one run, or a run id
+# found under `runs` (default ./runs).
+
+
+def predict(run: str | Path, images: Sequence[str | Path], *, top_k: int = 5, out: str | Path | None = None,
+            runs: str | Path = "runs"):
+    """Classify image files / folders / globs with a run's model; returns `Predictions` (rows, unreadable);
+    `out` also writes them (.csv or .json).
+
+    >>> transferlab.api.predict("runs/quickstart/runs/<id>.json", ["photos/"]).rows[0]["prediction"]  # doctest: +SKIP
+    """
+    from .deploy import load_run
+    from .deploy.predict import predict_images, write_predictions
+
+    predictions = predict_images(load_run(run, runs), list(images), top_k=top_k)
+    if out is not None:
+        write_predictions(predictions, Path(out))
+    return predictions
+
+
+def export(run: str | Path, format: str = "onnx", *, out: str | Path | None = None,
+           runs: str | Path = "runs") -> dict[str, Any]:
+    """Export a run's model (onnx | torchscript | safetensors) to `out` (default OUT/deploy/<run id>/) with its
+    model card; fails unless the file reproduces the PyTorch scores on the run's test images. Returns the card."""
+    from .deploy import load_run
+    from .deploy.export import export_model
+
+    return export_model(load_run(run, runs), format, out)
+
+
+def prune(run: str | Path, sparsity: float | Sequence[float] = 0.8, *, scope: str = "head", structured: bool = False,
+          recover_epochs: int = 0, out: str | Path | None = None, runs: str | Path = "runs") -> dict[str, Any]:
+    """Magnitude-prune a run's model at one or several sparsities; returns the summary (accuracy on val and
+    test, non-zero parameters, compressed size, before and after) also written to OUT/deploy/<run id>/prune.json."""
+    from .deploy import load_run
+    from .deploy.prune import prune_run
+
+    sparsities = [sparsity] if isinstance(sparsity, int | float) else list(sparsity)
+    return prune_run(load_run(run, runs), sparsities, scope=scope, structured=structured,
+                     recover_epochs=recover_epochs, out=out)
+
+
+def quantize(run: str | Path, *, mode: str = "dynamic", calibration: int = 200, out: str | Path | None = None,
+             runs: str | Path = "runs") -> dict[str, Any]:
+    """int8 ONNX through ONNX Runtime (dynamic, or static calibrated on `calibration` train images); returns
+    accuracy and latency before/after, also written to OUT/deploy/<run id>/quantize.json."""
+    from .deploy import load_run
+    from .deploy.quantize import quantize_run
+
+    return quantize_run(load_run(run, runs), mode=mode, calibration=calibration, out=out)

@@ -124,6 +124,99 @@ def inspect(data: str = typer.Argument(..., help="image folder (root/<class>/<im
     results.print(f"page: {summary['files']['html']}\nsummary: {summary['files']['json']}")
 
 
+RUN_HELP = "a run: its record (OUT/runs/<id>.json), model file (OUT/models/<id>.safetensors), or run id"
+RUNS_HELP = "where run ids are looked up (every study folder under it)"
+
+
+@app.command()
+def predict(run: str = typer.Argument(..., help=RUN_HELP),
+            images: list[str] = typer.Argument(..., help="image files, folders (searched recursively) or globs"),
+            top_k: int = typer.Option(5, help="classes listed per image, most probable first"),
+            out: Path | None = typer.Option(None, help="write the predictions to this .csv or .json file"),
+            runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
+    """Classify new images with a run's model, preprocessed exactly as the run was."""
+    from .api import predict as predict_images
+    from .progress import results
+
+    if top_k < 1:
+        raise TransferlabError(f"--top-k {top_k}: give at least 1")
+    predictions = predict_images(run, images, top_k=top_k, out=out, runs=runs)
+    shown = 20
+    for row in predictions.rows[:shown]:
+        answer = ", ".join(row["labels"]) or "(no label)" if "labels" in row else row["prediction"]
+        top = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
+        results.print(f"{row['path']}: [bold]{answer}[/]   {top}")
+    if len(predictions.rows) > shown:
+        results.print(f"… {len(predictions.rows) - shown} more{'' if out else ' (write them all with --out FILE)'}")
+    for problem in predictions.unreadable:
+        results.print(f"[yellow]unreadable[/] {problem}")
+    results.print(f"{len(predictions.rows)} predicted, {len(predictions.unreadable)} unreadable"
+                  + (f"; written to {out}" if out else ""))
+
+
+@app.command()
+def export(run: str = typer.Argument(..., help=RUN_HELP),
+           format: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript | safetensors"),
+           out: Path | None = typer.Option(None, help="output folder [default: OUT/deploy/<run id>]"),
+           runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
+    """Export a run's model (uint8 images → class scores) with a model card and a parity check on test images."""
+    from .api import export as export_run
+    from .progress import results
+
+    card = export_run(run, format, out=out, runs=runs)
+    parity = card["parity"]
+    results.print(f"parity on {parity['images']} test images: max |Δscore| {parity['max_abs_diff']:.1e} "
+                  f"(limit {parity['limit']:g}), top-1 agreement {parity['top1_agreement']:.0%}")
+    results.print(f"{format}: {card['path']}\ncard: {card['card_path']}")
+
+
+@app.command()
+def prune(run: str = typer.Argument(..., help=RUN_HELP),
+          sparsity: str = typer.Option("0.8", help="fraction of weights zeroed; a list 0.5,0.7,0.9 draws the curve"),
+          scope: str = typer.Option("head", help="head | backbone | all"),
+          structured: bool = typer.Option(False, help="remove whole channels / rows (L2 norm) instead of weights"),
+          recover_epochs: int = typer.Option(0, help="fine-tune this many epochs after pruning, masks kept"),
+          out: Path | None = typer.Option(None, help="output folder [default: OUT/deploy/<run id>]"),
+          runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
+    """Magnitude-prune a run's model; accuracy, non-zero parameters and compressed size before and after."""
+    from .api import prune as prune_run
+    from .progress import results
+
+    try:
+        sparsities = [float(s) for s in sparsity.split(",") if s.strip()]
+    except ValueError:
+        raise TransferlabError(f"--sparsity {sparsity}: give fractions, e.g. 0.8 or 0.5,0.7,0.9") from None
+    summary = prune_run(run, sparsities, scope=scope, structured=structured, recover_epochs=recover_epochs,
+                        out=out, runs=runs)
+    results.print(summary.get("text") or summary)
+
+
+@app.command()
+def quantize(run: str = typer.Argument(..., help=RUN_HELP),
+             mode: str = typer.Option("dynamic", help="dynamic (weights int8) | static (calibrated on train images)"),
+             calibration: int = typer.Option(200, help="static: training images used for calibration"),
+             out: Path | None = typer.Option(None, help="output folder [default: OUT/deploy/<run id>]"),
+             runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
+    """int8 ONNX through ONNX Runtime; accuracy and latency before and after."""
+    from .api import quantize as quantize_run
+    from .progress import results
+
+    summary = quantize_run(run, mode=mode, calibration=calibration, out=out, runs=runs)
+    results.print(summary.get("text") or summary)
+
+
+@app.command()
+def serve(run: str = typer.Argument(..., help=RUN_HELP),
+          host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
+          port: int = typer.Option(8000, help="TCP port"),
+          max_upload_mb: float = typer.Option(20.0, help="larger uploads get HTTP 413"),
+          runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
+    """Answer over HTTP: POST /predict (an image → top-k JSON), GET / (a page to drop an image on), GET /health."""
+    from .deploy.serve import serve as serve_run
+
+    serve_run(run, host=host, port=port, runs=runs, max_upload_mb=max_upload_mb)
+
+
 def _parse_params(pairs: list[str], option: str = "--param") -> dict[str, Any]:
     params = {}
     for pair in pairs:

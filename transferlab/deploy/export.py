@@ -39,7 +39,8 @@ def default_export_dir(model: RunModel) -> Path:
 
 def export_model(model: RunModel, fmt: str, out: str | Path | None = None, *,
                  parity_images: int = PARITY_IMAGES) -> dict[str, Any]:
-    """Write the export and its card; returns the card. Raises (and removes the file) when parity fails."""
+    """Write the export and its card; returns the card (+ `path`, `card_path`). Raises (and removes the file)
+    when parity fails."""
     if fmt not in FORMATS:
         raise TransferlabError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     folder = Path(out) if out else default_export_dir(model)
@@ -54,7 +55,7 @@ def export_model(model: RunModel, fmt: str, out: str | Path | None = None, *,
                                f"{parity['top1_agreement']:.1%} on {parity['images']} test images; nothing exported")
     card = model_card(model, fmt, path, parity)
     atomic_write(folder / "model.json", lambda tmp: tmp.write_text(json.dumps(card, indent=1)))
-    return card
+    return {**card, "path": str(path), "card_path": str(folder / "model.json")}
 
 
 def check_parity(model: RunModel, run_exported, images: torch.Tensor) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 from ..data.decode import decoded_batches
 from ..data.sources import IMAGE_EXTENSIONS, FileSource
 from ..errors import TransferlabError
+from ..evaluate import predicted_labels
 from ..paths import atomic_write
 from .artifact import RunModel
 
@@ -76,8 +77,8 @@ def describe(model: RunModel, proba: np.ndarray, top_k: int = 5) -> dict[str, An
     top = [{"class": model.classes[i], "probability": round(float(proba[i]), 6)} for i in order]
     if not model.multi_label:
         return {"prediction": top[0]["class"], "top": top}
-    thresholds = np.broadcast_to(np.asarray(model.thresholds if model.thresholds is not None else 0.5), proba.shape)
-    labels = [model.classes[i] for i in np.flatnonzero(proba >= thresholds)]
+    chosen = predicted_labels(proba[None], multi_label=True, thresholds=model.thresholds)[0]  # as the run scored
+    labels = [model.classes[i] for i in np.flatnonzero(chosen)]
     return {"labels": labels, "top": top}
 
 
