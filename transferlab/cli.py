@@ -212,7 +212,10 @@ def serve(run: str = typer.Argument(..., help=RUN_HELP),
           max_upload_mb: float = typer.Option(20.0, help="larger uploads get HTTP 413"),
           runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
     """Answer over HTTP: POST /predict (an image → top-k JSON), GET / (a page to drop an image on), GET /health."""
-    from .deploy.serve import serve as serve_run
+    try:
+        from .deploy.serve import serve as serve_run
+    except ImportError as exc:
+        raise TransferlabError(f"serve needs {exc.name}: pip install 'transferlab[serve]'") from None
 
     serve_run(run, host=host, port=port, runs=runs, max_upload_mb=max_upload_mb)
 
