@@ -188,7 +188,18 @@ def prune(run: str = typer.Argument(..., help=RUN_HELP),
         raise TransferlabError(f"--sparsity {sparsity}: give fractions, e.g. 0.8 or 0.5,0.7,0.9") from None
     summary = prune_run(run, sparsities, scope=scope, structured=structured, recover_epochs=recover_epochs,
                         out=out, runs=runs)
-    results.print(summary.get("text") or summary)
+    metric, dense = summary["metric"], summary["dense"]
+    results.print(f"{summary['method']}, scope {scope}: {metric} val / test, non-zero parameters in scope, gzip size "
+                  "in scope / whole model")
+    for name, row in [("dense", dense), *((f"{r['sparsity']:.2f}", r) for r in summary["results"])]:
+        size = row["size"]
+        results.print(f"  {name}: {_pair(row)}   {row['nonzero_scope']:,}   {size['scope_gzip'] / 1e6:.3f} / "
+                      f"{size['gzip'] / 1e6:.2f} MB   {row.get('file', '')}")
+    results.print(f"{summary['note']}\nsummary: {summary['path']}")
+
+
+def _pair(row: dict[str, Any]) -> str:
+    return " / ".join("–" if row.get(k) is None else f"{row[k]:.4f}" for k in ("val", "test"))
 
 
 @app.command()

@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ..errors import TransferlabError
 from ..evaluate import headline_metrics, primary_metric
 from . import plots
+from .deploy import prune_context
 from .search import search_context
 
 # The test metrics shown beside the best run of a dataset (whichever its record has), in order.
@@ -97,6 +98,7 @@ def report_context(records: list[dict[str, Any]], study_dir: Path) -> dict[str, 
         "curves": data_uri(plots.learning_curves(trained)) if trained else None,
         "n_trained": len(trained),
         "searches": search_context(study_dir),  # transferlab search: one entry per search/<name>.json
+        "prunes": prune_context(study_dir),  # transferlab prune: one entry per deploy/<run id>/prune.json
         "runs": [run_row(r, study_dir) for r in sorted(records, key=_run_order)],
         "versions": merged_values(records, "versions"),
         "environment": merged_values(records, "environment"),
