@@ -276,6 +276,7 @@ def test_what_is_not_a_run_says_so(finished_study, tmp_path):
         load_run(tmp_path / "x.json")
 
 
+@pytest.mark.slow  # two CLI processes (~20 s); the API it wraps is tested above
 def test_cli_predict_and_its_one_line_error(linear_run, image_folder, tmp_path):
     out = tmp_path / "p.json"
     done = subprocess.run([sys.executable, "-m", "transferlab", "predict", str(linear_run[0]),

@@ -29,6 +29,10 @@ CASES = sorted(PARADIGMS)
 BASELINES = {"majority", "all-negative"}  # reference rows that look at no image: they are not meant to beat chance
 SINGLE_LABEL = [name for name in CASES if name != "all-negative"]  # all-negative exists for multi-label data only
 MULTI_LABEL = [name for name in CASES if PARADIGMS[name].input != "images"]  # training paradigms: test_train
+# The costliest repeats (~15–30 s each) are slow checks: their training loop is the one finetune and simple-cnn
+# already check for determinism and class columns in the default suite.
+HEAVY = {"bit", "scratch"}
+SINGLE_LABEL_LIGHT = [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name for name in SINGLE_LABEL]
 
 
 @pytest.fixture(autouse=True)
@@ -91,14 +95,14 @@ def test_fits_predicts_probabilities_and_beats_chance(name, digits, backbone):
     assert isinstance(paradigm.selected_, dict) and paradigm.selected_
 
 
-@pytest.mark.parametrize("name", SINGLE_LABEL)
+@pytest.mark.parametrize("name", SINGLE_LABEL_LIGHT)
 def test_same_seed_same_predictions(name, digits, backbone):
     a, b = make(name, seed=3, backbone=backbone), make(name, seed=3, backbone=backbone)
     data = inputs(a, digits)
     assert np.array_equal(fit(a, data).predict_proba(data["test"][0]), fit(b, data).predict_proba(data["test"][0]))
 
 
-@pytest.mark.parametrize("name", SINGLE_LABEL)
+@pytest.mark.parametrize("name", SINGLE_LABEL_LIGHT)
 def test_a_class_missing_from_training_still_gets_a_column(name, digits, backbone):
     paradigm = make(name, backbone=backbone)
     data = inputs(paradigm, digits, keep=lambda labels: labels != 9)

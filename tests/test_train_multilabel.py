@@ -207,6 +207,7 @@ shutdown()
 """
 
 
+@pytest.mark.slow  # two torchrun processes (~16 s), with the other torchrun checks
 def test_two_torchrun_ranks_pool_their_micro_f1_counts(mosaics, tmp_path):
     x = torch.from_numpy(mosaics.images[:300, None, ::2, ::2].repeat(3, axis=1).copy())  # 28 px, as the view would
     np.savez(tmp_path / "data.npz", x=x.numpy(), Y=mosaics.labels[:300])
