@@ -98,7 +98,8 @@ def curve(summary: dict[str, Any], results: list[dict[str, Any]]) -> bytes:
             ax.axhline(dense[split], color=colour, linestyle="--", linewidth=1, alpha=0.6,
                        label=f"{split}, dense {dense[split]:.3f}")
     kind = "structured" if summary.get("structured") else "unstructured"
-    ax.set(xlabel=f"sparsity (fraction of the {summary['scope']}'s weights set to zero, {kind})", ylabel=metric,
+    where = {"head": "the head's", "backbone": "the backbone's", "all": "all"}.get(summary["scope"], summary["scope"])
+    ax.set(xlabel=f"sparsity (fraction of {where} weights set to zero, {kind})", ylabel=metric,
            title=f"{run_label(summary.get('labels') or {}) or summary['run_id']}: {metric} vs sparsity")
     ax.set_xlim(min(0.0, min(xs)) - 0.02, 1.0)
     ax.grid(alpha=0.3, color=REFERENCE_GREY)
