@@ -1,5 +1,6 @@
 """The Python API: the CLI's commands as functions (`transferlab.run`, `transferlab.study`, `transferlab.search`,
-`transferlab.report`, `transferlab.api.inspect`)."""
+`transferlab.report`, `transferlab.api.inspect`, and after the study `transferlab.predict`, `export`, `prune`,
+`quantize`, `serve`)."""
 
 from __future__ import annotations
 
@@ -145,3 +146,11 @@ def quantize(run: str | Path, *, mode: str = "dynamic", calibration: int = 200, 
     from .deploy.quantize import quantize_run
 
     return quantize_run(load_run(run, runs), mode=mode, calibration=calibration, out=out)
+
+
+def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 20.0,
+          runs: str | Path = "runs") -> None:
+    """Serve a run's model over HTTP until interrupted: POST /predict, GET / (a page), GET /health."""
+    from .deploy.serve import serve as serve_run
+
+    serve_run(run, host=host, port=port, runs=runs, max_upload_mb=max_upload_mb)
