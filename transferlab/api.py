@@ -100,8 +100,8 @@ def inspect(data: str | dict[str, Any], *, val: str | None = None, test: str | N
 # found under `runs` (default ./runs).
 
 
-def predict(run: str | Path, images: Sequence[str | Path], *, top_k: int = 5, out: str | Path | None = None,
-            runs: str | Path = "runs"):
+def predict(run: str | Path, images: str | Path | Sequence[str | Path], *, top_k: int = 5,
+            out: str | Path | None = None, runs: str | Path = "runs"):
     """Classify image files / folders / globs with a run's model; returns `Predictions` (rows, unreadable);
     `out` also writes them (.csv or .json).
 
@@ -110,7 +110,8 @@ def predict(run: str | Path, images: Sequence[str | Path], *, top_k: int = 5, ou
     from .deploy import load_run
     from .deploy.predict import predict_images, write_predictions
 
-    predictions = predict_images(load_run(run, runs), list(images), top_k=top_k)
+    images = [images] if isinstance(images, str | Path) else list(images)  # one path, not its characters
+    predictions = predict_images(load_run(run, runs), images, top_k=top_k)
     if out is not None:
         write_predictions(predictions, Path(out))
     return predictions
