@@ -25,6 +25,7 @@ from transferlab.deploy.modules import Pipeline
 from transferlab.deploy.predict import predict_images, write_predictions
 from transferlab.errors import TransferlabError
 from transferlab.evaluate import image_outcomes, predicted_labels
+from transferlab.models.backbones import file_sha256
 from transferlab.paradigms import create_paradigm
 from transferlab.stats import decode_outcomes
 
@@ -182,7 +183,7 @@ def test_exports_load_in_their_own_runtimes_and_pass_parity(finished_study, line
     assert card["metrics"]["test"]["accuracy"] == record["metrics"]["accuracy"]
     assert card["data"]["fingerprints"]["train"] and card["versions"]["torch"] == version("torch")
     saved = json.loads((tmp_path / "ts" / "model.json").read_text())
-    assert saved["sha256"] == export_module.file_sha256(tmp_path / "ts" / "model.torchscript.pt")
+    assert saved["sha256"] == file_sha256(tmp_path / "ts" / "model.torchscript.pt")
     scripted = torch.jit.load(str(tmp_path / "ts" / "model.torchscript.pt"))
     np.testing.assert_allclose(scripted(images[:5]).detach().numpy(), expected[:5], atol=1e-4)
 

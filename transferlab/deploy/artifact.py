@@ -11,7 +11,6 @@ Loading never unpickles: JSON, safetensors, and `load_backbone` (safetensors / `
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import TransferlabError
+from ..models.backbones import file_sha256
 from ..paths import atomic_write
 from .modules import Pipeline, TimmModel, build, describe
 
@@ -47,14 +47,6 @@ def save_run_model(paradigm, backbone, run_id: str, out_dir: str | Path) -> dict
             "pipeline": describe(pipeline), "view": paradigm.deploy_view(backbone), "scores": paradigm.scores,
             "activation": "none" if paradigm.scores == "probabilities" else
             ("sigmoid" if paradigm.multi_label else "softmax")}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- finding a run

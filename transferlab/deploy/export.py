@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from ..errors import TransferlabError
+from ..models.backbones import file_sha256
 from ..paths import atomic_write
-from .artifact import RunModel, decoded_split, file_sha256
+from .artifact import RunModel, decoded_split
 from .modules import build, describe
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -76,17 +77,17 @@ def example_batch(model: RunModel, n: int = 2) -> torch.Tensor:
     return torch.randint(0, 256, (n, *model.input_size), dtype=torch.uint8, generator=generator)
 
 
-def write_onnx(model: RunModel, path: Path, module: nn.Module | None = None) -> Path:
-    """torch.onnx's dynamo exporter at the installed onnx's opset, batch axis dynamic. `module` (default: the
-    run's) lets pruning and quantization export their own variants."""
+def write_onnx(model: RunModel, path: Path) -> Path:
+    """torch.onnx's dynamo exporter at the installed onnx's opset, batch axis dynamic."""
     import onnx
 
     opset = onnx.defs.onnx_opset_version()
 
     def export(tmp: Path) -> None:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
+        # The opset converter logs a warning per export about its fallback (which works: parity checks it).
+        with warnings.catch_warnings(), quiet(("onnxscript", "torch.onnx", "onnx_ir")):
             warnings.simplefilter("ignore")  # the exporter's progress and notes are not for the user
-            torch.onnx.export((module or model.module).eval(), (example_batch(model),), str(tmp),
+            torch.onnx.export(model.module.eval(), (example_batch(model),), str(tmp),
                               input_names=["images"], output_names=["scores"],
                               dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, optimize=True,
                               opset_version=opset, external_data=False, verbose=False)
@@ -96,18 +97,20 @@ def write_onnx(model: RunModel, path: Path, module: nn.Module | None = None) -> 
 
 
 @contextlib.contextmanager
-def _quiet_loggers(names=("onnxscript", "torch.onnx", "onnx_ir")):
-    """The opset converter logs a warning per export about its fallback (which works: parity checks it)."""
+def quiet(loggers: tuple[str, ...]):
+    """Tools' progress prints and advice logs silenced (`loggers` at ERROR; "" is the root logger): export and
+    quantize report what matters in their summaries."""
     import logging
 
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
+    found = [logging.getLogger(name or None) for name in loggers]
+    levels = [logger.level for logger in found]
+    for logger in found:
         logger.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
-        for logger, level in zip(loggers, levels, strict=True):
+        for logger, level in zip(found, levels, strict=True):
             logger.setLevel(level)
 
 

@@ -231,6 +231,7 @@ def _binary_logit(estimator) -> tuple[np.ndarray, float]:
 
 
 def from_knn(model, n_classes: int, multi_label: bool) -> KnnVote:
+    # KNeighborsClassifier keeps its training set only in private attributes (_fit_X, _y); there is no public one.
     features = np.asarray(model._fit_X, dtype=np.float32)
     y = np.asarray(model._y)
     if multi_label:  # scikit-learn encodes each output's classes; map back to the 0/1 label

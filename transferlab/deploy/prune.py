@@ -243,7 +243,9 @@ class Data:
 
     def __init__(self, model: RunModel, stem_length: int, train: bool):
         self.model, self.stem_length = model, stem_length
-        self.metric = "micro_f1" if model.multi_label else "accuracy"
+        from ..evaluate import PRIMARY
+
+        self.metric = PRIMARY[model.multi_label]
         stem = nn.Sequential(*model.module.steps[:stem_length]).eval()
         self.splits = {name: self._inputs(stem, name) for name in ("train", "val", "test")[0 if train else 1:]}
 

@@ -19,9 +19,7 @@ noise hits both alike), and file sizes.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from ..errors import TransferlabError
 from ..paths import atomic_write
 from ..progress import progress_bar
 from .artifact import RunModel, decoded_split, to_probabilities
-from .export import FILE_NAMES, check_parity, default_export_dir, export_model, load_onnx
+from .export import FILE_NAMES, check_parity, default_export_dir, export_model, load_onnx, quiet
 
 MODES = ("dynamic", "static")
 FILE_NAME = "model.int8.onnx"
@@ -45,6 +43,7 @@ THROUGHPUT_ROUNDS = 5  # batch-32 calls per file, alternating
 THROUGHPUT_BATCH = 32
 WARMUP = 3
 REUSE_CHECK_IMAGES = 16  # test images an existing export must reproduce (a stale one misses by ≫ 1e-4)
+ROOT_LOGGER = ("",)  # the quantizer logs its advice through the root logger
 DROP_WARNING = 0.05  # an int8 test metric this far below fp32 gets a note saying what to try
 
 
@@ -190,7 +189,7 @@ def prepare(fp32: Path, tmp: Path) -> Path:
     onnx.save(proto, str(converted))
     # The symbolic shape inference cannot follow the dynamo exporter's graphs (it fails on outputs with no
     # type); ONNX's own shape inference, which the pre-processing still runs, is enough for the quantizer.
-    with _quiet():
+    with quiet(ROOT_LOGGER):
         quant_pre_process(str(converted), str(prepared), skip_symbolic_shape=True)
     return prepared
 
@@ -231,7 +230,7 @@ def quantize_dynamic(prepared: Path, out: Path, kept: list[str]) -> None:
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
-    with _quiet():
+    with quiet(ROOT_LOGGER):
         # it first rewrites each Gemm as MatMul "<name>_MatMul" + Add, then matches node names
         ort_quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8,
                              nodes_to_exclude=kept + [f"{name}_MatMul" for name in kept])
@@ -288,23 +287,10 @@ def quantize_static(prepared: Path, out: Path, reader: CalibrationImages) -> Non
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
     reader.rewind()
-    with _quiet():
+    with quiet(ROOT_LOGGER):
         ort_quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The quantizer logs advice through the root logger and prints; the summary says what matters."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def load_int8(model: RunModel, path: Path, mode: str):

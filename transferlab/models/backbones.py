@@ -109,13 +109,13 @@ def load_backbone(spec: BackboneSpec, seed: int = 0) -> Backbone:
         if choice == "offline":
             state, path = load_offline_state_dict(spec.name, model)
             model.load_state_dict(state)
-            weights = WeightsInfo("offline", str(path), _file_sha256(path))
+            weights = WeightsInfo("offline", str(path), file_sha256(path))
         elif choice == "random":
             weights = WeightsInfo("random", f"seed {seed}", f"random-{timm.__version__}-{seed}")
         else:
             path = Path(choice)
             _load_file_into(model, path)
-            weights = WeightsInfo("file", str(path), _file_sha256(path))
+            weights = WeightsInfo("file", str(path), file_sha256(path))
     model.eval()
     overrides = {"input_size": (3, spec.image_size, spec.image_size)} if spec.image_size else None
     data_config = resolve_model_data_config(model, args=overrides)
@@ -181,7 +181,7 @@ def _load_file_into(model: torch.nn.Module, path: Path) -> None:
                                f"{len(unexpected)} unexpected keys, e.g. '{first}'); check the model name")
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

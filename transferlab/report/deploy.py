@@ -7,13 +7,12 @@ lines) and a table of each sparsity's scores, non-zero weights and compressed si
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import TransferlabError
 from .plots import REFERENCE_GREY, _png, plt
+from .search import read_summary
 
 REQUIRED = ("run_id", "metric", "scope", "dense", "results")
 COLOURS = {"val": "tab:blue", "test": "tab:orange"}
@@ -26,17 +25,7 @@ def prune_context(study_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def load_prune_summary(path: Path) -> dict[str, Any]:
-    """A summary, or a TransferlabError naming the file (as the search section does for its summaries)."""
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TransferlabError(f"{path}: unreadable pruning summary ({exc}); rerun `transferlab prune` to rewrite "
-                               "it, or delete it") from None
-    missing = [k for k in REQUIRED if not isinstance(summary, dict) or k not in summary]
-    if missing:
-        raise TransferlabError(f"{path}: not a pruning summary (no {', '.join(missing)}); rerun `transferlab "
-                               "prune` to rewrite it, or move it out of deploy/")
-    return summary
+    return read_summary(path, REQUIRED, "prune", "deploy/")
 
 
 def prune_entry(summary: dict[str, Any], path: Path, study_dir: Path) -> dict[str, Any]:

@@ -29,16 +29,21 @@ def search_context(study_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def load_summary(path: Path) -> dict[str, Any]:
-    """A summary, or a TransferlabError naming the file (as `load_records` does for run records)."""
+    return read_summary(path, REQUIRED, "search", "search/")
+
+
+def read_summary(path: Path, required: tuple[str, ...], command: str, folder: str) -> dict[str, Any]:
+    """A JSON summary `transferlab <command>` wrote, or a TransferlabError naming the file (as `load_records`
+    does for run records). The search and pruning sections read theirs through it."""
     try:
         summary = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise TransferlabError(f"{path}: unreadable search summary ({exc}); rerun `transferlab search` to "
+        raise TransferlabError(f"{path}: unreadable {command} summary ({exc}); rerun `transferlab {command}` to "
                                "rewrite it, or delete it") from None
-    missing = [k for k in REQUIRED if not isinstance(summary, dict) or k not in summary]
+    missing = [k for k in required if not isinstance(summary, dict) or k not in summary]
     if missing:
-        raise TransferlabError(f"{path}: not a search summary (no {', '.join(missing)}); rerun `transferlab "
-                               "search` to rewrite it, or move it out of search/")
+        raise TransferlabError(f"{path}: not a {command} summary (no {', '.join(missing)}); rerun `transferlab "
+                               f"{command}` to rewrite it, or move it out of {folder}")
     return summary
 
 
