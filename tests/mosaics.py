@@ -2,6 +2,8 @@
 
 Each tile holds a garment of one of `MOSAIC_CLASSES` with probability 1 − `empty`, else stays black; an
 image's labels are the classes of its garments, so many images have one, several or no label at all.
+The mosaics are built by `transferlab.data.mosaics` (the `fashion-mnist-mosaics` builtin uses it too);
+these four classes, renamed, are the tests' own smaller version.
 """
 
 from __future__ import annotations
@@ -12,24 +14,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from transferlab.data.mosaics import garment_mosaics
+
 MOSAIC_CLASSES = {0: "tshirt", 1: "trouser", 5: "sandal", 8: "bag"}  # Fashion-MNIST label → class name
 
 
 def fashion_mosaics(source, n: int, seed: int, *, empty: float = 0.65) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """`n` 56×56 grayscale mosaics built from `source` (a Fashion-MNIST ArraySource) and their N×C labels."""
-    rng = np.random.default_rng(seed)
-    wanted = list(MOSAIC_CLASSES)
-    pool = np.flatnonzero(np.isin(source.labels, wanted))
-    images = np.zeros((n, 56, 56), dtype=np.uint8)
-    labels = np.zeros((n, len(wanted)), dtype=np.uint8)
-    for i in range(n):
-        for tile in range(4):
-            if rng.random() < empty:
-                continue
-            item = int(rng.choice(pool))
-            row, col = divmod(tile, 2)
-            images[i, 28 * row:28 * row + 28, 28 * col:28 * col + 28] = source.images[item]
-            labels[i, wanted.index(int(source.labels[item]))] = 1
+    images, labels = garment_mosaics(source, n, seed, classes=list(MOSAIC_CLASSES), empty=empty)
     return images, labels, list(MOSAIC_CLASSES.values())
 
 

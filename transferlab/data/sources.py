@@ -3,11 +3,13 @@
 `FileSource` is any list of image files with labels; `FolderSource` finds that list in a
 `root/<class>/<image>` tree, `manifests.py` in a CSV / Parquet manifest or split files, `builtins.py`
 in a known dataset. `ArraySource` holds images already in memory. `open_pools` turns a `DataSpec` into
-the pools a dataset offers (train, and official val / test where it has them); `splits.py` cuts them.
+the pools a dataset offers (train, and official val / test where it has them), narrowed to
+`data.select_classes` by `subset_classes`; `splits.py` cuts them.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -59,6 +61,11 @@ class ImageSource(ABC):
     def describe(self, index: int) -> str:
         """A human name for image `index`: its file path, or `dataset/pool[index]`."""
 
+    @abstractmethod
+    def subset(self, name: str, indices: np.ndarray, *, labels: np.ndarray | None = None,
+               classes: list[str] | None = None) -> ImageSource:
+        """Images `indices` as a new source of the same kind (relabelled with `labels` / `classes` if given)."""
+
     @cached_property
     @abstractmethod
     def fingerprint(self) -> str:
@@ -80,9 +87,11 @@ class FileSource(ImageSource):
     def describe(self, index: int) -> str:
         return str(self.paths[index])
 
-    def subset(self, name: str, indices: np.ndarray) -> FileSource:
-        return FileSource(name, self.root, [self.paths[i] for i in indices], self.labels[indices], self.classes,
-                          max_pixels=self.max_pixels, notes=self.notes)
+    def subset(self, name: str, indices: np.ndarray, *, labels: np.ndarray | None = None,
+               classes: list[str] | None = None) -> FileSource:
+        return FileSource(name, self.root, [self.paths[i] for i in indices],
+                          self.labels[indices] if labels is None else labels,
+                          self.classes if classes is None else classes, max_pixels=self.max_pixels, notes=self.notes)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -161,6 +170,13 @@ class ArraySource(ImageSource):
     def describe(self, index: int) -> str:
         return f"{self.name}[{index}]"
 
+    def subset(self, name: str, indices: np.ndarray, *, labels: np.ndarray | None = None,
+               classes: list[str] | None = None) -> ArraySource:
+        subset = ArraySource(name, self.images[indices], self.labels[indices] if labels is None else labels,
+                             self.classes if classes is None else classes)
+        subset.notes = list(self.notes)
+        return subset
+
     @cached_property
     def fingerprint(self) -> str:
         digest = hashlib.sha256(np.ascontiguousarray(self.images).data)
@@ -178,9 +194,45 @@ class Pools:
     test: ImageSource | None = None
 
 
+def subset_classes(source: ImageSource, names: list[str]) -> ImageSource:
+    """`source` with only the classes `names`, in that order (labels re-indexed to it).
+
+    Single-label: images of the other classes are dropped. Multi-label: the other columns are; every image
+    stays, since one left with none of `names` is a true negative for all of them (as an image with no
+    label at all already is). The new source has new classes and labels, hence a new fingerprint.
+    """
+    for i, name in enumerate(names):
+        if name not in source.classes:
+            close = difflib.get_close_matches(name, source.classes, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            shown = ", ".join(source.classes[:30]) + (f", ... ({len(source.classes)} classes)"
+                                                      if len(source.classes) > 30 else "")
+            raise TransferlabError(f"data.select_classes: '{name}' is not a class of {source.name}{hint}; "
+                                   f"choose from {shown}")
+        if name in names[:i]:
+            raise TransferlabError(f"data.select_classes: '{name}' is listed twice; name each class once")
+    columns = np.array([source.classes.index(name) for name in names], dtype=np.int64)
+    if source.multi_label:
+        return source.subset(source.name, np.arange(len(source)), labels=source.labels[:, columns],
+                             classes=list(names))
+    new_label = np.full(len(source.classes), -1, dtype=np.int64)
+    new_label[columns] = np.arange(len(names))
+    kept = np.flatnonzero(new_label[source.labels] >= 0)
+    return source.subset(source.name, kept, labels=new_label[source.labels[kept]], classes=list(names))
+
+
 def open_pools(spec: DataSpec) -> Pools:
     """The pools of `spec.source`: a builtin name, an image-folder root or a manifest (plus optional
-    val / test folders or manifests, or split files listing each split's images)."""
+    val / test folders or manifests, or split files listing each split's images); with
+    `data.select_classes`, only those classes, in that order, in every pool."""
+    pools = _listed_pools(spec)
+    if spec.select_classes is None:
+        return pools
+    return Pools(*(None if pool is None else subset_classes(pool, spec.select_classes)
+                   for pool in (pools.train, pools.val, pools.test)))
+
+
+def _listed_pools(spec: DataSpec) -> Pools:
     from .builtins import BUILTINS
     from .manifests import pools_from_split_files, read_manifest
 

@@ -4,6 +4,8 @@ The honest protocol: test is fixed across run seeds (official test set, or carve
 every seed and every paradigm is scored on the same images; validation and the few-shot training subset
 are drawn with the run's seed, so the mean ± std over seeds covers the sampling of the training data.
 With `folds: k` the folds are cut once (by `split_seed`) and the run seed picks the validation fold.
+`limit_per_class` then caps the training images of every class, or of the named ones only (an imbalance
+reproduced by subsampling); validation and test keep theirs.
 
 Single-label data are stratified by scikit-learn; multi-label data (a 0/1 label matrix) by iterative
 stratification (Sechidis et al. 2011, the `iterative-stratification` package), which keeps every label's
@@ -12,6 +14,7 @@ frequency in each split as far as possible.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +80,7 @@ def make_splits(pools: Pools, spec: DataSpec, seed: int) -> dict[str, Split]:
         if labels.ndim == 2:
             raise TransferlabError("data.limit_per_class: not defined for multi-label data (an image has several "
                                    "classes); use data.train_size")
-        train_pool = _limit_per_class(train_pool, labels, spec.limit_per_class, seed)
+        train_pool = _limit_per_class(train_pool, labels, _limits(spec.limit_per_class, pools.train.classes), seed)
     splits = {"train": Split(pools.train, np.sort(train_pool)), "val": val, "test": test}
     for name, split in splits.items():
         if len(split) == 0:
@@ -121,10 +124,24 @@ def _fold(pool: np.ndarray, labels: np.ndarray, k: int, fold: int, split_seed: i
     return np.sort(pool[held_out])
 
 
-def _limit_per_class(pool: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+def _limits(limit: int | dict[str, int], classes: list[str]) -> list[int | None]:
+    """The cap of each class index (None: keep all): one number for every class, or {class name: cap}."""
+    if not isinstance(limit, dict):
+        return [limit] * len(classes)
+    for name in limit:
+        if name not in classes:
+            close = difflib.get_close_matches(name, classes, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise TransferlabError(f"data.limit_per_class: '{name}' is not a class{hint}; the classes are "
+                                   f"{', '.join(classes[:30])}{', ...' if len(classes) > 30 else ''}")
+    return [limit.get(name) for name in classes]
+
+
+def _limit_per_class(pool: np.ndarray, labels: np.ndarray, limits: list[int | None], seed: int) -> np.ndarray:
+    """At most `limits[c]` images of each class c of `pool`, the first ones of one seeded shuffle."""
     rng = np.random.default_rng(seed)
     shuffled = rng.permutation(pool)
-    kept = [shuffled[labels[shuffled] == c][:limit] for c in np.unique(labels[pool])]
+    kept = [shuffled[labels[shuffled] == c][:limits[c]] for c in np.unique(labels[pool])]
     return np.sort(np.concatenate(kept))
 
 

@@ -1,0 +1,189 @@
+"""Miniature stand-ins of reference studies, on real data: `data.select_classes` (some classes, in an order,
+from any source), `data.limit_per_class: {class: n}` (an imbalance reproduced by subsampling the training
+images) and the `fashion-mnist-mosaics` builtin (multi-label mosaics of real garments)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from transferlab.config import DataSpec
+from transferlab.data import make_splits, open_pools
+from transferlab.data.builtins import FASHION_MNIST_CLASSES, MOSAIC_EMPTY, load_fashion_mnist_mosaics
+from transferlab.errors import TransferlabError
+
+from .conftest import needs_fashion_mnist
+
+
+def one_line_error(spec: DataSpec, match: str, seed: int | None = None) -> str:
+    with pytest.raises(TransferlabError, match=match) as caught:
+        pools = open_pools(spec)
+        if seed is not None:
+            make_splits(pools, spec, seed)
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+# ---------------------------------------------------------------- select_classes
+
+
+@needs_fashion_mnist
+def test_select_classes_on_a_builtin_keeps_those_images_in_that_order_in_every_pool(fashion_pools):
+    spec = DataSpec(source="fashion-mnist", select_classes=["Bag", "Trouser", "Sneaker"])
+    pools = open_pools(spec)
+    for full, narrowed in ((fashion_pools.train, pools.train), (fashion_pools.test, pools.test)):
+        assert narrowed.classes == ["Bag", "Trouser", "Sneaker"]
+        originals = [FASHION_MNIST_CLASSES.index(c) for c in narrowed.classes]  # 8, 1, 7
+        kept = np.flatnonzero(np.isin(full.labels, originals))
+        assert len(narrowed) == len(kept) == 3 * len(full) // 10  # Fashion-MNIST is balanced
+        assert np.array_equal(narrowed.images, full.images[kept])  # the same images, in the pool's order
+        assert np.array_equal(np.asarray(originals)[narrowed.labels], full.labels[kept])  # re-indexed to the order
+        assert narrowed.fingerprint != full.fingerprint  # caches keyed by it cannot mix the two
+    splits = make_splits(pools, spec, seed=0)
+    assert sorted(np.unique(splits["train"].labels)) == [0, 1, 2] and len(splits["test"]) == 3000
+
+
+def test_select_classes_on_digits_changes_the_fingerprint_with_the_order():
+    a = open_pools(DataSpec(source="digits", select_classes=["7", "3"])).train
+    b = open_pools(DataSpec(source="digits", select_classes=["3", "7"])).train
+    assert a.classes == ["7", "3"] and b.classes == ["3", "7"]
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, 1 - b.labels)
+    assert a.fingerprint != b.fingerprint
+
+
+def test_select_classes_on_an_image_folder_and_its_test_folder(image_folder):
+    train, test = image_folder
+    spec = DataSpec(source=str(train), test=str(test), select_classes=["Trouser", "Sneaker"])
+    pools = open_pools(spec)
+    full = open_pools(DataSpec(source=str(train), test=str(test)))
+    for pool, per_class in ((pools.train, 40), (pools.test, 20)):
+        assert pool.classes == ["Trouser", "Sneaker"]
+        assert np.bincount(pool.labels).tolist() == [per_class, per_class]
+        assert all(path.parent.name == pool.classes[label] for path, label in zip(pool.paths, pool.labels, strict=True))
+        assert pool.load(0).size == (28, 28)
+    assert pools.train.fingerprint != full.train.fingerprint
+    splits = make_splits(pools, spec, seed=0)
+    assert len(splits["test"]) == 40 and len(splits["train"]) + len(splits["val"]) == 80
+
+
+@needs_fashion_mnist
+def test_select_classes_on_a_multi_label_manifest_keeps_every_image_and_those_columns(mosaic_manifest):
+    full = open_pools(DataSpec(source=str(mosaic_manifest))).train
+    narrowed = open_pools(DataSpec(source=str(mosaic_manifest), select_classes=["bag", "tshirt"])).train
+    assert narrowed.multi_label and narrowed.classes == ["bag", "tshirt"]
+    # every image stays: one with neither garment is a true negative for both classes
+    assert narrowed.paths == full.paths
+    columns = [full.classes.index("bag"), full.classes.index("tshirt")]
+    assert np.array_equal(narrowed.labels, full.labels[:, columns])
+    unlabelled = (narrowed.labels.sum(1) == 0).sum()
+    assert unlabelled > (full.labels.sum(1) == 0).sum() > 0
+    assert narrowed.fingerprint != full.fingerprint
+
+
+def test_an_unknown_or_repeated_class_is_one_line_with_the_close_match(image_folder):
+    train, _ = image_folder
+    message = one_line_error(DataSpec(source=str(train), select_classes=["Trouser", "Sneakers"]),
+                             r"data\.select_classes: 'Sneakers' .*did you mean 'Sneaker'")
+    assert "Sneaker, T-shirt-top, Trouser" in message  # the classes there are
+    one_line_error(DataSpec(source="digits", select_classes=["3", "3"]), r"data\.select_classes: '3' is listed twice")
+
+
+# ---------------------------------------------------------------- limit_per_class {class: n}
+
+
+def test_a_dict_limit_caps_only_the_named_classes_in_train_and_leaves_val_test_alone():
+    base = DataSpec(source="digits")
+    capped = DataSpec(source="digits", limit_per_class={"3": 10, "8": 2})
+    pools = open_pools(base)
+    full, limited = make_splits(pools, base, seed=0), make_splits(pools, capped, seed=0)
+    counts, before = np.bincount(limited["train"].labels), np.bincount(full["train"].labels)
+    assert counts[3] == 10 and counts[8] == 2
+    others = [c for c in range(10) if c not in (3, 8)]
+    assert np.array_equal(counts[others], before[others])  # classes not named keep all their images
+    assert set(limited["train"].indices) <= set(full["train"].indices)
+    for name in ("val", "test"):
+        assert np.array_equal(limited[name].indices, full[name].indices)
+    again, other = make_splits(pools, capped, seed=0), make_splits(pools, capped, seed=1)
+    assert np.array_equal(again["train"].indices, limited["train"].indices)  # deterministic per seed
+    threes = [s["train"].indices[s["train"].labels == 3] for s in (limited, other)]
+    assert not np.array_equal(*threes)  # another seed keeps other images of the capped class
+
+
+@needs_fashion_mnist
+def test_a_dict_limit_names_the_selected_classes(fashion_pools):
+    spec = DataSpec(source="fashion-mnist", select_classes=["Sneaker", "Bag"], limit_per_class={"Bag": 60},
+                    train_size=1000, val_size=200)
+    splits = make_splits(open_pools(spec), spec, seed=3)
+    assert np.bincount(splits["train"].labels).tolist() == [500, 60]  # train_size first, then the cap
+    assert np.bincount(splits["val"].labels).tolist() == [100, 100]
+    assert np.bincount(splits["test"].labels).tolist() == [1000, 1000]
+
+
+def test_a_dict_limit_with_an_unknown_class_is_one_line():
+    one_line_error(DataSpec(source="digits", select_classes=["3", "8"], limit_per_class={"3": 5, "9": 2}),
+                   r"data\.limit_per_class: '9' is not a class.*3, 8", seed=0)
+
+
+@needs_fashion_mnist
+def test_a_limit_on_multi_label_data_is_still_refused(mosaic_manifest):
+    one_line_error(DataSpec(source=str(mosaic_manifest), limit_per_class={"bag": 5}),
+                   r"data\.limit_per_class: not defined for multi-label", seed=0)
+
+
+# ---------------------------------------------------------------- fashion-mnist-mosaics
+
+
+@pytest.fixture(scope="module")
+def mosaic_pools():
+    return open_pools(DataSpec(source="fashion-mnist-mosaics"))
+
+
+def tiles(images: np.ndarray) -> np.ndarray:
+    """N × 4 × 784: the 2 × 2 tiles of each 56 × 56 mosaic, row by row."""
+    return images.reshape(-1, 2, 28, 2, 28).transpose(0, 1, 3, 2, 4).reshape(-1, 4, 28 * 28)
+
+
+@needs_fashion_mnist
+def test_mosaics_are_56px_grayscale_with_a_label_matrix(mosaic_pools):
+    for pool, n in ((mosaic_pools.train, 3000), (mosaic_pools.test, 1000)):
+        assert pool.images.shape == (n, 56, 56) and pool.images.dtype == np.uint8
+        assert pool.labels.shape == (n, 10) and pool.labels.dtype == np.uint8 and pool.multi_label
+        assert pool.classes == FASHION_MNIST_CLASSES
+        per_image = pool.labels.sum(1)
+        assert (per_image == 0).any() and (per_image >= 2).any() and per_image.max() <= 4
+        assert pool.labels.mean(0).min() > 0.12  # every garment class appears
+        assert pool.load(0).mode == "RGB" and pool.load(0).size == (56, 56)
+    black = (tiles(mosaic_pools.train.images).max(-1) == 0).mean()
+    assert abs(black - MOSAIC_EMPTY) < 0.03
+
+
+@needs_fashion_mnist
+def test_mosaic_labels_are_the_classes_of_the_garments_shown_and_pools_share_no_garment(mosaic_pools, fashion_pools):
+    seen = {}
+    for part, garments in (("train", fashion_pools.train), ("test", fashion_pools.test)):
+        label_of = {image.tobytes(): int(label) for image, label in zip(garments.images, garments.labels, strict=True)}
+        pool = getattr(mosaic_pools, part)
+        seen[part] = set()
+        for tile_row, labels in zip(tiles(pool.images), pool.labels, strict=True):
+            shown = set()
+            for tile in tile_row:
+                if tile.any():  # no Fashion-MNIST garment is all black
+                    shown.add(label_of[tile.tobytes()])  # KeyError: a garment from the other pool
+                    seen[part].add(tile.tobytes())
+            assert set(np.flatnonzero(labels).tolist()) == shown  # an all-black mosaic: no label
+    assert not seen["train"] & seen["test"]
+
+
+@needs_fashion_mnist
+def test_mosaics_are_the_same_every_time_and_split_by_iterative_stratification(mosaic_pools):
+    again = load_fashion_mnist_mosaics()
+    assert again.train.fingerprint == mosaic_pools.train.fingerprint
+    assert again.test.fingerprint == mosaic_pools.test.fingerprint
+    spec = DataSpec(source="fashion-mnist-mosaics", val_size=0.2)
+    splits = make_splits(mosaic_pools, spec, seed=0)
+    assert splits["test"].source is mosaic_pools.test and len(splits["test"]) == 1000
+    assert len(splits["val"]) == 600 and len(splits["train"]) == 2400
+    assert np.abs(splits["val"].labels.mean(0) - splits["train"].labels.mean(0)).max() < 0.01  # each label's share
+    assert np.array_equal(make_splits(mosaic_pools, spec, seed=0)["val"].indices, splits["val"].indices)
+    narrowed = open_pools(DataSpec(source="fashion-mnist-mosaics", select_classes=["Bag", "Sandal"]))
+    assert len(narrowed.train) == 3000 and narrowed.train.labels.shape == (3000, 2)
