@@ -32,17 +32,21 @@ def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None
 
 
 def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None = None, *,
-          skip_bad: bool = False, force: bool = False, resume: bool = False) -> list[dict[str, Any]]:
-    """Run a study spec (a YAML path, a dict, or a StudySpec); returns the run records.
+          skip_bad: bool = False, force: bool = False, resume: bool = False, mini: bool = False) -> list[dict[str, Any]]:
+    """Run a study spec (a YAML path, a dict, or a StudySpec): its grid, then its `search:` and `prune:`
+    steps if it has them; returns the run records.
 
     Cells whose records are up to date are reused; `force=True` recomputes them; `resume=True` continues
-    interrupted training runs from their last epoch checkpoint.
+    interrupted training runs from their last epoch checkpoint; `mini=True` runs the spec's offline
+    miniature (its `mini:` block) into runs/<name>-mini.
+
+    >>> transferlab.study("examples/studies/flowers-heads.yaml", mini=True)   # doctest: +SKIP
     """
     from .study import run_study
 
     if isinstance(spec, dict):
         spec = validated(StudySpec, spec, "transferlab.study")
-    return run_study(spec, out, skip_bad=skip_bad, force=force, resume=resume)
+    return run_study(spec, out, skip_bad=skip_bad, force=force, resume=resume, mini=mini)
 
 
 def search(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None = None, *, trials: int | None = None,

@@ -21,11 +21,14 @@ def study(spec: Path = typer.Argument(..., help="YAML study spec (datasets × ba
           out: Path | None = typer.Option(None, help="output folder [default: runs/<spec name>]"),
           skip_bad: bool = typer.Option(False, help="skip unreadable images and list them in the run records"),
           force: bool = typer.Option(False, help="recompute cells whose records are up to date"),
-          resume: bool = typer.Option(False, help="continue interrupted training runs from their last epoch")):
-    """Run every cell of a study; print the leaderboard; write records, leaderboard.csv and report.html."""
+          resume: bool = typer.Option(False, help="continue interrupted training runs from their last epoch"),
+          mini: bool = typer.Option(False, help="run the spec's offline miniature (its mini: block: stand-in data "
+                                    "and backbones, few epochs) [default out: runs/<spec name>-mini]")):
+    """Run every cell of a study, then its search: and prune: steps if any; print the leaderboard; write
+    records, leaderboard.csv and report.html."""
     from .api import study as run_study
 
-    run_study(spec, out, skip_bad=skip_bad, force=force, resume=resume)
+    run_study(spec, out, skip_bad=skip_bad, force=force, resume=resume, mini=mini)
 
 
 @app.command()

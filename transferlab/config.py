@@ -84,7 +84,11 @@ class DataSpec(Spec):
     ratios: list[float] | None = Field(None, min_length=3, max_length=3,
                                        description="train/val/test proportions carved from one pool, e.g. [50, 20, 30]")
     folds: int | None = Field(None, ge=2, description="stratified k-fold: validation = fold (run seed mod k)")
-    limit_per_class: int | None = Field(None, gt=0)
+    limit_per_class: int | dict[str, int] | None = Field(
+        None, description="cap on training images per class: one number for every class, or {class: count} to "
+        "reproduce an imbalance by subsampling (classes not named keep all their images)")
+    select_classes: list[str] | None = Field(None, min_length=2, description="use only these classes, in this "
+                                             "order; images of other classes are dropped from every split")
     split_seed: int = Field(0, description="seed of the test split (and of the folds), fixed across run seeds")
     skip_bad: bool = Field(False, description="skip unreadable images, bad manifest rows and empty class folders, "
                            "and list them in the record")
@@ -94,6 +98,14 @@ class DataSpec(Spec):
     @classmethod
     def _from_string(cls, data: Any) -> Any:
         return {"source": data} if isinstance(data, str) else data
+
+    @field_validator("limit_per_class")
+    @classmethod
+    def _positive_limits(cls, limit):
+        counts = limit.values() if isinstance(limit, dict) else [] if limit is None else [limit]
+        if any(n <= 0 for n in counts):
+            raise ValueError("limit_per_class: counts must be positive (a number, or {class: count})")
+        return limit
 
     @model_validator(mode="after")
     def _one_way_to_split(self):
@@ -127,6 +139,8 @@ class BackboneSpec(Spec):
     image_size: int | None = Field(None, ge=16, description="override the pretrained input size")
     init_seed: int | None = Field(None, description="random init: its seed (default: the run seed); the "
                                   "untrained reference row fixes it, so every run seed shares one encoding")
+    stands_in_for: str | None = Field(None, description="set by `--mini`: the full study's backbone this offline "
+                                      "one replaces (shown in its row label)")
 
     @model_validator(mode="before")
     @classmethod
@@ -145,17 +159,30 @@ class BackboneSpec(Spec):
     @property
     def label(self) -> str:
         label = self.name if self.image_size is None else f"{self.name}@{self.image_size}"
-        return f"{label} (random init)" if self.weights == "random" else label
+        label = f"{label} (random init)" if self.weights == "random" else label
+        return f"{label} for {self.stands_in_for}" if self.stands_in_for else label
+
+    @property
+    def names(self) -> set[str]:
+        """What a spec may call this backbone (`where:`, a paradigm's `backbones:`, a search choice): its name and
+        label, and under `--mini` also the full study's backbone it stands in for."""
+        names = {self.name, self.label}
+        if self.stands_in_for:
+            names |= {self.stands_in_for, re.split(r"@| \(", self.stands_in_for)[0]}
+        return names
 
 
 class ParadigmSpec(Spec):
     """A paradigm by registry name plus its hyper-parameters, validated against the paradigm's own model.
 
-    YAML forms: `knn`, or `{name: knn, k: 10, metric: euclidean}`; `label` names the leaderboard row.
+    YAML forms: `knn`, or `{name: knn, k: 10, metric: euclidean}`; `label` names the leaderboard row;
+    `backbones` restricts the row to some of the study's backbones (names or labels; default: all of them).
     """
 
     name: str
     label: str | None = None
+    backbones: list[str] | None = Field(None, min_length=1, description="only on these study backbones (names "
+                                        "or labels); default: every backbone")
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -164,7 +191,7 @@ class ParadigmSpec(Spec):
         if isinstance(data, str):
             return {"name": data}
         if isinstance(data, dict) and "params" not in data:
-            reserved = {"name", "label"}
+            reserved = {"name", "label", "backbones"}
             params = {k: v for k, v in data.items() if k not in reserved}
             return {**{k: v for k, v in data.items() if k in reserved}, "params": params}
         return data
@@ -320,8 +347,45 @@ class SearchSpec(Spec):
                            "for twice this is failed (its worker died) and retried")
 
 
+class PruneSpec(Spec):
+    """After the study: prune the winner (the best non-reference row by mean *validation* score; its first
+    seed's run) at each sparsity, and score it on validation and test before and after (`transferlab prune`)."""
+
+    sparsity: list[float] = Field(default_factory=lambda: [0.8], min_length=1)
+    scope: Literal["head", "backbone", "all"] = Field("head", description="head: the dense layers the paradigm "
+                                                      "added; backbone; all")
+    structured: bool = False
+    recover_epochs: int = Field(0, ge=0, description="fine-tune with the masks attached after pruning")
+
+    @field_validator("sparsity")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        if any(not 0 < v < 1 for v in values):
+            raise ValueError("sparsity: fractions of weights set to zero, each between 0 and 1 (e.g. [0.8])")
+        return values
+
+
+class MiniSpec(Spec):
+    """`transferlab study SPEC --mini`: the same study in miniature, offline on a laptop CPU. Its datasets
+    replace the study's (an offline stand-in of the same shape), `backbones` swaps each backbone that has no
+    offline weights for one that has (one line each: `resnet50: tf_efficientnet_lite0`, or a mapping with an
+    image_size), `epochs` caps every weight-training paradigm, and the rest replaces (seeds), merges into
+    (search, prune) or is appended to (overrides) the study's own."""
+
+    datasets: list[DataSpec] | None = Field(None, min_length=1)
+    backbones: dict[str, BackboneSpec] = Field(default_factory=dict, description="full-size backbone (name or "
+                                               "label) → its offline stand-in")
+    epochs: int | None = Field(None, gt=0, description="cap on the epochs of every paradigm that trains weights")
+    seeds: list[int] | None = Field(None, min_length=1)
+    overrides: list[Override] = Field(default_factory=list)
+    search: dict[str, Any] | None = None
+    prune: dict[str, Any] | None = None
+
+
 class StudySpec(Spec):
-    """datasets × backbones × paradigms × seeds, with per-cell overrides; `search` for `transferlab search`."""
+    """datasets × backbones × paradigms × seeds, with per-cell overrides; `search` tunes options with Optuna
+    (after the grid, or alone with `transferlab search`); `prune` prunes the winner; `mini` is the study's
+    offline miniature (`--mini`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     datasets: list[DataSpec] = Field(min_length=1)
@@ -337,6 +401,8 @@ class StudySpec(Spec):
     references: bool | list[Reference] = Field(True, description="reference rows added to every dataset: true "
                                                "(all that apply), false, or a list of " + ", ".join(REFERENCES))
     search: SearchSpec | None = None
+    prune: PruneSpec | None = None
+    mini: MiniSpec | None = None
 
 
 def validated(model: type[Spec], data: Any, where: str) -> Any:

@@ -38,7 +38,7 @@ from .features import FeatureStore
 from .paradigms import PARADIGMS, get_paradigm_class
 from .progress import console, progress_bar, results
 from .runner import execute_run, headline, write_record
-from .study import SPLIT_ONLY_FIELDS, apply_overrides, base_cell
+from .study import SPLIT_ONLY_FIELDS, apply_overrides, backbones_of, base_cell
 from .train.hooks import listening_to_epochs
 
 DEFAULT_TRIALS = 20
@@ -237,7 +237,10 @@ def resolve_backbone(spec: StudySpec, choice: Any, where: str = "search"):
     from .config import BackboneSpec
 
     for backbone in spec.backbones:
-        if choice in (backbone.label, backbone.name):
+        if choice == backbone.label:
+            return backbone
+    for backbone in spec.backbones:
+        if choice in backbone.names:
             return backbone
     return validated(BackboneSpec, {"name": choice}, f"{where}: backbone {choice}")
 
@@ -252,7 +255,8 @@ def trial_spec(spec: StudySpec, values: dict[str, Any], *, seed: int, label: str
         if "backbone" not in values and not spec.backbones:
             raise TransferlabError(f"study '{spec.name}': paradigm '{paradigm.name}' needs a backbone; add one "
                                    "under backbones:")
-        backbone = resolve_backbone(spec, values.get("backbone", spec.backbones[0].label if spec.backbones else None))
+        default = backbones_of(spec, paradigm)[0].label if spec.backbones else None  # its own, if it names some
+        backbone = resolve_backbone(spec, values.get("backbone", default))
     cell = apply_overrides(spec, base_cell(spec, data, backbone, paradigm, seed), data, backbone, paradigm)
     for path, value in values.items():
         head, _, field = path.partition(".")
@@ -574,9 +578,10 @@ def _short(value: Any) -> str:
 
 def run_search(spec: StudySpec | str | Path, out: str | Path | None = None, *, trials: int | None = None,
                timeout: float | None = None, storage: str | None = None, study_name: str | None = None,
-               worker: bool = False, resume: bool = False) -> dict[str, Any]:
+               worker: bool = False, resume: bool = False, report: bool = True) -> dict[str, Any]:
     """Search the spec's space; unless `worker`, retrain the best configuration (one record per study seed)
-    and write `out/search/<name>.json` and the report. Returns the search summary.
+    and write `out/search/<name>.json` and (unless `report=False`: a study writes its own) the report.
+    Returns the search summary.
 
     Every worker runs this with the same spec and storage: the budget is shared, and the command that is not a
     `--worker` waits for the others' last trials before it retrains."""
@@ -615,10 +620,10 @@ def run_search(spec: StudySpec | str | Path, out: str | Path | None = None, *, t
     records = retrain(spec, best, out_dir, pools)
     summary = summarize(study, spec, dims, url, budget, metric, final_records=records)
     path = write_summary(summary, out_dir)
-    from .report import build_report
+    if report:
+        from .report import build_report
 
-    report = build_report(out_dir)
-    console.print(f"search summary {path}, report {report}")
+        console.print(f"search summary {path}, report {build_report(out_dir)}")
     return summary
 
 

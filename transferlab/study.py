@@ -26,7 +26,7 @@ from .evaluate import headline_metrics, primary_metric
 from .features import FeatureStore
 from .paradigms import get_paradigm_class
 from .progress import console, results
-from .runner import execute_run, headline
+from .runner import execute_run, headline, read_record, record_path
 from .stats import interval95, paired_comparison
 
 
@@ -39,11 +39,7 @@ def expand(spec: StudySpec, is_multi_label=None) -> list[RunSpec]:
     for data in spec.datasets:
         for seed in spec.seeds:
             for paradigm in spec.paradigms:
-                backbones = spec.backbones if get_paradigm_class(paradigm.name).needs_backbone else [None]
-                if not backbones:
-                    raise TransferlabError(f"study '{spec.name}': paradigm '{paradigm.name}' needs a backbone; "
-                                           "add one under backbones:")
-                for backbone in backbones:
+                for backbone in backbones_of(spec, paradigm):
                     cell = base_cell(spec, data, backbone, paradigm, seed)
                     cell = apply_overrides(spec, cell, data, backbone, paradigm)
                     cells.append(validated(RunSpec, cell, f"study '{spec.name}', cell {len(cells) + 1}"))
@@ -62,6 +58,26 @@ def expand(spec: StudySpec, is_multi_label=None) -> list[RunSpec]:
                                    "distinct `name:`s or the paradigms distinct `label:`s")
         seen[cell.run_id] = cell
     return list(seen.values())  # a cell listed twice runs (and counts as a seed) once
+
+
+def backbones_of(spec: StudySpec, paradigm: ParadigmSpec) -> list[BackboneSpec | None]:
+    """The backbones a paradigm's rows run on: every study backbone, or those its `backbones:` names
+    ([None] for paradigms that use none)."""
+    where = f"study '{spec.name}', paradigm {paradigm.row_label}"
+    if not get_paradigm_class(paradigm.name).needs_backbone:
+        if paradigm.backbones:
+            raise TransferlabError(f"{where}: '{paradigm.name}' uses no backbone; drop its backbones:")
+        return [None]
+    if not spec.backbones:
+        raise TransferlabError(f"study '{spec.name}': paradigm '{paradigm.name}' needs a backbone; add one under "
+                               "backbones:")
+    if paradigm.backbones is None:
+        return list(spec.backbones)
+    for wanted in paradigm.backbones:
+        if not any(wanted in b.names for b in spec.backbones):
+            raise TransferlabError(f"{where}: backbones: '{wanted}' is not one of the study's backbones "
+                                   f"({', '.join(b.label for b in spec.backbones)})")
+    return [b for b in spec.backbones if b.names & set(paradigm.backbones)]
 
 
 def apply_overrides(spec: StudySpec, cell: dict[str, Any], data, backbone, paradigm) -> dict[str, Any]:
@@ -120,7 +136,7 @@ def reference_cells(spec: StudySpec, data, seed: int, multi_label: bool) -> list
 def _matches(where, dataset: str, backbone, paradigm) -> bool:
     names = {
         "dataset": {dataset},
-        "backbone": {backbone.name, backbone.label} if backbone else {"none"},
+        "backbone": backbone.names if backbone else {"none"},
         "paradigm": {paradigm.name, paradigm.row_label},
     }
     return all(wanted is None or wanted in names[field] for field, wanted in where.model_dump().items())
@@ -131,14 +147,22 @@ SPLIT_ONLY_FIELDS = {"name", "train_size", "val_size", "test_size", "ratios", "f
 
 
 def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, skip_bad: bool = False,
-              force: bool = False, resume: bool = False) -> list[dict]:
-    """Run every cell, write records, leaderboard.csv and report.html under `out` (default runs/<name>).
+              force: bool = False, resume: bool = False, mini: bool = False) -> list[dict]:
+    """Run every cell, then the spec's `search:` (if any) and its `prune:` of the winner (if any); write
+    records, leaderboard.csv and report.html under `out` (default runs/<name>).
 
     Cells whose record is up to date are reused (see `execute_run`); `force` recomputes every cell;
-    `resume` continues interrupted training runs from their last epoch checkpoint.
+    `resume` continues interrupted training runs from their last epoch checkpoint; `mini` runs the spec's
+    offline miniature instead (`mini.miniature`, default out runs/<name>-mini).
     """
     if not isinstance(spec, StudySpec):
         spec = load_study_spec(spec)
+    if mini:
+        from .mini import miniature
+
+        spec, swaps = miniature(spec)
+        for line in swaps:
+            console.print(line)
     out_dir = Path(out) if out else Path("runs") / spec.name
     if skip_bad:
         spec = spec.model_copy(update={"datasets": [d.model_copy(update={"skip_bad": True}) for d in spec.datasets]})
@@ -165,9 +189,15 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
         console.print(f"[bold]run {number}/{len(cells)}[/] {cell.run_id}: {headline(record)} ({how})")
         records.append(record)
     summary = invocation_summary(records, time.perf_counter() - started)
+    if is_main():
+        (out_dir / "last_invocation.json").write_text(json.dumps(summary, indent=1))
+    if spec.search is not None:  # the searched rows join the grid's (the report finds them through search/)
+        from .search import run_search
+
+        search = run_search(spec, out_dir, report=False)
+        records += [read_record(record_path(out_dir, run_id)) for run_id in search.get("final_run_ids", [])]
     if not is_main():  # under torchrun rank 0 alone writes the study's files
         return records
-    (out_dir / "last_invocation.json").write_text(json.dumps(summary, indent=1))
 
     rows = leaderboard(records)
     write_leaderboard_csv(rows, out_dir / "leaderboard.csv")
@@ -177,6 +207,9 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
 
     for dataset, comparison in compare_best(records).items():
         results.print(f"{dataset}: {comparison_text(comparison)['sentence']}")
+    if spec.prune is not None:
+        for record in winners(records):
+            prune_winner(spec, record, out_dir)
 
     report = build_report(out_dir)
     console.print(f"{summary['computed']} runs computed, {summary['reused']} reused, "
@@ -233,10 +266,9 @@ def leaderboard(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def compare_best(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per dataset: the two best non-reference rows, and which is better on test with what confidence
-    (stats.paired_comparison on their per-image test outcomes). The two are picked by their mean
-    *validation* score, so that choosing them does not bias the test comparison in their favour."""
+def ranked_by_validation(records: list[dict[str, Any]]) -> tuple[dict[str, list[dict]], dict[tuple, list[dict]]]:
+    """Per dataset, its non-reference leaderboard rows ordered by mean *validation* score (best first), and
+    each row's records. Choosing rows on validation keeps their test scores unbiased."""
     by_row: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
         by_row[tuple(record["labels"][k] for k in GROUP)].append(record)
@@ -245,10 +277,18 @@ def compare_best(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         values = [r["val_metrics"].get(row["primary"]) for r in by_row[tuple(row[k] for k in GROUP)]]
         return float(np.mean([np.nan if v is None else v for v in values]))
 
-    out, rows = {}, leaderboard(records)
+    rows, ranked = leaderboard(records), {}
     for dataset in dict.fromkeys(r["labels"]["dataset"] for r in records):
         candidates = [row for row in rows if row["dataset"] == dataset and not row["reference"]]
-        ranked = sorted(candidates, key=lambda row: -np.nan_to_num(validation_score(row), nan=-np.inf))
+        ranked[dataset] = sorted(candidates, key=lambda row: -np.nan_to_num(validation_score(row), nan=-np.inf))
+    return ranked, by_row
+
+
+def compare_best(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per dataset: the two best non-reference rows (by validation, `ranked_by_validation`), and which is
+    better on test with what confidence (stats.paired_comparison on their per-image test outcomes)."""
+    out, (ranking, by_row) = {}, ranked_by_validation(records)
+    for dataset, ranked in ranking.items():
         if len(ranked) < 2:
             continue
         first, second = ranked[:2]
@@ -257,6 +297,29 @@ def compare_best(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if comparison is not None:
             out[dataset] = {"a": {k: first[k] for k in GROUP}, "b": {k: second[k] for k in GROUP}, **comparison}
     return out
+
+
+def winners(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per dataset, the first-seed run of the best non-reference row by validation (what `prune:` prunes)."""
+    ranking, by_row = ranked_by_validation(records)
+    return [min(by_row[tuple(ranked[0][k] for k in GROUP)], key=lambda r: r["seed"])
+            for ranked in ranking.values() if ranked]
+
+
+def prune_winner(spec: StudySpec, record: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The spec's `prune:` step on one winning run: `transferlab prune` with the spec's settings."""
+    from .deploy import load_run
+    from .deploy.prune import prune_run
+
+    p = spec.prune
+    summary = prune_run(load_run(record["run_id"], out_dir), p.sparsity, scope=p.scope, structured=p.structured,
+                        recover_epochs=p.recover_epochs)
+    dense = summary["dense"]
+    for result in summary["results"]:
+        results.print(f"pruned the winner {record['run_id']} to {result['reached']:.0%} of its {p.scope} weights: "
+                      f"{summary['metric']} val {dense['val']:.4f} → {result['val']:.4f}, test {dense['test']:.4f} → "
+                      f"{result['test']:.4f}")
+    return summary
 
 
 def study_metrics(rows: list[dict[str, Any]]) -> list[str]:

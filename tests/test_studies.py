@@ -1,0 +1,194 @@
+"""The five reference studies (examples/studies): every spec is valid at full size, its miniature keeps every
+row of the original with offline stand-ins, and (slow, CI) each miniature runs offline, writes its report and
+keeps the ordering the original found where it is robust."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from transferlab.config import load_study_spec, validated, StudySpec
+from transferlab.errors import TransferlabError
+from transferlab.mini import miniature
+from transferlab.models.backbones import resolve_weights_choice
+from transferlab.study import expand
+
+from .conftest import needs_fashion_mnist
+
+STUDIES = Path(__file__).parent.parent / "examples" / "studies"
+NAMES = ["flowers102-paradigms", "caltech101-alexnet", "leaves-imbalanced", "flowers-heads", "multilabel-14"]
+OFFLINE_SOURCES = {"fashion-mnist", "digits", "fashion-mnist-mosaics"}
+
+
+def test_the_five_studies_are_there():
+    assert sorted(p.stem for p in STUDIES.glob("*.yaml")) == sorted(NAMES)
+
+
+def rows(cells) -> set[tuple[str, str]]:
+    return {(c.backbone.label if c.backbone else "none", c.paradigm.row_label) for c in cells if not c.reference}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_miniature_keeps_every_row_with_offline_stand_ins(name):
+    spec = load_study_spec(STUDIES / f"{name}.yaml")
+    full = expand(spec)
+    mini, swaps = miniature(spec)
+    small = expand(mini)
+    assert mini.name == f"{name}-mini"
+    # every row of the original is a row of the miniature: same paradigm label, on the stand-in of its backbone
+    stand_ins = {b.stands_in_for or b.label: b.label for b in mini.backbones}
+    assert {(stand_ins[b] if b != "none" else b, p) for b, p in rows(full)} == rows(small)
+    assert {c.reference for c in full} == {c.reference for c in small}
+    assert set(mini.seeds) <= set(spec.seeds) and len(small) < len(full)
+    # nothing in the miniature needs the internet
+    assert all(d.source in OFFLINE_SOURCES for d in mini.datasets)
+    for backbone in mini.backbones:
+        assert resolve_weights_choice(backbone) in ("offline", "random"), backbone.label
+    hub = [b for b in spec.backbones if resolve_weights_choice(b) == "hub"]
+    assert len(swaps) >= len(hub) and all(line.startswith("--mini: ") for line in swaps)
+    for backbone in hub:  # one line per swapped backbone, naming it
+        assert sum(line.startswith(f"--mini: {backbone.label} → ") for line in swaps) == 1
+    # the cap on epochs reached every weight-training row
+    for cell in small:
+        epochs = cell.paradigm.params.get("epochs", cell.paradigm.params.get("max_epochs"))
+        if cell.paradigm.name in ("head", "finetune", "scratch", "simple-cnn", "bit"):
+            assert epochs is not None and epochs <= mini_epochs(spec), cell.run_id
+
+
+def mini_epochs(spec: StudySpec) -> int:
+    return spec.mini.epochs
+
+
+def study(**extra) -> dict:
+    return {"name": "s", "datasets": ["digits"], "backbones": ["tf_efficientnet_lite0", "resnet18"],
+            "paradigms": ["linear"], "references": False, **extra}
+
+
+def test_paradigm_backbones_restrict_its_rows():
+    spec = validated(StudySpec, study(paradigms=["linear", {"name": "knn", "backbones": ["resnet18"]}]), "t")
+    assert rows(expand(spec)) == {("tf_efficientnet_lite0", "linear"), ("resnet18", "linear"), ("resnet18", "knn")}
+    wrong = validated(StudySpec, study(paradigms=[{"name": "knn", "backbones": ["resnet19"]}]), "t")
+    with pytest.raises(TransferlabError, match=r"backbones: 'resnet19' is not one of the study's backbones \("
+                                               r"tf_efficientnet_lite0, resnet18\)"):
+        expand(wrong)
+    with pytest.raises(TransferlabError, match="'pixels' uses no backbone; drop its backbones"):
+        expand(validated(StudySpec, study(paradigms=[{"name": "pixels", "backbones": ["resnet18"]}]), "t"))
+
+
+def test_search_trials_default_to_the_paradigms_own_backbone():
+    from transferlab.search import trial_spec
+
+    spec = validated(StudySpec, study(paradigms=[{"name": "knn", "backbones": ["resnet18"]}],
+                                      search={"space": {"paradigm.k": [1, 3]}}), "t")
+    assert trial_spec(spec, {"paradigm.k": 3}, seed=0).backbone.name == "resnet18"
+
+
+def test_mini_errors_are_one_line():
+    with pytest.raises(TransferlabError, match=r"study 's': no mini: block"):
+        miniature(validated(StudySpec, study(), "t"))
+    spec = validated(StudySpec, study(mini={"backbones": {"tf_efficientnet_lite0": "tf_efficientnet_lite1"}}), "t")
+    with pytest.raises(TransferlabError, match=r"backbone resnet18 has no offline weights; add a stand-in under "
+                                               r"mini.backbones, e.g. resnet18: tf_efficientnet_lite0"):
+        miniature(spec)
+    spec = validated(StudySpec, study(mini={"backbones": {"resnet18": "tf_efficientnet_lite0"},
+                                            "search": {"trials": 2}}), "t")
+    with pytest.raises(TransferlabError, match="mini.search changes a search: block the study lacks"):
+        miniature(spec)
+
+
+def test_mini_stand_ins_keep_references_working():
+    """A `where:` written for the full backbone still selects its stand-in; the row says what it stands in for."""
+    spec = validated(StudySpec, study(
+        overrides=[{"where": {"backbone": "resnet18"}, "set": {"batch_size": 7}}],
+        mini={"backbones": {"resnet18": {"name": "tf_efficientnet_lite0", "image_size": 64}}}), "t")
+    mini, swaps = miniature(spec)
+    assert swaps == ["--mini: resnet18 → tf_efficientnet_lite0@64 (no offline weights)"]
+    cells = {c.backbone.label: c for c in expand(mini)}
+    assert cells["tf_efficientnet_lite0@64 for resnet18"].batch_size == 7
+    assert cells["tf_efficientnet_lite0"].batch_size == 32
+
+
+# ------------------------------------------------------------------------- the miniatures, end to end (CI)
+
+def leaderboard(out: Path) -> dict[str, dict[str, float]]:
+    """paradigm (+ backbone) → mean metrics, from the study's leaderboard.csv."""
+    with open(out / "leaderboard.csv") as f:
+        table = list(csv.DictReader(f))
+    return {f"{r['paradigm']}|{r['backbone']}": {k: float(v) for k, v in r.items() if k.endswith("_mean") and v}
+            for r in table}
+
+
+def best(board, paradigm: str, metric: str = "accuracy_mean", backbone: str = "") -> float:
+    values = [m[metric] for key, m in board.items() if key.split("|")[0] == paradigm and backbone in key]
+    assert values, f"no row {paradigm} in {sorted(board)}"
+    return max(values)
+
+
+def run_mini(name: str, tmp_path: Path) -> Path:
+    out = tmp_path / name
+    proc = subprocess.run([sys.executable, "-m", "transferlab", "study", str(STUDIES / f"{name}.yaml"), "--mini",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "report.html").stat().st_size > 10_000
+    print(proc.stdout[-4000:])
+    return out
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_flowers102_miniature(tmp_path):
+    board = leaderboard(run_mini("flowers102-paradigms", tmp_path))
+    scratch = best(board, "scratch")
+    for transfer in ("knn", "head", "finetune-last-stage"):  # transfer beats training the same net from scratch
+        assert best(board, transfer) > scratch + 0.1, (transfer, board)
+    assert best(board, "knn") > best(board, "linear-untrained") + 0.1  # pretrained features beat untrained ones
+    assert best(board, "bit") > scratch
+
+
+@pytest.mark.slow
+def test_caltech101_miniature(tmp_path):
+    out = run_mini("caltech101-alexnet", tmp_path)
+    board = leaderboard(out)
+    scratch = max(best(board, "alexnet-scratch"), best(board, "alexnet-scratch-searched"))
+    assert best(board, "classifier-only") > scratch + 0.1, board  # transfer beats AlexNet from scratch
+    summary = json.loads(next((out / "search").glob("*.json")).read_text())
+    assert summary["sampler"] == "grid" and summary["counts"]["complete"] == 4  # the whole (mini) grid
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_leaves_miniature(tmp_path):
+    out = run_mini("leaves-imbalanced", tmp_path)
+    board = leaderboard(out)
+    transfer = max(best(board, p, "macro_f1_mean") for p in ("class-weights", "two-phase", "quasi-svm", "head"))
+    assert transfer > best(board, "small-cnn-scratch", "macro_f1_mean") + 0.1, board
+    assert best(board, "quasi-svm", "macro_f1_mean") > best(board, "majority", "macro_f1_mean") + 0.3
+    record = json.loads(next((out / "runs").glob("*class-weights*seed0.json")).read_text())
+    assert len(record["metrics"]["per_class"]) == 8  # per-class F1 of the eight classes
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_flowers_heads_miniature(tmp_path):
+    out = run_mini("flowers-heads", tmp_path)
+    board = leaderboard(out)
+    assert best(board, "dense-head") > best(board, "glorot-scratch") + 0.1, board
+    pruned = json.loads(next((out / "deploy").glob("*/prune.json")).read_text())
+    assert pruned["scope"] == "head" and abs(pruned["results"][0]["reached"] - 0.8) < 0.01
+    assert "prun" in (out / "report.html").read_text().lower()
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_multilabel_miniature(tmp_path):
+    board = leaderboard(run_mini("multilabel-14", tmp_path))
+    negative = best(board, "all-negative", "micro_f1_mean")
+    assert negative == 0.0
+    for paradigm in ("adam-bce", "adam-bce-per-class", "sgd-bce"):  # tuned thresholds beat predicting no tag
+        assert best(board, paradigm, "micro_f1_mean") > 0.3, board
+    assert best(board, "adam-bce", "micro_f1_mean") > best(board, "linear-untrained", "micro_f1_mean")
