@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from transferlab.config import load_study_spec, validated, StudySpec
+from transferlab.config import StudySpec, load_study_spec, validated
 from transferlab.errors import TransferlabError
 from transferlab.mini import miniature
 from transferlab.models.backbones import resolve_weights_choice

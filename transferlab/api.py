@@ -32,7 +32,8 @@ def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None
 
 
 def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None = None, *,
-          skip_bad: bool = False, force: bool = False, resume: bool = False, mini: bool = False) -> list[dict[str, Any]]:
+          skip_bad: bool = False, force: bool = False, resume: bool = False,
+          mini: bool = False) -> list[dict[str, Any]]:
     """Run a study spec (a YAML path, a dict, or a StudySpec): its grid, then its `search:` and `prune:`
     steps if it has them; returns the run records.
 

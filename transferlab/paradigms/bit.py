@@ -3,7 +3,9 @@
 SGD with momentum 0.9, lr 0.003 × batch/512, linear warm-up then ×0.1 at the rule's decay steps, a
 zero-initialised head, MixUp from 20 000 examples, and the rule's resolution: images resized to the
 rule's size, a fresh random crop (+ flip) every step for training, the centre crop for evaluation; the
-crop is capped by `max_resolution`. Every decision goes into `selected_` and so into the run record.
+crop is capped by `max_resolution`, and the schedule by `max_epochs` (the rule's steps shrunk to that many
+epochs, warm-up and decays at the same fractions). Every decision goes into `selected_` and so into the run
+record.
 An `augment` the user writes runs after the rule's random crop, at the crop size, instead of its flip.
 """
 
@@ -29,6 +31,9 @@ RULED = {"optimizer", "momentum", "nesterov", "lr", "epochs", "schedule", "warmu
 class BitParams(TrainParams):
     batch_size: int = Field(64, gt=0, description="the rule's lr scales with it (0.003 at 512)")
     max_resolution: int | None = Field(128, ge=16, description="cap on the rule's crop size (CPU budgets)")
+    max_epochs: int | None = Field(None, gt=0, description="cap on the rule's schedule (CPU budgets): a longer "
+                                   "one is shrunk to this many epochs of the training set, warm-up and lr decays "
+                                   "at the same fractions of training; the record keeps the rule's own steps")
 
     @model_validator(mode="after")
     def _rule_decides(self):
@@ -50,7 +55,8 @@ class Bit(TrainedParadigm):
 
     def rule(self, dataset_size: int) -> dict:
         hw = self.context.sample_hw or tuple(self.context.backbone.data_config["input_size"][1:])
-        return decide(dataset_size, hw, self.params.batch_size, self.params.max_resolution)
+        p = self.params
+        return decide(dataset_size, hw, p.batch_size, p.max_resolution, p.max_epochs)
 
     def view(self):
         size = self.rule(0)["resize"]  # the resolution depends on the image size only

@@ -1,5 +1,6 @@
 """Fine-tuning: the backbone's weights change. `finetune` starts from the pretrained weights, `scratch`
-from timm's default initialisation of the same architecture (what pretraining buys).
+from a random initialisation of the same architecture (what pretraining buys): timm's own, or the Glorot /
+He schemes reference studies name (`init`).
 
 finetune options: unfreeze `from_stage: k` (timm feature stages, -1 = the last), `from_fraction: f`, or
 all (neither given); `lr_decay`: each stage toward the input trains at lr × lr_decay^distance;
@@ -10,9 +11,12 @@ BatchNorm layers of frozen stages keep their ImageNet statistics. The new head a
 
 from __future__ import annotations
 
+from typing import Literal
+
 import timm
 import torch
 from pydantic import Field, model_validator
+from torch import nn
 
 from ..models.backbones import Normalized
 from ..train.freeze import classifier_names, layer_groups, set_trainable, trainable_from_fraction, trainable_from_stage
@@ -100,15 +104,42 @@ class Finetune(TrainedParadigm):
         return {"head_epochs": self.selected_["head_best_epoch"], "epochs": self.selected_["finetune_best_epoch"]}
 
 
+class ScratchParams(TrainParams):
+    init: Literal["default", "glorot", "he"] = Field(
+        "default", description="default: timm's own initialisation of the architecture; glorot: Keras's default, "
+        "Glorot/Xavier-uniform on every convolution and linear weight, zero biases; he: Kaiming-normal (fan_out, "
+        "relu) on convolutions, Glorot on linears, zero biases. Norm layers keep timm's init; drawn from the run "
+        "seed")
+
+
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # timm's same-padding convolutions subclass these
+
+
+def initialize(net: nn.Module, init: str) -> None:
+    """Re-draw every convolution and linear layer's weights by `init` (torch.nn.init, the global RNG); biases 0."""
+    if init == "default":
+        return
+    for module in net.modules():
+        if isinstance(module, CONVOLUTIONS) and init == "he":
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (*CONVOLUTIONS, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+        else:
+            continue
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 @register
 class Scratch(TrainedParadigm):
-    """The same architecture, randomly initialised (timm's default init), every layer trained."""
+    """The same architecture, randomly initialised (`init`: timm's default, Glorot or He), every layer trained."""
 
     name = "scratch"
-    Params = TrainParams
+    Params = ScratchParams
 
     def build_model(self) -> Normalized:
         backbone = self.context.backbone
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.seed)  # timm's init and `init` both draw from it: one seed, one start (refit too)
         net = timm.create_model(backbone.name, pretrained=False, num_classes=self.n_classes)
+        initialize(net, self.params.init)
         return backbone.with_normalization(net)
