@@ -65,12 +65,10 @@ class TimmModel(nn.Module):
 
     def __init__(self, name: str, num_classes: int, mean: list[float], std: list[float]):
         super().__init__()
-        import timm
-
-        from ..models.backbones import Normalized
+        from ..models.backbones import Normalized, create_model
 
         self.config = {"name": name, "num_classes": num_classes, "mean": list(mean), "std": list(std)}
-        self.net = Normalized(timm.create_model(name, pretrained=False, num_classes=num_classes), mean, std)
+        self.net = Normalized(create_model(name, num_classes), mean, std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

@@ -1,8 +1,11 @@
-"""Backbones: any timm model, with weights from the hub, a local file, the offline registry, or random init.
+"""Backbones: any timm model, or a torchvision one (`torchvision/alexnet`), with weights from the hub, a local
+file, the offline registry, or random init.
 
 `load_backbone(spec)` is the one entry point. It returns the full model (ImageNet head included, so a
 user can check the weights on a photo), the weight source with a content hash (part of every cache key),
 and the preprocessing resolved by timm from the model's pretrained config (explicit image size first).
+torchvision models come through `torchvision_nets`, which gives them timm's interface and a pretrained
+config read from their torchvision weights' transforms; their hub is torchvision's download.
 """
 
 from __future__ import annotations
@@ -18,20 +21,39 @@ from typing import Any
 
 import timm
 import torch
+import torchvision
 from timm.data import create_transform, resolve_model_data_config
 
 from ..config import BackboneSpec
 from ..errors import TransferlabError
+from . import torchvision_nets
 from .registry import OFFLINE_WEIGHTS, load_offline_state_dict, offline_models
 
 
 def check_model_name(name: str) -> None:
-    """Unknown timm model → one line with the closest names."""
+    """Unknown timm (or `torchvision/<model>`) model → one line with the closest names."""
+    if torchvision_nets.is_torchvision(name):
+        torchvision_nets.check_name(name)
+        return
     if timm.is_model(name):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    if name in torchvision_nets.model_names():  # timm lacks it (alexnet, vgg16_bn, ...), torchvision has it
+        close = [torchvision_nets.PREFIX + name, *close]
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
     raise TransferlabError(f"unknown timm model '{name}'{hint}")
+
+
+def create_model(name: str, num_classes: int | None = None) -> torch.nn.Module:
+    """A randomly initialised network by name (timm, or `torchvision/<model>`), from torch's global RNG, e.g. to
+    receive saved weights. `num_classes`: the new classifier's size (0: none, pooled pre-logit features); None:
+    the architecture's own (ImageNet's 1000)."""
+    if not torchvision_nets.is_torchvision(name):
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)  # timm drops a None
+    model = torchvision_nets.create(name)
+    if num_classes is not None:
+        model.reset_classifier(num_classes)
+    return model
 
 
 @dataclass(frozen=True)
@@ -101,17 +123,23 @@ def resolve_weights_choice(spec: BackboneSpec) -> str:
 def load_backbone(spec: BackboneSpec, seed: int = 0) -> Backbone:
     check_model_name(spec.name)
     choice = resolve_weights_choice(spec)
+    torchvision_model = torchvision_nets.is_torchvision(spec.name)
+    if choice == "offline" and torchvision_model:
+        raise TransferlabError(f"{spec.name}: there are no offline torchvision weights (the offline registry has "
+                               f"{', '.join(offline_models())}); use weights: hub (torchvision's download), "
+                               "weights: path/to/state_dict.pth or weights: random")
     if choice == "hub":
         model, weights = _from_hub(spec.name)
     else:
         torch.manual_seed(seed)  # random init (and any head the file lacks) is reproducible
-        model = timm.create_model(spec.name, pretrained=False)
+        model = create_model(spec.name)
         if choice == "offline":
             state, path = load_offline_state_dict(spec.name, model)
             model.load_state_dict(state)
             weights = WeightsInfo("offline", str(path), file_sha256(path))
         elif choice == "random":
-            weights = WeightsInfo("random", f"seed {seed}", f"random-{timm.__version__}-{seed}")
+            library = f"torchvision-{torchvision.__version__}" if torchvision_model else timm.__version__
+            weights = WeightsInfo("random", f"seed {seed}", f"random-{library}-{seed}")
         else:
             path = Path(choice)
             _load_file_into(model, path)
@@ -123,9 +151,12 @@ def load_backbone(spec: BackboneSpec, seed: int = 0) -> Backbone:
 
 
 HUB_HOST = ("huggingface.co", 443)
+TORCHVISION_HOST = ("download.pytorch.org", 443)
 
 
 def _from_hub(name: str) -> tuple[torch.nn.Module, WeightsInfo]:
+    if torchvision_nets.is_torchvision(name):
+        return _from_torchvision(name)
     advice = (f"use weights: offline ({', '.join(offline_models())}) or weights: path/to/file.safetensors "
               "(weights already in your Hugging Face cache: set HF_HUB_OFFLINE=1)")
     if not _hub_reachable():
@@ -139,12 +170,38 @@ def _from_hub(name: str) -> tuple[torch.nn.Module, WeightsInfo]:
     return model, WeightsInfo("hub", tag, hashlib.sha256(tag.encode()).hexdigest())
 
 
+def _from_torchvision(name: str) -> tuple[torch.nn.Module, WeightsInfo]:
+    """torchvision's DEFAULT weights, downloaded once into torch.hub's cache (`$TORCH_HOME`)."""
+    advice = ("use weights: path/to/state_dict.pth (a torchvision state dict, .pth or .safetensors) or weights: "
+              f"random (weights already downloaded are used from {torch.hub.get_dir()}/checkpoints)")
+    weights = torchvision_nets.default_weights(name)
+    if weights is None:
+        raise TransferlabError(f"{name}: torchvision has no pretrained weights for it; {advice}")
+    torchvision_nets.check_supported(name)  # before downloading anything
+    if not torchvision_nets.weights_cached(weights) and not _reachable(TORCHVISION_HOST):
+        raise TransferlabError(f"{name}: hub weights need internet and {TORCHVISION_HOST[0]} is unreachable; "
+                               f"{advice}")
+    try:
+        model = torchvision_nets.create(name, weights)
+    except Exception as exc:  # noqa: BLE001 - network, hash mismatch, disk: all get the same advice
+        raise TransferlabError(f"{name}: could not get torchvision weights {weights} ({type(exc).__name__}); "
+                               f"{advice}") from None
+    tag = f"{weights}:{weights.url}"
+    return model, WeightsInfo("hub", tag, hashlib.sha256(tag.encode()).hexdigest())
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """A quick TCP probe, so that an offline machine gets one line at once instead of a minute of retries."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
-        return True  # the cache or the proxy decides; let huggingface_hub try
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return True  # the cache decides; let huggingface_hub try
+    return _reachable(HUB_HOST, timeout)
+
+
+def _reachable(host: tuple[str, int], timeout: float = 3.0) -> bool:
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
+        return True  # the proxy decides; let the download try
     try:
-        with socket.create_connection(HUB_HOST, timeout=timeout):
+        with socket.create_connection(host, timeout=timeout):
             return True
     except OSError:
         return False

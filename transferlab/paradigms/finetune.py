@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import timm
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..models.backbones import Normalized
+from ..models.backbones import Normalized, create_model
 from ..train.freeze import classifier_names, layer_groups, set_trainable, trainable_from_fraction, trainable_from_stage
 from ..train.params import TrainParams
 from ..train.partial import activations, split_at_first_trainable_block
@@ -140,6 +139,6 @@ class Scratch(TrainedParadigm):
     def build_model(self) -> Normalized:
         backbone = self.context.backbone
         torch.manual_seed(self.seed)  # timm's init and `init` both draw from it: one seed, one start (refit too)
-        net = timm.create_model(backbone.name, pretrained=False, num_classes=self.n_classes)
+        net = create_model(backbone.name, self.n_classes)  # timm or torchvision, by name
         initialize(net, self.params.init)
         return backbone.with_normalization(net)
