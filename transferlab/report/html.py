@@ -182,12 +182,12 @@ def row_label(row: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------ paired comparison
 
 def comparison_text(comparison: dict[str, Any]) -> dict[str, Any]:
-    """`study.compare_best`'s result for one dataset as one sentence: "A beats B by +0.012 accuracy (95 % CI
+    """`study.compare_best`'s result for one dataset as one sentence: "A beats B by 0.012 accuracy (95 % CI
     [...], paired bootstrap over the N test images; better in 99.1 % of resamples; paired t-test ...)"."""
     a, b = row_label(comparison["a"]), row_label(comparison["b"])
     metric, diff, ci = comparison["metric"], comparison["difference"], comparison["ci95"]
     verb = "ties with" if diff == 0 else "beats" if diff > 0 else "trails"
-    head = f"{a} {verb} {b}" + (f" by {diff:+.3f} {metric}" if diff else f" on {metric}")
+    head = f"{a} {verb} {b}" + (f" by {abs(diff):.3f} {metric}" if diff else f" on {metric}")  # verb has the sign
     method = comparison["method"].replace("test images", f"the {comparison['n_images']} test images")
     details = [f"95 % CI [{ci[0]:.3f}, {ci[1]:.3f}], {method}",
                f"better in {100 * comparison['p_better']:.1f} % of {comparison['resamples']} resamples"]
