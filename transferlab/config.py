@@ -369,7 +369,7 @@ class MiniSpec(Spec):
     """`transferlab study SPEC --mini`: the same study in miniature, offline on a laptop CPU. Its datasets
     replace the study's (an offline stand-in of the same shape), `backbones` swaps each backbone that has no
     offline weights for one that has (one line each: `resnet50: tf_efficientnet_lite0`, or a mapping with an
-    image_size), `epochs` caps every weight-training paradigm, and the rest replaces (seeds), merges into
+    image_size), `epochs` caps every weight-training paradigm, and the rest replaces (seeds, engine), merges into
     (search, prune) or is appended to (overrides) the study's own."""
 
     datasets: list[DataSpec] | None = Field(None, min_length=1)
@@ -377,6 +377,8 @@ class MiniSpec(Spec):
                                                "label) → its offline stand-in")
     epochs: int | None = Field(None, gt=0, description="cap on the epochs of every paradigm that trains weights")
     seeds: list[int] | None = Field(None, min_length=1)
+    engine: Engine | None = Field(None, description="e.g. torch: on a few hundred images an ONNX export (~20 s "
+                                  "per backbone) costs more than it saves")
     overrides: list[Override] = Field(default_factory=list)
     search: dict[str, Any] | None = None
     prune: dict[str, Any] | None = None

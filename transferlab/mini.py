@@ -25,8 +25,9 @@ def miniature(spec: StudySpec) -> tuple[StudySpec, list[str]]:
     data["name"] = f"{spec.name}-mini"
     if mini.datasets:
         data["datasets"] = [d.model_dump(mode="json", exclude_defaults=True) for d in mini.datasets]
-    if mini.seeds:
-        data["seeds"] = mini.seeds
+    for key in ("seeds", "engine"):
+        if getattr(mini, key) is not None:
+            data[key] = getattr(mini, key)
     data["overrides"] = data.get("overrides", []) + [o.model_dump(mode="json", exclude_defaults=True)
                                                      for o in mini.overrides]
     for key in ("search", "prune"):
