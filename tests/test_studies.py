@@ -53,15 +53,11 @@ def test_miniature_keeps_every_row_with_offline_stand_ins(name):
     assert len(swaps) >= len(hub) and all(line.startswith("--mini: ") for line in swaps)
     for backbone in hub:  # one line per swapped backbone, naming it
         assert sum(line.startswith(f"--mini: {backbone.label} → ") for line in swaps) == 1
-    # the cap on epochs reached every weight-training row
-    for cell in small:
-        epochs = cell.paradigm.params.get("epochs", cell.paradigm.params.get("max_epochs"))
-        if cell.paradigm.name in ("head", "finetune", "scratch", "simple-cnn", "bit"):
-            assert epochs is not None and epochs <= mini_epochs(spec), cell.run_id
-
-
-def mini_epochs(spec: StudySpec) -> int:
-    return spec.mini.epochs
+    # the cap on epochs reached every weight-training row (a mini override may then raise it on purpose)
+    for paradigm in mini.paradigms:
+        epochs = paradigm.params.get("epochs", paradigm.params.get("max_epochs"))
+        if paradigm.name in ("head", "finetune", "scratch", "simple-cnn", "bit"):
+            assert epochs is not None and epochs <= spec.mini.epochs, paradigm.row_label
 
 
 def study(**extra) -> dict:
@@ -152,13 +148,16 @@ def test_flowers102_miniature(tmp_path):
 
 
 @pytest.mark.slow
+@needs_fashion_mnist
 def test_caltech101_miniature(tmp_path):
     out = run_mini("caltech101-alexnet", tmp_path)
     board = leaderboard(out)
     scratch = max(best(board, "alexnet-scratch"), best(board, "alexnet-scratch-searched"))
-    assert best(board, "classifier-only") > scratch + 0.1, board  # transfer beats AlexNet from scratch
+    assert best(board, "classifier-only") > scratch + 0.2, board  # transfer beats AlexNet from scratch
+    assert best(board, "classifier-only", backbone="for torchvision/alexnet") > best(  # and the same net untrained
+        board, "linear-untrained", backbone="tf_efficientnet_lite0@64 (")
     summary = json.loads(next((out / "search").glob("*.json")).read_text())
-    assert summary["sampler"] == "grid" and summary["counts"]["complete"] == 4  # the whole (mini) grid
+    assert summary["sampler"] == "grid" and summary["counts"]["complete"] == 2  # the whole (mini) grid
 
 
 @pytest.mark.slow

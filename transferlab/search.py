@@ -38,7 +38,7 @@ from .features import FeatureStore
 from .paradigms import PARADIGMS, get_paradigm_class
 from .progress import console, progress_bar, results
 from .runner import execute_run, headline, write_record
-from .study import SPLIT_ONLY_FIELDS, apply_overrides, backbones_of, base_cell
+from .study import SPLIT_ONLY_FIELDS, apply_overrides, backbones_of, base_cell, find_backbones
 from .train.hooks import listening_to_epochs
 
 DEFAULT_TRIALS = 20
@@ -236,12 +236,9 @@ def resolve_backbone(spec: StudySpec, choice: Any, where: str = "search"):
     """A backbone choice: a study backbone's label or name (its weights come along), or any timm model name."""
     from .config import BackboneSpec
 
-    for backbone in spec.backbones:
-        if choice == backbone.label:
-            return backbone
-    for backbone in spec.backbones:
-        if choice in backbone.names:
-            return backbone
+    found = find_backbones(spec.backbones, choice)
+    if found:
+        return found[0]
     return validated(BackboneSpec, {"name": choice}, f"{where}: backbone {choice}")
 
 

@@ -73,11 +73,21 @@ def backbones_of(spec: StudySpec, paradigm: ParadigmSpec) -> list[BackboneSpec |
                                "backbones:")
     if paradigm.backbones is None:
         return list(spec.backbones)
+    chosen = []
     for wanted in paradigm.backbones:
-        if not any(wanted in b.names for b in spec.backbones):
+        found = find_backbones(spec.backbones, wanted)
+        if not found:
             raise TransferlabError(f"{where}: backbones: '{wanted}' is not one of the study's backbones "
                                    f"({', '.join(b.label for b in spec.backbones)})")
-    return [b for b in spec.backbones if b.names & set(paradigm.backbones)]
+        chosen += found
+    return [b for b in spec.backbones if b in chosen]
+
+
+def find_backbones(backbones: list[BackboneSpec], wanted: str) -> list[BackboneSpec]:
+    """The backbones `wanted` names: a row label names one (under --mini, so does the label of the backbone it
+    stands in for); a model name, every entry of that model."""
+    return ([b for b in backbones if b.label == wanted] or [b for b in backbones if b.stands_in_for == wanted] or
+            [b for b in backbones if wanted in b.names])
 
 
 def apply_overrides(spec: StudySpec, cell: dict[str, Any], data, backbone, paradigm) -> dict[str, Any]:
