@@ -144,7 +144,7 @@ def test_flowers102_miniature(tmp_path):
         assert best(board, transfer) > scratch + 0.1, (transfer, board)
     # pretrained features beat the same network's untrained ones
     assert best(board, "knn") > best(board, "linear-untrained", backbone="tf_efficientnet_lite0@64 (") + 0.1
-    assert best(board, "bit") > best(board, "majority") + 0.1  # a few BiT steps learn something (not the rule's 500)
+    assert best(board, "bit") > best(board, "majority") + 0.05  # a few BiT steps learn something (not the rule's 500)
 
 
 @pytest.mark.slow
@@ -168,6 +168,8 @@ def test_leaves_miniature(tmp_path):
     transfer = max(best(board, p, "macro_f1_mean") for p in ("class-weights", "two-phase", "quasi-svm", "head"))
     assert transfer > best(board, "small-cnn-scratch", "macro_f1_mean") + 0.1, board
     assert best(board, "quasi-svm", "macro_f1_mean") > best(board, "majority", "macro_f1_mean") + 0.3
+    for balanced in ("oversampled", "class-weights"):  # balancing the classes pays on imbalanced data
+        assert best(board, balanced, "macro_f1_mean") > best(board, "unbalanced", "macro_f1_mean") + 0.1
     record = json.loads(next((out / "runs").glob("*class-weights*seed0.json")).read_text())
     assert len(record["metrics"]["per_class"]) == 8  # per-class F1 of the eight classes
 

@@ -184,6 +184,7 @@ def reproduced_outcomes(model):
                           multi_label=False)
 
 
+@pytest.mark.slow  # ~15 s: the default suite is at its 10-minute budget
 def test_resnet18_trains_extracts_and_its_saved_models_reload(image_folder, tmp_path):
     """finetune (last stage) and linear on a random-init torchvision ResNet-18, end to end; each saved model,
     loaded back from disk alone, makes the run's call on every test image."""
