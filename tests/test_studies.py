@@ -194,3 +194,34 @@ def test_multilabel_miniature(tmp_path):
     for paradigm in ("adam-bce", "adam-bce-per-class", "sgd-bce", "adam-mse"):  # tuned thresholds beat no tag at all
         assert best(board, paradigm, "micro_f1_mean") > negative + 0.2, board
     assert best(board, "linear-untrained", "micro_f1_mean") > negative + 0.2  # the untrained sanity row
+
+
+def test_the_winner_is_chosen_on_validation_and_a_failed_prune_is_skipped(finished_study, monkeypatch):
+    """`prune:` prunes the best non-reference row by mean validation score (its first seed's run); a winner
+    that cannot be pruned is reported in one line and the study still writes its report."""
+    from transferlab import study as study_module
+
+    out, records = finished_study
+    (winner,) = study_module.winners(records)
+    ranking, by_row = study_module.ranked_by_validation(records)
+    best_row = ranking[winner["labels"]["dataset"]][0]
+    assert winner["run_id"] == best_row["run_ids"][0] and not winner.get("reference")
+    val = {tuple(r[k] for k in study_module.GROUP): r for r in ranking[winner["labels"]["dataset"]]}
+    assert len(val) > 1
+
+    def refuse(spec, record, out_dir):
+        raise TransferlabError(f"{record['run_id']}: nothing to prune")
+
+    printed = []
+    monkeypatch.setattr(study_module, "prune_winner", refuse)
+    monkeypatch.setattr(study_module.console, "print", lambda *a, **k: printed.append(" ".join(map(str, a))))
+    spec = validated(StudySpec, {**yaml_spec(out), "prune": {"sparsity": [0.5]}}, "t")
+    study_module.run_study(spec, out)
+    assert any(line.startswith(f"prune: skipped the winner {winner['run_id']}") for line in printed)
+    assert (out / "report.html").is_file()
+
+
+def yaml_spec(out: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((out / "study.yaml").read_text())

@@ -219,7 +219,10 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
         results.print(f"{dataset}: {comparison_text(comparison)['sentence']}")
     if spec.prune is not None:
         for record in winners(records):
-            prune_winner(spec, record, out_dir)
+            try:
+                prune_winner(spec, record, out_dir)
+            except TransferlabError as exc:  # e.g. a winner with no dense layer to prune: the report still comes
+                console.print(f"prune: skipped the winner {record['run_id']}: {exc}")
 
     report = build_report(out_dir)
     console.print(f"{summary['computed']} runs computed, {summary['reused']} reused, "
@@ -326,7 +329,7 @@ def prune_winner(spec: StudySpec, record: dict[str, Any], out_dir: Path) -> dict
                         recover_epochs=p.recover_epochs)
     dense = summary["dense"]
     for result in summary["results"]:
-        results.print(f"pruned the winner {record['run_id']} to {result['reached']:.0%} of its {p.scope} weights: "
+        results.print(f"pruned {result['reached']:.0%} of the {p.scope} weights of the winner {record['run_id']}: "
                       f"{summary['metric']} val {dense['val']:.4f} → {result['val']:.4f}, test {dense['test']:.4f} → "
                       f"{result['test']:.4f}")
     return summary
