@@ -35,7 +35,7 @@ def test_leaderboard_csv_has_the_documented_columns_and_mean_std(finished_study)
     with open(out / "leaderboard.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["dataset", "backbone", "paradigm", "reference", "n_seeds",
-                             *(f"{m}_{s}" for m in ("accuracy", "top3_accuracy", "macro_f1")
+                             *(f"{m}_{s}" for m in ("accuracy", "top3_accuracy", "macro_f1", "log_loss")
                                for s in ("mean", "std", "ci95")), "fit_seconds_mean", "gflops"]
     assert {(r["backbone"], r["paradigm"], r["reference"]) for r in rows} == {
         (f"tf_efficientnet_lite0@{SMALL_SIZE}", "knn", ""),
