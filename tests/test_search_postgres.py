@@ -120,8 +120,10 @@ def test_a_worker_killed_mid_trial_is_failed_by_its_heartbeat_and_the_other_fini
         while killed is None and time.monotonic() < deadline:
             time.sleep(0.2)
             try:
+                # mid-trial = its grid point already drawn (the worker names itself a moment before it draws)
                 running = [t for t in _trials(postgres, "grid-kill") if t.state.name == "RUNNING"
-                           and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+                           and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
+                           and set(t.params) == set(GRID)]
             except KeyError:  # the study is not created yet
                 continue
             if running:
