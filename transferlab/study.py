@@ -205,7 +205,12 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
         from .search import run_search
 
         search = run_search(spec, out_dir, report=False)
-        records += [read_record(record_path(out_dir, run_id)) for run_id in search.get("final_run_ids", [])]
+        for run_id in search.get("final_run_ids", []):
+            record = read_record(record_path(out_dir, run_id))
+            if record is None:  # the search has just written it: only a disk fault or another process gets here
+                raise TransferlabError(f"{record_path(out_dir, run_id)}: the search's retrained run left no "
+                                       "readable record; rerun the study (finished runs are reused)")
+            records.append(record)
     if not is_main():  # under torchrun rank 0 alone writes the study's files
         return records
 
