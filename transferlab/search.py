@@ -582,6 +582,15 @@ def run_search(spec: StudySpec | str | Path, out: str | Path | None = None, *, t
 
     Every worker runs this with the same spec and storage: the budget is shared, and the command that is not a
     `--worker` waits for the others' last trials before it retrains."""
+    return search_and_retrain(spec, out, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
+                              worker=worker, resume=resume, report=report)[0]
+
+
+def search_and_retrain(spec: StudySpec | str | Path, out: str | Path | None = None, *, trials: int | None = None,
+                       timeout: float | None = None, storage: str | None = None, study_name: str | None = None,
+                       worker: bool = False, resume: bool = False,
+                       report: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`run_search`, returning the retrained best's records too (a study adds them to its leaderboard)."""
     import optuna
 
     if not isinstance(spec, StudySpec):
@@ -597,7 +606,7 @@ def run_search(spec: StudySpec | str | Path, out: str | Path | None = None, *, t
     multi_label = pools.train.multi_label
     metric, direction = objective_of(spec, multi_label)
     if not is_main():  # torchrun: rank 0 alone talks to the storage; this rank runs what it is told
-        return follow_trials(spec, pools, out_dir, metric)
+        return follow_trials(spec, pools, out_dir, metric), []
     best = None
     try:
         study = open_search(spec, dims, open_storage(url, search.heartbeat), name, worker=worker, resume=resume,
@@ -613,7 +622,7 @@ def run_search(spec: StudySpec | str | Path, out: str | Path | None = None, *, t
     finally:
         broadcast_from_main({"kind": "stop", "best": best})  # the other ranks retrain with this one, or exit
     if worker:
-        return summarize(study, spec, dims, url, budget, metric, final_records=[])
+        return summarize(study, spec, dims, url, budget, metric, final_records=[]), []
     records = retrain(spec, best, out_dir, pools)
     summary = summarize(study, spec, dims, url, budget, metric, final_records=records)
     path = write_summary(summary, out_dir)
@@ -621,7 +630,7 @@ def run_search(spec: StudySpec | str | Path, out: str | Path | None = None, *, t
         from .report import build_report
 
         console.print(f"search summary {path}, report {build_report(out_dir)}")
-    return summary
+    return summary, records
 
 
 def _ranks() -> str:

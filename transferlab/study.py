@@ -26,7 +26,7 @@ from .evaluate import headline_metrics, primary_metric
 from .features import FeatureStore
 from .paradigms import get_paradigm_class
 from .progress import console, results
-from .runner import execute_run, headline, read_record, record_path
+from .runner import execute_run, headline
 from .stats import interval95, paired_comparison
 
 
@@ -202,15 +202,9 @@ def run_study(spec: StudySpec | str | Path, out: str | Path | None = None, *, sk
     if is_main():
         (out_dir / "last_invocation.json").write_text(json.dumps(summary, indent=1))
     if spec.search is not None:  # the searched rows join the grid's (the report finds them through search/)
-        from .search import run_search
+        from .search import search_and_retrain
 
-        search = run_search(spec, out_dir, report=False)
-        for run_id in search.get("final_run_ids", []):
-            record = read_record(record_path(out_dir, run_id))
-            if record is None:  # the search has just written it: only a disk fault or another process gets here
-                raise TransferlabError(f"{record_path(out_dir, run_id)}: the search's retrained run left no "
-                                       "readable record; rerun the study (finished runs are reused)")
-            records.append(record)
+        records += search_and_retrain(spec, out_dir, report=False)[1]
     if not is_main():  # under torchrun rank 0 alone writes the study's files
         return records
 
