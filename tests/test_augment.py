@@ -12,7 +12,7 @@ from transferlab.config import DataSpec, RunSpec, validated
 from transferlab.data import open_pools
 from transferlab.data.augment import PRESETS, augmented_copies, make_augment
 from transferlab.data.decode import decode_images
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 from transferlab.paradigms import create_paradigm
 from transferlab.train.loop import Images, _mix, fit, offline_training_set
 from transferlab.train.optim import param_groups

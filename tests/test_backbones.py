@@ -10,7 +10,7 @@ from skimage import data as photos
 
 from transferlab.config import BackboneSpec
 from transferlab.data import ArraySource
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 from transferlab.models import load_backbone
 from transferlab.models.backbones import check_model_name
 

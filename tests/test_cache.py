@@ -15,7 +15,7 @@ from transferlab.data import FolderSource
 from transferlab.data import cache as cache_module
 from transferlab.data.cache import DecodedCache, fixed_shape, view_key
 from transferlab.data.decode import decode_images
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 
 VIEW = v2.Compose([v2.PILToTensor(), v2.Resize((32, 32), antialias=True)])
 

@@ -9,7 +9,7 @@ import pytest
 
 from transferlab.config import DataSpec
 from transferlab.data import FolderSource, make_splits, open_pools
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 
 from .conftest import needs_fashion_mnist
 

@@ -10,7 +10,7 @@ import pytest
 from transferlab.config import DataSpec
 from transferlab.data import make_splits, open_pools
 from transferlab.data.builtins import FASHION_MNIST_CLASSES, MOSAIC_EMPTY, load_fashion_mnist_mosaics
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 
 from .conftest import needs_fashion_mnist
 

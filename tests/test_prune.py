@@ -18,7 +18,7 @@ from transferlab.deploy import load_run
 from transferlab.deploy.artifact import decoded_split, to_probabilities
 from transferlab.deploy.export import load_bundle
 from transferlab.deploy.prune import prune_run
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 
 LINEAR = "fm3__tf_efficientnet_lite0@64__linear-C=-0.1,-1.0-__seed0"
 KNN = "fm3__tf_efficientnet_lite0@64__knn__seed0"

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from transferlab.config import StudySpec, validated
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 from transferlab.search import grid_points, parse_space, run_search
 
 from .conftest import needs_fashion_mnist, search_spec

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.test_report import images_decoded, parsed, rendered
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 from transferlab.report import build_report
 from transferlab.report.search import MISSING, fmt_value, search_context, top_rows
 

@@ -21,7 +21,7 @@ import pytest
 from transferlab.data.images import open_image
 from transferlab.deploy import load_run
 from transferlab.deploy.serve import MB, bind, create_app, make_server, url
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from transferlab.config import StudySpec, load_study_spec, validated
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 from transferlab.mini import miniature
 from transferlab.models.backbones import resolve_weights_choice
 from transferlab.study import expand

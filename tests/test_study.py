@@ -8,7 +8,7 @@ import json
 import pytest
 
 from transferlab.config import StudySpec, validated
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 from transferlab.report import build_report
 from transferlab.study import expand, run_study
 

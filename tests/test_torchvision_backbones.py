@@ -13,7 +13,7 @@ from transferlab.data import open_pools
 from transferlab.data.decode import decode_images
 from transferlab.deploy import load_run
 from transferlab.deploy.artifact import decoded_split
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 from transferlab.evaluate import image_outcomes, predicted_labels
 from transferlab.models import load_backbone
 from transferlab.models.backbones import check_model_name, create_model, file_sha256

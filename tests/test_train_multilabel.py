@@ -22,7 +22,7 @@ from transferlab.config import BackboneSpec
 from transferlab.data.balance import sampled_order
 from transferlab.data.decode import decode_images
 from transferlab.data.sources import ArraySource
-from transferlab.errors import TransferlabError
+from transferlab.core.errors import TransferlabError
 from transferlab.models import load_backbone
 from transferlab.paradigms import create_paradigm
 from transferlab.paradigms.base import validate_params
@@ -179,7 +179,7 @@ DDP_SCRIPT = """
 import json, sys
 import numpy as np, torch
 from torch import nn
-from transferlab.distributed import init_from_env, rank, shutdown
+from transferlab.core.distributed import init_from_env, rank, shutdown
 from transferlab.train.loop import Images, fit
 from transferlab.train.optim import param_groups
 from transferlab.train.params import TrainParams

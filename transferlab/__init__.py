@@ -8,7 +8,7 @@
 """
 
 from .api import export, predict, prune, quantize, report, run, search, serve, study
-from .errors import TransferlabError
+from .core.errors import TransferlabError
 
 __version__ = "0.1.0"
 __all__ = ["TransferlabError", "__version__", "export", "predict", "prune", "quantize", "report", "run", "search",

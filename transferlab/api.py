@@ -4,15 +4,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import DataSpec, RunSpec, StudySpec, validated
+from .config import DataSpec, StudySpec, validated
+
+# The imports of the commands below sit inside the functions: `import transferlab` and `transferlab --help`
+# stay fast (no torch, timm, optuna) until a command actually runs.
 
 DEFAULT_RUN_DIR = Path("runs") / "single"
 DEFAULT_INSPECT_DIR = Path("inspect")
-NEAR_DUPLICATE_BITS = 16  # of a 256-bit perceptual hash; why 256 and not 64: transferlab/data/inspect.py
+NEAR_DUPLICATE_BITS = 16  # of a 256-bit perceptual hash (why 256 and not 64: transferlab/inspect.py)
 
 
 def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None,
@@ -24,9 +28,11 @@ def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None
     >>> transferlab.run({"source": "flowers/", "train_size": 1000}, {"name": "resnet50", "weights": "hub"},
     ...                 {"name": "rff", "C": [1, 10]}, seed=1)                   # doctest: +SKIP
     """
+    from .config import RunSpec
+    from .resolve import resolved
     from .runner import execute_run
 
-    spec = validated(RunSpec, {"data": data, "backbone": backbone, "paradigm": paradigm, "seed": seed, **options},
+    spec = resolved(RunSpec, {"data": data, "backbone": backbone, "paradigm": paradigm, "seed": seed, **options},
                      "transferlab.run")
     return execute_run(spec, out, reuse=not force, resume=resume)
 
@@ -43,11 +49,75 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
 
     >>> transferlab.study("examples/studies/flowers-heads.yaml", mini=True)   # doctest: +SKIP
     """
-    from .study import run_study
+    from .core.progress import console
+    from .mini import miniature
+    from .report import build_report
+    from .search import search_and_retrain
+    from .study import publish_leaderboard, run_study
 
+    spec = _study_spec(spec, "transferlab.study")
+    if mini:
+        spec, swaps = miniature(spec)
+        for line in swaps:
+            console.print(line)
+    out_dir = Path(out) if out else Path("runs") / spec.name
+    if skip_bad:
+        spec = spec.model_copy(update={"datasets": [d.model_copy(update={"skip_bad": True}) for d in spec.datasets]})
+    records = run_study(spec, out_dir, force=force, resume=resume)
+    if spec.search is not None:  # the searched rows join the grid's (the report finds them through search/)
+        records += search_and_retrain(spec, out_dir)[1]
+    if not _is_main():  # under torchrun rank 0 alone writes the study's files
+        return records
+    publish_leaderboard(spec, records, out_dir)
+    if spec.prune is not None:
+        _prune_winners(spec, records, out_dir)
+    summary = json.loads((out_dir / "last_invocation.json").read_text())
+    console.print(f"{summary['computed']} runs computed, {summary['reused']} reused, "
+                  f"{summary['backbone_passes']} backbone passes, {summary['seconds']:.1f}s")
+    console.print(f"records in {out_dir / 'runs'}, leaderboard {out_dir / 'leaderboard.csv'}, "
+                  f"report {build_report(out_dir)}")
+    return records
+
+
+def _study_spec(spec, where: str) -> StudySpec:
+    """A StudySpec from a YAML path, a dict, or a StudySpec (checked against the registries either way)."""
+    from .resolve import checked, load_study_spec, resolved
+
+    if isinstance(spec, StudySpec):
+        return checked(spec, where)
     if isinstance(spec, dict):
-        spec = validated(StudySpec, spec, "transferlab.study")
-    return run_study(spec, out, skip_bad=skip_bad, force=force, resume=resume, mini=mini)
+        return resolved(StudySpec, spec, where)
+    return load_study_spec(spec)
+
+
+def _is_main() -> bool:
+    from .core.distributed import is_main
+
+    return is_main()
+
+
+def _prune_winners(spec: StudySpec, records: list[dict[str, Any]], out_dir: Path) -> None:
+    """The spec's `prune:` step: `transferlab prune` with the spec's settings on each dataset's winner (the best
+    non-reference row by mean validation score, its first seed's run)."""
+    from .core.errors import TransferlabError
+    from .core.progress import console, results
+    from .deploy import load_run
+    from .deploy.prune import prune_run
+    from .leaderboard import winners
+
+    p = spec.prune
+    for record in winners(records):
+        try:
+            summary = prune_run(load_run(record["run_id"], out_dir), p.sparsity, scope=p.scope,
+                                structured=p.structured, recover_epochs=p.recover_epochs)
+        except TransferlabError as exc:  # e.g. a winner with no dense layer to prune: the report still comes
+            console.print(f"prune: skipped the winner {record['run_id']}: {exc}")
+            continue
+        dense = summary["dense"]
+        for result in summary["results"]:
+            results.print(f"pruned {result['reached']:.0%} of the {p.scope} weights of the winner "
+                          f"{record['run_id']}: {summary['metric']} val {dense['val']:.4f} → {result['val']:.4f}, "
+                          f"test {dense['test']:.4f} → {result['test']:.4f}")
 
 
 def search(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None = None, *, trials: int | None = None,
@@ -61,12 +131,17 @@ def search(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None
 
     >>> transferlab.search("examples/search.yaml", trials=50)                 # doctest: +SKIP
     """
-    from .search import run_search
+    from .core.progress import console
+    from .report import build_report
+    from .search import search_and_retrain
 
-    if isinstance(spec, dict):
-        spec = validated(StudySpec, spec, "transferlab.search")
-    return run_search(spec, out, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
-                      worker=worker, resume=resume)
+    spec = _study_spec(spec, "transferlab.search")
+    out_dir = Path(out) if out else Path("runs") / spec.name
+    summary, _ = search_and_retrain(spec, out_dir, trials=trials, timeout=timeout, storage=storage,
+                                    study_name=study_name, worker=worker, resume=resume)
+    if not worker and _is_main():
+        console.print(f"report {build_report(out_dir)}")
+    return summary
 
 
 def report(study_dir: str | Path) -> Path:
@@ -89,15 +164,18 @@ def inspect(data: str | dict[str, Any], *, val: str | None = None, test: str | N
 
     >>> transferlab.api.inspect("flowers/", test="flowers-test/")["duplicates"]["total"]   # doctest: +SKIP
     """
-    from .data.inspect import inspect_data
+    from .inspect import inspect_data
+    from .report.inspect import write_page
 
     fields = {"source": data} if isinstance(data, str) else dict(data)
     fields.update({k: v for k, v in {"val": val, "test": test}.items() if v is not None})
     # skip_bad: inspect lists unreadable images instead of stopping, and must also see empty class folders.
     spec = validated(DataSpec, {**fields, "skip_bad": True}, "transferlab.inspect")
     presets = (augment,) if isinstance(augment, str) else tuple(augment)
-    return inspect_data(spec, out if out is not None else DEFAULT_INSPECT_DIR / spec.label, seed=seed, limit=limit,
-                        augment=presets, threshold=threshold)
+    out = Path(out) if out is not None else DEFAULT_INSPECT_DIR / spec.label
+    inspection = inspect_data(spec, out, seed=seed, limit=limit, augment=presets, threshold=threshold)
+    write_page(inspection, out, presets, seed)
+    return inspection.summary
 
 
 # ---------------------------------------------------------------- after the study (transferlab/deploy)

@@ -10,7 +10,7 @@ import typer
 import yaml
 
 from .api import DEFAULT_RUN_DIR, NEAR_DUPLICATE_BITS
-from .errors import TransferlabError
+from .core.errors import TransferlabError
 
 app = typer.Typer(help="Find the pretrained backbone and adaptation paradigm that work best on your images.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -78,7 +78,7 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
         resume: bool = typer.Option(False, help="continue an interrupted training run from its last epoch")):
     """Run one dataset × backbone × paradigm cell and write its record."""
     from .api import run as run_one
-    from .progress import results
+    from .core.progress import results
     from .runner import headline
 
     data_spec: dict[str, Any] = {"source": data, "test": test, "val": val, "train_size": train_size,
@@ -115,7 +115,7 @@ def inspect(data: str = typer.Argument(..., help="image folder (root/<class>/<im
     """Look at a dataset: counts per class and split, sizes, modes, samples, augmentations, unreadable files,
     and near-duplicates across splits; write inspect.html and inspect.json."""
     from .api import inspect as inspect_data
-    from .progress import results
+    from .core.progress import results
 
     summary = inspect_data(data, val=val, test=test, seed=seed, out=out, limit=limit, augment=augment,
                            threshold=threshold)
@@ -139,7 +139,7 @@ def predict(run: str = typer.Argument(..., help=RUN_HELP),
             runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
     """Classify new images with a run's model, preprocessed exactly as the run was."""
     from .api import predict as predict_images
-    from .progress import results
+    from .core.progress import results
 
     if top_k < 1:
         raise TransferlabError(f"--top-k {top_k}: give at least 1")
@@ -164,7 +164,7 @@ def export(run: str = typer.Argument(..., help=RUN_HELP),
            runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
     """Export a run's model (uint8 images → class scores) with a model card and a parity check on test images."""
     from .api import export as export_run
-    from .progress import results
+    from .core.progress import results
 
     card = export_run(run, format, out=out, runs=runs)
     parity = card["parity"]
@@ -183,7 +183,7 @@ def prune(run: str = typer.Argument(..., help=RUN_HELP),
           runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
     """Magnitude-prune a run's model; accuracy, non-zero parameters and compressed size before and after."""
     from .api import prune as prune_run
-    from .progress import results
+    from .core.progress import results
 
     try:
         sparsities = [float(s) for s in sparsity.split(",") if s.strip()]
@@ -213,7 +213,7 @@ def quantize(run: str = typer.Argument(..., help=RUN_HELP),
              runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
     """int8 ONNX through ONNX Runtime; accuracy and latency before and after."""
     from .api import quantize as quantize_run
-    from .progress import results
+    from .core.progress import results
 
     summary = quantize_run(run, mode=mode, calibration=calibration, out=out, runs=runs)
     results.print(summary.get("text") or summary)
@@ -249,7 +249,7 @@ def _parse_params(pairs: list[str], option: str = "--param") -> dict[str, Any]:
 
 
 def main() -> None:
-    from . import distributed
+    from .core import distributed
 
     try:
         distributed.init_from_env()  # a no-op unless launched by torchrun

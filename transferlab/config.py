@@ -1,8 +1,9 @@
 """Typed specs for a run and a study: YAML in, validated, one-line errors out.
 
-Precedence (as in timm's `resolve_data_config`): what the user wrote (CLI / YAML, then per-cell overrides)
-> the paradigm's defaults > the backbone's pretrained config. Only the first is stored here; the others are
-resolved where they live (paradigm params models, `models.backbones`).
+Schemas only: this module imports nothing of transferlab's above `core/`. What needs a registry (is this
+paradigm known, are its params valid, is this a timm model) is checked by `resolve.py`, which also holds the
+precedence: what the user wrote (CLI / YAML, then per-cell overrides) > the paradigm's defaults > the
+backbone's pretrained config.
 """
 
 from __future__ import annotations
@@ -12,23 +13,13 @@ import difflib
 import hashlib
 import json
 import re
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import TransferlabError
-
-
-@contextmanager
-def _as_field_error():
-    """Inside a validator, a TransferlabError becomes a field error, so the message gets its location."""
-    try:
-        yield
-    except TransferlabError as exc:
-        raise ValueError(str(exc)) from None
+from .core.errors import TransferlabError
 
 
 class Spec(BaseModel):
@@ -147,15 +138,6 @@ class BackboneSpec(Spec):
     def _from_string(cls, data: Any) -> Any:
         return {"name": data} if isinstance(data, str) else data
 
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, name: str) -> str:
-        from .models.backbones import check_model_name
-
-        with _as_field_error():
-            check_model_name(name)
-        return name
-
     @property
     def label(self) -> str:
         label = self.name if self.image_size is None else f"{self.name}@{self.image_size}"
@@ -195,14 +177,6 @@ class ParadigmSpec(Spec):
             params = {k: v for k, v in data.items() if k not in reserved}
             return {**{k: v for k, v in data.items() if k in reserved}, "params": params}
         return data
-
-    @model_validator(mode="after")
-    def _valid_params(self) -> ParadigmSpec:
-        from .paradigms import validate_params
-
-        with _as_field_error():
-            validate_params(self.name, self.params)
-        return self
 
     @property
     def row_label(self) -> str:
@@ -245,19 +219,6 @@ class RunSpec(Spec):
                         "train + val before the one test score")
     reference: Reference | None = Field(None, description="set by the study on the reference rows it adds "
                                         "(what transfer buys); shown apart in the leaderboard")
-
-    @model_validator(mode="after")
-    def _backbone_when_needed(self) -> RunSpec:
-        from .paradigms import get_paradigm_class
-
-        with _as_field_error():
-            needs = get_paradigm_class(self.paradigm.name).needs_backbone
-        if needs and self.backbone is None:
-            raise ValueError(f"paradigm '{self.paradigm.name}' needs a backbone; give one (e.g. "
-                             "tf_efficientnet_lite0)")
-        if not needs and self.backbone is not None:
-            raise ValueError(f"paradigm '{self.paradigm.name}' uses no backbone; leave backbone empty")
-        return self
 
     @property
     def run_id(self) -> str:
@@ -438,10 +399,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise TransferlabError(f"{path}: a study spec is a YAML mapping (name, datasets, backbones, ...)")
     data.setdefault("name", path.stem)
     return data
-
-
-def load_study_spec(path: str | Path) -> StudySpec:
-    return validated(StudySpec, load_yaml(path), str(path))
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import TransferlabError
-from .paths import atomic_write, cache_root
-from .progress import console
+from .core.errors import TransferlabError
+from .core.paths import atomic_write, cache_root
+from .core.progress import console
 
 EncodeFn = Callable[[torch.Tensor], np.ndarray]  # batch N×3×H×W uint8 → N×D float32 features
 

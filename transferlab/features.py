@@ -26,10 +26,10 @@ from safetensors.numpy import load_file, save_file
 
 from .data.decode import bad_image_error, decoded_batches
 from .data.sources import ImageSource
-from .distributed import is_main, merged_across_ranks, rank, world_size
+from .core.distributed import is_main, merged_across_ranks, rank, world_size
 from .engines import EncodeFn, make_encoder, select_engine
 from .models.backbones import Backbone
-from .paths import atomic_write, cache_root
+from .core.paths import atomic_write, cache_root
 
 
 class Encoder:

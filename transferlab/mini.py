@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import BackboneSpec, MiniSpec, StudySpec, deep_merge, validated
-from .errors import TransferlabError
+from .core.errors import TransferlabError
 from .paradigms import get_paradigm_class
 
 

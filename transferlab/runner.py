@@ -26,16 +26,16 @@ from .data.balance import class_counts
 from .data.decode import decode_images
 from .data.splits import split_indices
 from .deploy.artifact import save_run_model
-from .distributed import barrier, is_main, world_size
+from .core.distributed import barrier, is_main, world_size
 from .engines import resolve_device
-from .errors import TransferlabError
+from .core.errors import TransferlabError
 from .evaluate import headline_metrics, image_outcomes, predicted_labels, score, tune_thresholds
 from .features import BackboneEncoder, Encoder, FeatureStore
 from .gallery import mistakes
 from .models import Backbone, forward_cost, load_backbone
 from .paradigms import create_paradigm
 from .paradigms.trained import TrainingContext
-from .paths import atomic_write
+from .core.paths import atomic_write
 from .stats import encode_outcomes
 
 RECORD_VERSION = 4  # 2: split_indices, fold; 3: task, reference, final, thresholds, outcomes, examples, cost; 4: model

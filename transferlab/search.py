@@ -29,16 +29,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
+import sqlalchemy.exc
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
-from .config import RunSpec, SearchSpec, SpaceParam, StudySpec, load_study_spec, validated
+from .config import BackboneSpec, ParadigmSpec, RunSpec, SearchSpec, SpaceParam, StudySpec
+from .core.distributed import broadcast_from_main, is_main, world_size
+from .core.errors import TransferlabError
+from .core.paths import atomic_write
+from .core.progress import console, progress_bar, results
 from .data import open_pools
-from .distributed import broadcast_from_main, is_main, world_size
-from .errors import TransferlabError
+from .evaluate import SCALAR_METRICS, primary_metric
 from .features import FeatureStore
 from .paradigms import PARADIGMS, get_paradigm_class
-from .progress import console, progress_bar, results
+from .resolve import (
+    SPLIT_ONLY_FIELDS,
+    apply_overrides,
+    backbones_of,
+    base_cell,
+    find_backbones,
+    load_study_spec,
+    resolved,
+)
 from .runner import execute_run, headline, write_record
-from .study import SPLIT_ONLY_FIELDS, apply_overrides, backbones_of, base_cell, find_backbones
 from .train.hooks import listening_to_epochs
 
 DEFAULT_TRIALS = 20
@@ -68,8 +82,6 @@ class Dimension:
         return all(key in values and values[key] in allowed for key, allowed in self.when.items())
 
     def distribution(self):
-        import optuna
-
         p = self.param
         if p.choices is not None:
             return optuna.distributions.CategoricalDistribution(p.choices)
@@ -178,8 +190,6 @@ def _unknown(where: str, path: str, valid: list[str]) -> None:
 
 
 def valid_paths(spec: StudySpec) -> list[str]:
-    from .config import BackboneSpec
-
     paradigm_fields = {f for p in PARADIGMS.values() for f in p.Params.model_fields}
     return ["paradigm", "backbone", *(f"paradigm.{f}" for f in sorted(paradigm_fields)),
             *(f"backbone.{f}" for f in BackboneSpec.model_fields if f != "name"),
@@ -217,8 +227,6 @@ def _check_extremes(spec: StudySpec, dim: Dimension, by_path: dict[str, Dimensio
 
 def resolve_paradigm(spec: StudySpec, choice: Any, where: str = "search"):
     """A paradigm choice: a study paradigm's row label or name (its params come along), or any registered name."""
-    from .config import ParadigmSpec
-
     for paradigm in spec.paradigms:
         if choice in (paradigm.row_label, paradigm.label):
             return paradigm
@@ -234,12 +242,10 @@ def resolve_paradigm(spec: StudySpec, choice: Any, where: str = "search"):
 
 def resolve_backbone(spec: StudySpec, choice: Any, where: str = "search"):
     """A backbone choice: a study backbone's label or name (its weights come along), or any timm model name."""
-    from .config import BackboneSpec
-
     found = find_backbones(spec.backbones, choice)
     if found:
         return found[0]
-    return validated(BackboneSpec, {"name": choice}, f"{where}: backbone {choice}")
+    return resolved(BackboneSpec, {"name": choice}, f"{where}: backbone {choice}")
 
 
 def trial_spec(spec: StudySpec, values: dict[str, Any], *, seed: int, label: str | None = None) -> RunSpec:
@@ -264,7 +270,7 @@ def trial_spec(spec: StudySpec, values: dict[str, Any], *, seed: int, label: str
             cell[head] = {**cell[head], field: value}
     if label:
         cell["paradigm"] = {**cell["paradigm"], "label": label}
-    return validated(RunSpec, cell, f"study '{spec.name}', search trial {json.dumps(values, default=str)}")
+    return resolved(RunSpec, cell, f"study '{spec.name}', search trial {json.dumps(values, default=str)}")
 
 
 def grid_points(dims: list[Dimension]) -> list[dict[str, Any]]:
@@ -292,8 +298,6 @@ def space_digest(spec: StudySpec, dims: list[Dimension]) -> str:
 
 def objective_of(spec: StudySpec, multi_label: bool | None = None) -> tuple[str, str]:
     """(validation metric, direction). The default follows the task: accuracy, or multi-label micro_f1."""
-    from .evaluate import SCALAR_METRICS, primary_metric
-
     multi_label = bool(multi_label if multi_label is not None else spec.datasets[0].multi_label)
     name = (spec.search.objective or primary_metric(multi_label)).removeprefix("val_")
     known = SCALAR_METRICS[multi_label]
@@ -315,9 +319,6 @@ def default_storage(out_dir: Path) -> str:
 def open_storage(url: str, heartbeat: int):
     """Optuna's RDB storage with heartbeats: a trial whose worker went silent for 2 × `heartbeat` seconds is
     failed, and retried once with the same parameters, by the next worker that looks."""
-    import optuna
-    import sqlalchemy.exc
-
     # heartbeats and their retry callback are "experimental" in Optuna since 2.8, i.e. stable in practice
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     kwargs: dict[str, Any] = {}
@@ -344,8 +345,6 @@ def open_storage(url: str, heartbeat: int):
 
 
 def _storage_problem(url: str, exc: Exception) -> str:
-    from sqlalchemy.engine import make_url
-
     try:
         parsed = make_url(url)
     except Exception:  # noqa: BLE001 — an unparsable URL is itself the problem to report
@@ -359,8 +358,6 @@ def _storage_problem(url: str, exc: Exception) -> str:
 
 
 def redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001
@@ -369,8 +366,6 @@ def redact(url: str) -> str:
 
 def make_sampler(search: SearchSpec, worker: bool):
     """Optuna's samplers. Workers draw unseeded: seeded alike, two workers would propose the same points."""
-    import optuna
-
     seed = None if worker else search.seed
     if search.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # running trials count as pending
@@ -378,8 +373,6 @@ def make_sampler(search: SearchSpec, worker: bool):
 
 
 def make_pruner(search: SearchSpec):
-    import optuna
-
     if search.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     if search.pruner == "hyperband":
@@ -390,8 +383,6 @@ def make_pruner(search: SearchSpec):
 def open_search(spec: StudySpec, dims: list[Dimension], storage, name: str, *, worker: bool, resume: bool,
                 multi_label: bool):
     """Create the Optuna study (and enqueue a grid), or join the existing one after checking its space."""
-    import optuna
-
     _, direction = objective_of(spec, multi_label)
     digest = space_digest(spec, dims)
     sampler, pruner = make_sampler(spec.search, worker), make_pruner(spec.search)
@@ -438,8 +429,6 @@ def _wait_until_ready(study, name: str, seconds: float = 120.0) -> None:
 def counts_toward_budget(trial) -> bool:
     """Complete, pruned, and failed for a reason of its own (bad config, NaN loss): those use up the budget.
     A trial failed by a dead worker's heartbeat is retried instead, and a surplus one gave its slot back."""
-    from optuna.trial import TrialState
-
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs and \
@@ -448,8 +437,6 @@ def counts_toward_budget(trial) -> bool:
 
 def budget_status(study) -> tuple[int, int]:
     """(trials that used up budget, trials running now)."""
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
     return (sum(counts_toward_budget(t) for t in trials), sum(t.state == TrialState.RUNNING for t in trials))
 
@@ -464,8 +451,6 @@ class Objective:
         self.budget, self.metric, self.direction = budget, metric, direction
 
     def __call__(self, trial) -> float:
-        import optuna
-
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         ahead = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and
                  (counts_toward_budget(t) or t.state == optuna.trial.TrialState.RUNNING)]
@@ -507,8 +492,6 @@ class Objective:
 
     def _reporter(self, trial):
         """Per-epoch validation score → trial.report; the pruner may stop the trial (Optuna's TrialPruned)."""
-        import optuna
-
         key = "val_loss" if self.direction == "minimize" else None
         step = itertools.count()
 
@@ -535,8 +518,6 @@ def run_trials(study, objective: Objective, budget: int, *, timeout: float | Non
 
     A worker that finds the remaining budget in other workers' hands waits while they run: if one of them
     dies, its trial is failed by its heartbeat and retried here."""
-    import optuna
-
     deadline = None if timeout is None else time.monotonic() + timeout
     ran = False  # as in Optuna's optimize, a timeout lets the first trial start
     done, _ = budget_status(study)
@@ -575,24 +556,20 @@ def _short(value: Any) -> str:
 
 def run_search(spec: StudySpec | str | Path, out: str | Path | None = None, *, trials: int | None = None,
                timeout: float | None = None, storage: str | None = None, study_name: str | None = None,
-               worker: bool = False, resume: bool = False, report: bool = True) -> dict[str, Any]:
+               worker: bool = False, resume: bool = False) -> dict[str, Any]:
     """Search the spec's space; unless `worker`, retrain the best configuration (one record per study seed)
-    and write `out/search/<name>.json` and (unless `report=False`: a study writes its own) the report.
-    Returns the search summary.
+    and write `out/search/<name>.json`. Returns the search summary.
 
     Every worker runs this with the same spec and storage: the budget is shared, and the command that is not a
     `--worker` waits for the others' last trials before it retrains."""
     return search_and_retrain(spec, out, trials=trials, timeout=timeout, storage=storage, study_name=study_name,
-                              worker=worker, resume=resume, report=report)[0]
+                              worker=worker, resume=resume)[0]
 
 
 def search_and_retrain(spec: StudySpec | str | Path, out: str | Path | None = None, *, trials: int | None = None,
                        timeout: float | None = None, storage: str | None = None, study_name: str | None = None,
-                       worker: bool = False, resume: bool = False,
-                       report: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                       worker: bool = False, resume: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """`run_search`, returning the retrained best's records too (a study adds them to its leaderboard)."""
-    import optuna
-
     if not isinstance(spec, StudySpec):
         spec = load_study_spec(spec)
     dims = parse_space(spec)
@@ -625,11 +602,7 @@ def search_and_retrain(spec: StudySpec | str | Path, out: str | Path | None = No
         return summarize(study, spec, dims, url, budget, metric, final_records=[]), []
     records = retrain(spec, best, out_dir, pools)
     summary = summarize(study, spec, dims, url, budget, metric, final_records=records)
-    path = write_summary(summary, out_dir)
-    if report:
-        from .report import build_report
-
-        console.print(f"search summary {path}, report {build_report(out_dir)}")
+    console.print(f"search summary {write_summary(summary, out_dir)}")
     return summary, records
 
 
@@ -640,8 +613,6 @@ def _ranks() -> str:
 def follow_trials(spec: StudySpec, pools, out_dir: Path, metric: str) -> dict[str, Any]:
     """torchrun ranks > 0: run each trial rank 0 announces (the training loop's DDP path needs every rank in
     it), stop at the epochs where rank 0's pruner stops, then join the retraining of the best."""
-    import optuna
-
     store = FeatureStore()
 
     def pruned_by_rank_0(figures: dict[str, Any]) -> None:
@@ -667,8 +638,6 @@ def follow_trials(spec: StudySpec, pools, out_dir: Path, metric: str) -> dict[st
 
 def best_configuration(study, metric: str) -> dict[str, Any]:
     """The best completed trial: its number, parameters and validation value (one line if there is none)."""
-    from optuna.trial import TrialState
-
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         reasons = [t.user_attrs.get("fail_reason") for t in study.get_trials(deepcopy=False)
@@ -704,9 +673,6 @@ def retrain(spec: StudySpec, best: dict[str, Any], out_dir: Path, pools) -> list
 def summarize(study, spec: StudySpec, dims: list[Dimension], url: str, budget: int, metric: str,
               final_records: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything the report shows about a search, from the storage: trials, best, importances."""
-    import optuna
-    from optuna.trial import TrialState
-
     trials = []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus") or t.state == TrialState.WAITING:
@@ -738,8 +704,6 @@ def summarize(study, spec: StudySpec, dims: list[Dimension], url: str, budget: i
 
 def importances(study) -> dict[str, float] | None:
     """Optuna's parameter importances (fANOVA), or None when the completed trials cannot support them."""
-    import optuna
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -750,8 +714,6 @@ def importances(study) -> dict[str, float] | None:
 
 
 def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
-    from .paths import atomic_write
-
     name = "".join(c if c.isalnum() or c in "._-" else "-" for c in summary["name"])  # a file name, whatever NAME is
     return atomic_write(out_dir / "search" / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
 

@@ -2,7 +2,8 @@
 
 from .builtins import BUILTINS
 from .images import UnreadableImage, open_image
-from .sources import ArraySource, FileSource, FolderSource, ImageSource, Pools, open_pools
+from .pools import open_pools
+from .sources import ArraySource, FileSource, FolderSource, ImageSource, Pools
 from .splits import Split, make_splits, split_sizes
 
 __all__ = ["BUILTINS", "ArraySource", "FileSource", "FolderSource", "ImageSource", "Pools", "Split",

@@ -23,7 +23,7 @@ import torch
 import yaml
 from torchvision.transforms import v2
 
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 AugmentSpec = str | list[dict[str, Any]]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..distributed import barrier, is_main
-from ..errors import TransferlabError
-from ..paths import cache_root
+from ..core.distributed import barrier, is_main
+from ..core.errors import TransferlabError
+from ..core.paths import cache_root
 from .mosaics import garment_mosaics
 from .sources import ArraySource, FileSource, Pools
 

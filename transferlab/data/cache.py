@@ -39,9 +39,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from ..distributed import is_main
-from ..errors import TransferlabError
-from ..paths import atomic_write, cache_root
+from ..core.distributed import is_main
+from ..core.errors import TransferlabError
+from ..core.paths import atomic_write, cache_root
 from .sources import ImageSource
 
 FORMAT = "decoded-v1"  # part of the key: a new row layout gets new folders instead of misreading old ones

@@ -10,8 +10,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from ..errors import TransferlabError
-from ..progress import progress_bar
+from ..core.errors import TransferlabError
+from ..core.progress import progress_bar
 from .cache import DecodedCache
 from .sources import ImageSource, UnreadableImage
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataSpec
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from .sources import IMAGE_EXTENSIONS, FileSource, FolderSource, Pools
 
 PATH_COLUMN = "path"

@@ -2,9 +2,8 @@
 
 `FileSource` is any list of image files with labels; `FolderSource` finds that list in a
 `root/<class>/<image>` tree, `manifests.py` in a CSV / Parquet manifest or split files, `builtins.py`
-in a known dataset. `ArraySource` holds images already in memory. `open_pools` turns a `DataSpec` into
-the pools a dataset offers (train, and official val / test where it has them), narrowed to
-`data.select_classes` by `subset_classes`; `splits.py` cuts them.
+in a known dataset. `ArraySource` holds images already in memory. `pools.open_pools` turns a `DataSpec`
+into the pools a dataset offers, narrowed to `data.select_classes` by `subset_classes`; `splits.py` cuts them.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..config import DataSpec
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from .images import DEFAULT_MAX_PIXELS, UnreadableImage, open_image  # noqa: F401 - re-exported
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -219,46 +217,3 @@ def subset_classes(source: ImageSource, names: list[str]) -> ImageSource:
     new_label[columns] = np.arange(len(names))
     kept = np.flatnonzero(new_label[source.labels] >= 0)
     return source.subset(source.name, kept, labels=new_label[source.labels[kept]], classes=list(names))
-
-
-def open_pools(spec: DataSpec) -> Pools:
-    """The pools of `spec.source`: a builtin name, an image-folder root or a manifest (plus optional
-    val / test folders or manifests, or split files listing each split's images); with
-    `data.select_classes`, only those classes, in that order, in every pool."""
-    pools = _listed_pools(spec)
-    if spec.select_classes is None:
-        return pools
-    return Pools(*(None if pool is None else subset_classes(pool, spec.select_classes)
-                   for pool in (pools.train, pools.val, pools.test)))
-
-
-def _listed_pools(spec: DataSpec) -> Pools:
-    from .builtins import BUILTINS
-    from .manifests import pools_from_split_files, read_manifest
-
-    if spec.source in BUILTINS:
-        if spec.val or spec.test or spec.splits:
-            raise TransferlabError(f"data.source '{spec.source}' is a builtin dataset with its own splits; "
-                                   "drop data.val / data.test / data.splits")
-        return BUILTINS[spec.source]()
-    path = Path(spec.source)
-    if not path.exists():
-        raise TransferlabError(f"{spec.source}: no such dataset folder or manifest, and not a builtin dataset "
-                               f"({', '.join(BUILTINS)}); check the path")
-    if spec.splits:
-        return pools_from_split_files(spec)
-
-    def open_one(where: str, classes: list[str] | None, training: bool = False) -> FileSource:
-        if Path(where).suffix.lower() in MANIFEST_EXTENSIONS:
-            return read_manifest(Path(where), spec, classes)
-        return FolderSource(where, classes, skip_empty=spec.skip_bad, max_pixels=spec.max_pixels,
-                            imposed_by_training=not training)
-
-    train = open_one(spec.source, spec.classes, training=True)
-    val = open_one(spec.val, train.classes) if spec.val else None
-    test = open_one(spec.test, train.classes) if spec.test else None
-    for pool in (val, test):
-        if pool is not None and pool.multi_label != train.multi_label:
-            raise TransferlabError(f"{pool.root}: {'multi' if pool.multi_label else 'single'}-label, but the "
-                                   "training data are not; give every split the same kind of labels")
-    return Pools(train=train, val=val, test=test)

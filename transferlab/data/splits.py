@@ -22,7 +22,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStrati
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..config import DataSpec
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from .sources import ImageSource, Pools
 
 DEFAULT_TEST_FRACTION = 0.2

@@ -1,6 +1,6 @@
 """A run's model on disk, and loading it back: `OUT/models/<run id>.safetensors` + the run record.
 
-The runner saves every fitted (non-reference) run as the torch modules of `deploy/modules.py`: their
+The runner saves every fitted (non-reference) run as the torch modules of `models/modules.py`: their
 tensors in a safetensors file, their shapes (a JSON description) and the file's sha256 in the record's
 `model` entry. A feature paradigm's file holds what it learned on top of the frozen backbone (the
 head; kNN: its reference features); the backbone's own weights come back through `load_backbone` and
@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from ..models.backbones import file_sha256
-from ..paths import atomic_write
-from .modules import Pipeline, TimmModel, build, describe
+from ..core.paths import atomic_write
+from ..models.modules import Pipeline, TimmModel, build, describe
 
 MODEL_FORMAT = 1
 DEFAULT_RUNS = Path("runs")  # where run ids are looked up: every study folder under it

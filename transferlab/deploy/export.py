@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from ..models.backbones import file_sha256
-from ..paths import atomic_write
+from ..core.paths import atomic_write
 from .artifact import RunModel, decoded_split
-from .modules import build, describe
+from ..models.modules import build, describe
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}

@@ -19,9 +19,9 @@ import numpy as np
 
 from ..data.decode import decoded_batches
 from ..data.sources import IMAGE_EXTENSIONS, FileSource
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from ..evaluate import predicted_labels
-from ..paths import atomic_write
+from ..core.paths import atomic_write
 from .artifact import RunModel
 
 

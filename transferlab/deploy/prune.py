@@ -35,11 +35,11 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn.utils import prune
 
-from ..errors import TransferlabError
-from ..paths import atomic_write
+from ..core.errors import TransferlabError
+from ..core.paths import atomic_write
 from .artifact import RunModel, decoded_split, to_probabilities
 from .export import default_export_dir, write_safetensors
-from .modules import Affine, KnnVote
+from ..models.modules import Affine, KnnVote
 
 SCOPES = ("head", "backbone", "all")
 SUMMARY_FORMAT = 1
@@ -294,7 +294,7 @@ def recover(model: RunModel, part: nn.Module, in_scope: list[Target], scope: str
     generator = torch.Generator().manual_seed(seed)  # the batch order
     batches = -(-len(inputs) // BATCH)
     history = []
-    from ..progress import progress_bar
+    from ..core.progress import progress_bar
 
     # Dropout draws from torch's global RNG: seeded inside a fork, so reruns agree and the caller's state is kept.
     with torch.random.fork_rng(), progress_bar(f"prune {sparsity_tag(sparsity)} · recover", epochs * batches,

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import TransferlabError
-from ..paths import atomic_write
-from ..progress import progress_bar
+from ..core.errors import TransferlabError
+from ..core.paths import atomic_write
+from ..core.progress import progress_bar
 from .artifact import RunModel, decoded_split, to_probabilities
 from .export import FILE_NAMES, check_parity, default_export_dir, export_model, load_onnx, quiet
 

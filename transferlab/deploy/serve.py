@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse
 from starlette.datastructures import UploadFile
 
 from ..data.images import DEFAULT_MAX_PIXELS, UnreadableImage, open_image
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from .artifact import DEFAULT_RUNS, RunModel, load_run
 from .predict import describe
 

@@ -25,7 +25,7 @@ import torchvision
 from timm.data import create_transform, resolve_model_data_config
 
 from ..config import BackboneSpec
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from . import torchvision_nets
 from .registry import OFFLINE_WEIGHTS, load_offline_state_dict, offline_models
 

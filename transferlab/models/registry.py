@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torchvision
 from torch import nn
 from torchvision.models import VGG, AlexNet, ResNet
 
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 
 PREFIX = "torchvision/"
 HEAD_ATTRIBUTES = ("fc", "classifier", "head", "heads")  # where torchvision models keep their classifier

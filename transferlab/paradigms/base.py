@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from ..config import Spec, describe_validation_error
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 
 
 class Paradigm(ABC):
@@ -48,7 +48,7 @@ class Paradigm(ABC):
     scores: ClassVar[str] = "logits"  # what the torch form outputs: logits, or "probabilities" (knn's vote)
 
     def deploy_steps(self) -> tuple[list[Any], bool]:
-        """(torch modules from deploy/modules.py, frozen_features). frozen_features=True: the steps map the
+        """(torch modules from models/modules.py, frozen_features). frozen_features=True: the steps map the
         frozen backbone's features to scores (the backbone's own weights complete the model); False: the
         steps are the whole uint8 image → scores model."""
         raise NotDeployable(f"paradigm '{self.name}' has no deployable model (a reference row); pick a model row")
@@ -77,7 +77,7 @@ class SklearnParadigm(Paradigm):
     """A paradigm whose fitted `model_` is a scikit-learn classifier (or pipeline ending in one)."""
 
     def deploy_steps(self):
-        from ..deploy.modules import from_sklearn_pipeline
+        from ..models.modules import from_sklearn_pipeline
 
         return from_sklearn_pipeline(self.model_, self.n_classes, self.multi_label), True
 

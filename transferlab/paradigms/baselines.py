@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.dummy import DummyClassifier
 
 from ..config import Spec
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from .base import Paradigm, full_proba, register
 
 

@@ -94,7 +94,7 @@ class Head(TrainedParadigm):
 
     def deploy_steps(self):
         """The frozen backbone's features → the trained head (the backbone's own weights complete it)."""
-        from ..deploy.modules import Head as HeadModule
+        from ..models.modules import Head as HeadModule
 
         p, head = self.params, self.model_.head
         module = HeadModule(self.context.backbone.model.num_features, self.n_classes, p.hidden, p.dropout)

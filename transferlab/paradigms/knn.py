@@ -35,6 +35,6 @@ class Knn(SklearnParadigm):
     scores = "probabilities"  # a vote share, no logits
 
     def deploy_steps(self):
-        from ..deploy.modules import from_knn
+        from ..models.modules import from_knn
 
         return [from_knn(self.model_, self.n_classes, self.multi_label)], True

@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from ..config import Spec
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from ..models.heads import make_head
 from ..train.hooks import epoch_done
 from ..train.loop import score_counts, score_from_counts, score_name
@@ -90,7 +90,7 @@ class Mlp(Paradigm):
                 "restore_best": False}
 
     def deploy_steps(self):
-        from ..deploy.modules import Head, Standardize
+        from ..models.modules import Head, Standardize
 
         p = self.params
         head = Head(len(self.mean_), self.n_classes, p.hidden, p.dropout)

@@ -12,12 +12,11 @@ from torch import nn
 from torchvision.transforms import v2
 
 from ..models.backbones import Normalized
+from ..models.modules import SimpleCnnModel
+from ..models.small_cnn import MEAN, STD, simple_cnn
 from ..train.params import Optimizer, TrainParams
 from .base import register
 from .trained import TrainedParadigm
-
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # inputs scaled to about [-2, 2]
-
 
 class SimpleCnnParams(TrainParams):
     image_size: int = Field(64, ge=16)
@@ -25,17 +24,6 @@ class SimpleCnnParams(TrainParams):
     dropout: float = Field(0.3, ge=0, lt=1)
     optimizer: Optimizer = "adamw"
     lr: float = Field(3e-3, gt=0)
-
-
-def simple_cnn(widths: list[int], n_classes: int, dropout: float) -> nn.Sequential:
-    layers, channels = [], 3
-    for width in widths:
-        for _ in range(2):
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
-            channels = width
-        layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                         nn.Linear(channels, n_classes))
 
 
 @register
@@ -49,8 +37,6 @@ class SimpleCnn(TrainedParadigm):
         return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
     def deploy_steps(self):
-        from ..deploy.modules import SimpleCnnModel
-
         model = SimpleCnnModel(self.params.widths, self.n_classes, self.params.dropout)
         model.net.load_state_dict(self.model_.state_dict())
         return [model.eval()], False

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from ..models.backbones import Backbone
 from ..train.loop import Images, TrainResult, fit, predict_logits
 from ..train.optim import param_groups
@@ -101,7 +101,7 @@ class TrainedParadigm(Paradigm):
 
     def deploy_steps(self):
         """The whole trained model: a timm architecture behind its normalisation (finetune, scratch, bit)."""
-        from ..deploy.modules import TimmModel
+        from ..models.modules import TimmModel
 
         config = self.context.backbone.data_config
         model = TimmModel(self.context.backbone.name, self.n_classes, config["mean"], config["std"])

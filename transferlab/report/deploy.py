@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .plots import REFERENCE_GREY, _png, plt
+from .plots import REFERENCE_GREY, _png, data_uri, plt
 from .search import read_summary
 
 REQUIRED = ("run_id", "metric", "scope", "dense", "results")
@@ -30,7 +30,6 @@ def load_prune_summary(path: Path) -> dict[str, Any]:
 
 def prune_entry(summary: dict[str, Any], path: Path, study_dir: Path) -> dict[str, Any]:
     """What the template shows of one pruned run: a title line, the curve and the table."""
-    from .html import data_uri  # html imports this module for report_context
 
     results = sorted(summary["results"], key=lambda r: r["sparsity"])
     labels = summary.get("labels") or {}

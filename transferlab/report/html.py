@@ -7,7 +7,6 @@ opens offline on its own. Records of older formats render with whatever keys the
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from collections import defaultdict
@@ -17,10 +16,12 @@ from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 from ..evaluate import headline_metrics, primary_metric
+from ..leaderboard import compare_best, comparison_text, leaderboard, row_label
 from . import plots
 from .deploy import prune_context
+from .plots import data_uri
 from .search import search_context
 
 # The test metrics shown beside the best run of a dataset (whichever its record has), in order.
@@ -79,7 +80,6 @@ def build_report(study_dir: str | Path) -> Path:
 
 def report_context(records: list[dict[str, Any]], study_dir: Path) -> dict[str, Any]:
     """Everything the template shows, section by section, one entry per dataset where it is per dataset."""
-    from ..study import compare_best, leaderboard  # imported here: the study imports this module for its report
 
     rows = leaderboard(records)
     by_id = {r["run_id"]: r for r in records}
@@ -171,33 +171,6 @@ def best_run(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], prima
         if runs and not row.get("reference") and not any(r.get("reference") for r in runs):
             return max(runs, key=lambda r: _float(r["metrics"].get(primary)) or -math.inf)
     return None
-
-
-def row_label(row: dict[str, Any]) -> str:
-    """How a leaderboard row is named in sentences and figures: paradigm (backbone)."""
-    backbone = row.get("backbone")
-    return row["paradigm"] if backbone in (None, "none") else f"{row['paradigm']} ({backbone})"
-
-
-# ------------------------------------------------------------------------------------ paired comparison
-
-def comparison_text(comparison: dict[str, Any]) -> dict[str, Any]:
-    """`study.compare_best`'s result for one dataset as one sentence: "A beats B by 0.012 accuracy (95 % CI
-    [...], paired bootstrap over the N test images; better in 99.1 % of resamples; paired t-test ...)"."""
-    a, b = row_label(comparison["a"]), row_label(comparison["b"])
-    metric, diff, ci = comparison["metric"], comparison["difference"], comparison["ci95"]
-    verb = "ties with" if diff == 0 else "beats" if diff > 0 else "trails"
-    head = f"{a} {verb} {b}" + (f" by {abs(diff):.3f} {metric}" if diff else f" on {metric}")  # verb has the sign
-    method = comparison["method"].replace("test images", f"the {comparison['n_images']} test images")
-    details = [f"95 % CI [{ci[0]:.3f}, {ci[1]:.3f}], {method}",
-               f"better in {100 * comparison['p_better']:.1f} % of {comparison['resamples']} resamples"]
-    t_test = comparison.get("seeds_t_test")
-    if t_test:
-        over = f"over {len(t_test['seeds'])} seeds"
-        p = t_test["p_value"]
-        details.append(f"paired t-test {over} p = {p:.3g}" if p is not None else
-                       f"paired t-test {over} undefined: the per-seed differences do not vary")
-    return {"sentence": f"{head} ({'; '.join(details)})", "unclear": ci[0] <= 0 <= ci[1]}
 
 
 # ------------------------------------------------------------------------------------ best-run diagnostics
@@ -309,10 +282,6 @@ def _run_order(record: dict[str, Any]) -> tuple:
 
 def is_multi_label(record: dict[str, Any]) -> bool:
     return record.get("task") == "multi-label"
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def run_href(run_id: str) -> str:

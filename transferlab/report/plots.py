@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import Any
 
@@ -10,6 +11,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+def data_uri(png: bytes) -> str:
+    """A PNG inline in the page (the report is one self-contained file)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def _png(fig) -> bytes:

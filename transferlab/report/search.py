@@ -15,8 +15,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import TransferlabError
+import optuna
+from optuna.distributions import json_to_distribution
+from optuna.trial import TrialState, create_trial
+from optuna.visualization import matplotlib as optuna_plots
+
+from ..core.errors import TransferlabError
 from . import plots
+from .plots import data_uri, plt
 
 MISSING = "–"  # a parameter the trial did not use (conditional on another choice)
 REQUIRED = ("name", "objective", "direction", "trials")
@@ -158,11 +164,6 @@ def _finite(value: Any) -> bool:
 
 def search_figures(summary: dict[str, Any], paths: list[str]) -> dict[str, str | None]:
     """Optimisation history, importances (None when the summary has none) and parallel coordinates as data URIs."""
-    import optuna
-    from matplotlib import pyplot as plt
-    from optuna.visualization import matplotlib as optuna_plots
-
-    from .html import data_uri
 
     study = rebuild_study(summary)
     label = f"validation {summary['objective']}"
@@ -187,10 +188,6 @@ def rebuild_study(summary: dict[str, Any]):
 
     Numbers the summary leaves out (a worker's surplus slot, given back) become failed placeholders, since
     Optuna numbers added trials in order and the history's x axis should match the table."""
-    import optuna
-    from optuna.distributions import json_to_distribution
-    from optuna.trial import TrialState, create_trial
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line per report
     study = optuna.create_study(direction=summary["direction"], study_name=summary["name"])
     by_number = {t["number"]: t for t in summary["trials"]}
@@ -211,8 +208,6 @@ def rebuild_study(summary: dict[str, Any]):
 
 def importance_bars(found: dict[str, float], name: str) -> bytes:
     """The summary's precomputed importances (fANOVA) as horizontal bars, most important on top."""
-    import matplotlib.pyplot as plt
-
     ordered = sorted(found.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(6.4, max(2.2, 0.45 * len(ordered) + 1.2)))
     ax.barh([k for k, _ in ordered], [v for _, v in ordered], color="tab:blue")

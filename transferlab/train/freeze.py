@@ -12,7 +12,7 @@ import math
 
 from torch import nn
 
-from ..errors import TransferlabError
+from ..core.errors import TransferlabError
 
 
 def _module_of(param_name: str) -> str:

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.heads import make_head
+from .backbones import Normalized, create_model
+from .heads import make_head
+from .small_cnn import MEAN, STD, simple_cnn
 
 NEVER = -1e4  # the logit of a class the fitted model cannot predict (softmax / sigmoid give exactly 0)
 
@@ -65,8 +67,6 @@ class TimmModel(nn.Module):
 
     def __init__(self, name: str, num_classes: int, mean: list[float], std: list[float]):
         super().__init__()
-        from ..models.backbones import Normalized, create_model
-
         self.config = {"name": name, "num_classes": num_classes, "mean": list(mean), "std": list(std)}
         self.net = Normalized(create_model(name, num_classes), mean, std)
 
@@ -78,9 +78,6 @@ class TimmModel(nn.Module):
 class SimpleCnnModel(nn.Module):
     def __init__(self, widths: list[int], num_classes: int, dropout: float):
         super().__init__()
-        from ..models.backbones import Normalized
-        from ..paradigms.simple_cnn import MEAN, STD, simple_cnn
-
         self.config = {"widths": list(widths), "num_classes": num_classes, "dropout": dropout}
         self.net = Normalized(simple_cnn(widths, num_classes, dropout), MEAN, STD)
 

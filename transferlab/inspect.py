@@ -1,4 +1,5 @@
-"""Look at a dataset before training on it: `transferlab inspect DATA` → inspect.html + inspect.json.
+"""Look at a dataset before training on it: `transferlab inspect DATA` → inspect.json (this module, the analysis)
++ inspect.html (`report/inspect.py`, the page).
 
 One pass per split decodes every image (or a seeded sample of `limit`) exactly as training would
 (`source.load`), and records its stored size and mode, a 256-bit perceptual hash and an exact pixel digest;
@@ -17,7 +18,6 @@ the same photograph of the same garment, all with the same label.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,27 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ..api import NEAR_DUPLICATE_BITS
-from ..config import DataSpec
-from ..errors import TransferlabError
-from ..progress import progress_bar
-from . import ImageSource, Split, UnreadableImage, make_splits, open_pools
+from .config import DataSpec
+from .core.errors import TransferlabError
+from .core.paths import atomic_write
+from .core.progress import progress_bar
+from .data import ImageSource, Split, UnreadableImage, make_splits, open_pools
+from .data.augment import check_augment
 
 HASH_SIZE = 16  # phash side: 16 × 16 = 256 bits
 HASH_BITS = HASH_SIZE * HASH_SIZE
 SPLIT_PAIRS = (("train", "test"), ("train", "val"), ("val", "test"))  # where a duplicate inflates test scores
 MAX_PAIRS = 5000  # kept in inspect.json (best first); the total is always counted
-PAIRS_SHOWN = 60  # with thumbnails on the page
-UNREADABLE_SHOWN = 200
-SAMPLES_PER_CLASS = 8
-GRID_CLASSES = 40  # rows of the sample grid; more classes are named, not drawn
-PREVIEW_IMAGES = 4
-PREVIEW_DRAWS = 7
-PREVIEW_SIZE = 112
-TILE = 80  # px per sample in the grid
-THUMB = 64  # px per image in the table of duplicates
 _BLOCK = 1 << 21  # hash words compared per numpy step (~16 MB of XORs)
 
 
@@ -82,21 +74,29 @@ class Pair:
         return self.a.digests[self.i] == self.b.digests[self.j]
 
 
+@dataclass
+class Inspection:
+    """The analysis: the JSON summary, and the scans and pairs the page draws its images from."""
+
+    summary: dict[str, Any]
+    scans: dict[str, SplitScan]
+    pairs: list[Pair]
+
+
 def inspect_data(spec: DataSpec, out: str | Path, *, seed: int = 0, limit: int | None = None,
-                 augment: tuple[str, ...] = ("light",), threshold: int = NEAR_DUPLICATE_BITS) -> dict[str, Any]:
-    """Analyse `spec`'s splits (as `make_splits` cuts them for `seed`); write OUT/inspect.json and
-    OUT/inspect.html; return the summary (what the JSON holds)."""
+                 augment: tuple[str, ...] = ("light",), threshold: int) -> Inspection:
+    """Analyse `spec`'s splits (as `make_splits` cuts them for `seed`); write OUT/inspect.json; return the
+    analysis (`report.inspect.write_page` draws OUT/inspect.html from it). `threshold`: the most bits of
+    HASH_BITS two images may differ in to count as near-duplicates (default `api.NEAR_DUPLICATE_BITS`)."""
     _check_options(limit, threshold, augment)
     splits = make_splits(open_pools(spec), spec, seed)
     scans = {name: scan_split(name, split, limit, seed) for name, split in splits.items()}
     pairs, by_splits = cross_split_duplicates(scans, threshold)
     summary = summarise(spec, scans, pairs, by_splits, seed=seed, limit=limit, threshold=threshold)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     summary["files"] = {"json": str(out / "inspect.json"), "html": str(out / "inspect.html")}
-    (out / "inspect.json").write_text(json.dumps(summary, indent=2))
-    (out / "inspect.html").write_text(render_page(summary, scans, pairs, augment, seed))
-    return summary
+    atomic_write(out / "inspect.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    return Inspection(summary, scans, pairs)
 
 
 def _check_options(limit: int | None, threshold: int, augment: tuple[str, ...]) -> None:
@@ -106,8 +106,6 @@ def _check_options(limit: int | None, threshold: int, augment: tuple[str, ...]) 
     if not 0 <= threshold <= HASH_BITS:
         raise TransferlabError(f"threshold={threshold}: give a Hamming distance between 0 and {HASH_BITS} bits "
                                "(0 = identical hashes only)")
-    from .augment import check_augment
-
     for name in augment:
         try:
             check_augment(name)
@@ -231,7 +229,7 @@ def summarise(spec: DataSpec, scans: dict[str, SplitScan], pairs: list[Pair], by
                      "hash": f"phash {HASH_SIZE}×{HASH_SIZE} ({HASH_BITS} bits)", "threshold": threshold},
         "splits": splits,
         "unreadable": [u for scan in scans.values() for u in scan.unreadable],
-        "duplicates": {"threshold": threshold, "by_splits": by_splits, "pairs": [_pair_summary(p) for p in pairs],
+        "duplicates": {"threshold": threshold, "by_splits": by_splits, "pairs": [pair_summary(p) for p in pairs],
                        "listed": len(pairs), "total": sum(s["pairs"] for s in by_splits.values())},
     }
     summary["findings"] = findings(summary)
@@ -262,7 +260,7 @@ def _spread(values: np.ndarray) -> dict[str, float]:
     return {"min": int(values.min()), "median": float(np.median(values)), "max": int(values.max())}
 
 
-def _pair_summary(pair: Pair) -> dict[str, Any]:
+def pair_summary(pair: Pair) -> dict[str, Any]:
     label_a, label_b = _label(pair.a, pair.i), _label(pair.b, pair.j)
     return {"distance": pair.distance, "exact": pair.exact, "same_label": label_a == label_b,
             "a": {"split": pair.a.name, "file": pair.a.source.describe(pair.a.indices[pair.i]), "label": label_a},
@@ -300,95 +298,3 @@ def findings(summary: dict[str, Any]) -> list[str]:
     if len(modes) > 1:
         notes.append(f"images come in {len(modes)} modes ({', '.join(sorted(modes))}); all are converted to RGB")
     return notes
-
-
-# ---------------------------------------------------------------- the page (inspect.html)
-
-
-def render_page(summary: dict[str, Any], scans: dict[str, SplitScan], pairs: list[Pair], augment: tuple[str, ...],
-                seed: int) -> str:
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    from ..report import plots
-    from ..report.html import data_uri
-
-    splits = summary["splits"]
-    samples = _samples(scans["train"], seed)
-    env = Environment(loader=PackageLoader("transferlab", "report"), autoescape=select_autoescape())
-    return env.get_template("inspect.html.j2").render(
-        s=summary,
-        counts=data_uri(plots.class_counts({n: s["per_class"] for n, s in splits.items()})),
-        sizes=data_uri(plots.image_sizes({n: np.asarray(scan.sizes).reshape(-1, 2) for n, scan in scans.items()})),
-        modes=data_uri(plots.image_modes({n: s["modes"] for n, s in splits.items()})),
-        grid=data_uri(plots.image_rows(_grid_rows(scans["train"], samples))) if samples else None,
-        grid_hidden=summary["classes"][GRID_CLASSES:],
-        previews={name: data_uri(plots.image_rows(_preview_rows(scans["train"], samples, name, seed),
-                                                   title=f"augmentation '{name}': the image as evaluated, then "
-                                                   f"{PREVIEW_DRAWS} random draws"))
-                  for name in augment if name != "none" and samples},
-        pairs=[{**_pair_summary(p), "thumb_a": _thumbnail(p.a, p.i), "thumb_b": _thumbnail(p.b, p.j),
-                "short_a": _short(p.a, p.i), "short_b": _short(p.b, p.j)} for p in pairs[:PAIRS_SHOWN]],
-        unreadable=summary["unreadable"][:UNREADABLE_SHOWN],
-        preview_size=PREVIEW_SIZE,
-    )
-
-
-def _samples(scan: SplitScan, seed: int) -> dict[str, list[int]]:
-    """Up to SAMPLES_PER_CLASS readable training images per class (source indices), drawn with the seed."""
-    if not scan.indices:
-        return {}
-    rng = np.random.default_rng(seed)
-    analysed = np.asarray(scan.indices)
-    matrix = scan.source.label_matrix(analysed)
-    chosen = {}
-    for c, name in enumerate(scan.source.classes[:GRID_CLASSES]):
-        members = analysed[matrix[:, c] == 1]
-        take = min(SAMPLES_PER_CLASS, len(members))
-        chosen[name] = sorted(rng.choice(members, size=take, replace=False).tolist()) if take else []
-    return chosen
-
-
-def _grid_rows(scan: SplitScan, samples: dict[str, list[int]]) -> list[tuple[str, list[np.ndarray]]]:
-    return [(name, [_tile(scan.source.load(i), TILE) for i in indices]) for name, indices in samples.items()]
-
-
-def _preview_rows(scan: SplitScan, samples: dict[str, list[int]], preset: str,
-                  seed: int) -> list[tuple[str, list[np.ndarray]]]:
-    """The first sample of the first PREVIEW_IMAGES classes: as evaluated, then PREVIEW_DRAWS augmentations."""
-    import torch
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
-    from .augment import check_augment, make_augment
-
-    augment = make_augment(check_augment(preset), PREVIEW_SIZE)
-    rows = []
-    with torch.random.fork_rng(devices=[]):  # the preview draws must not disturb anyone's RNG, and repeat by seed
-        torch.default_generator.manual_seed(seed)  # CPU only: fork_rng(devices=[]) restores the CPU RNG alone
-        for name, indices in [(n, i) for n, i in samples.items() if i][:PREVIEW_IMAGES]:
-            view = ImageOps.fit(scan.source.load(indices[0]), (PREVIEW_SIZE, PREVIEW_SIZE))
-            pixels = pil_to_tensor(view)
-            draws = [augment(pixels).permute(1, 2, 0).numpy() for _ in range(PREVIEW_DRAWS)]
-            rows.append((name, [np.asarray(view), *draws]))
-    return rows
-
-
-def _tile(image: Image.Image, size: int) -> np.ndarray:
-    """A size × size RGB tile, centre-cropped to square; images a quarter of the tile or smaller are scaled up
-    as blocks of pixels (smoothing 8-px digits would show detail that is not there)."""
-    resample = Image.Resampling.NEAREST if 4 * max(image.size) <= size else Image.Resampling.LANCZOS
-    return np.asarray(ImageOps.fit(image, (size, size), method=resample))
-
-
-def _thumbnail(scan: SplitScan, position: int) -> str:
-    from ..report.html import data_uri
-
-    buffer = io.BytesIO()
-    Image.fromarray(_tile(scan.source.load(scan.indices[position]), THUMB)).save(buffer, format="PNG")
-    return data_uri(buffer.getvalue())
-
-
-def _short(scan: SplitScan, position: int) -> str:
-    """The file relative to its dataset root (the page is narrow; the JSON keeps full paths)."""
-    name = scan.source.describe(scan.indices[position])
-    root = getattr(scan.source, "root", None)
-    return str(Path(name).relative_to(root)) if root is not None and Path(name).is_relative_to(root) else name
