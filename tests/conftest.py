@@ -74,11 +74,10 @@ def study_spec(folder, **extra):
 @pytest.fixture(scope="session")
 def finished_study(image_folder, tmp_path_factory):
     """(output folder, records) of `study_spec` run once per test session (the study and report tests share it)."""
-    from transferlab.config import StudySpec, validated
-    from transferlab.study import run_study
+    import transferlab
 
     out = tmp_path_factory.mktemp("study")
-    records = run_study(validated(StudySpec, study_spec(image_folder), "test"), out)
+    records = transferlab.study(study_spec(image_folder), out)
     return out, records
 
 
@@ -93,15 +92,14 @@ def mosaic_manifest(fashion_pools, tmp_path_factory):
 def multilabel_study(mosaic_manifest, tmp_path_factory):
     """(output folder, records) of a multi-label study on the mosaics: mlp (BCE) and knn, per-class thresholds,
     the all-negative and most-frequent baselines."""
-    from transferlab.config import StudySpec, validated
-    from transferlab.study import run_study
+    import transferlab
 
     spec = {"name": "mosaics", "datasets": [{"source": str(mosaic_manifest), "name": "mosaics"}],
             "backbones": [{"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE}],
             "paradigms": ["mlp", {"name": "knn", "k": [5, 15]}],
             "references": ["all-negative", "majority"], "threshold": "per_class"}
     out = tmp_path_factory.mktemp("ml-study")
-    return out, run_study(validated(StudySpec, spec, "test"), out)
+    return out, transferlab.study(spec, out)
 
 
 def search_spec(folder, **search):
@@ -120,8 +118,7 @@ def search_spec(folder, **search):
 @pytest.fixture(scope="session")
 def finished_search(image_folder, tmp_path_factory):
     """(output folder, summary) of `search_spec` run once per session (SQLite storage under the folder)."""
-    from transferlab.config import StudySpec, validated
-    from transferlab.search import run_search
+    import transferlab
 
     out = tmp_path_factory.mktemp("search")
-    return out, run_search(validated(StudySpec, search_spec(image_folder), "test"), out)
+    return out, transferlab.search(search_spec(image_folder), out)

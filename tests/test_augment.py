@@ -8,12 +8,13 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from transferlab.config import DataSpec, RunSpec, validated
+from transferlab.config import DataSpec, RunSpec
+from transferlab.core.errors import TransferlabError
 from transferlab.data import open_pools
 from transferlab.data.augment import PRESETS, augmented_copies, make_augment
 from transferlab.data.decode import decode_images
-from transferlab.core.errors import TransferlabError
 from transferlab.paradigms import create_paradigm
+from transferlab.resolve import resolved
 from transferlab.train.loop import Images, _mix, fit, offline_training_set
 from transferlab.train.optim import param_groups
 from transferlab.train.params import TrainParams
@@ -107,7 +108,7 @@ def test_a_custom_list_inline_or_in_a_yaml_file_builds_the_listed_transforms(dig
 def test_a_bad_augmentation_is_one_line_naming_the_field_and_the_fix(augment, message):
     spec = {"data": "digits", "paradigm": {"name": "simple-cnn", "augment": augment}}
     with pytest.raises(TransferlabError, match=message) as caught:
-        validated(RunSpec, spec, "study.yaml")
+        resolved(RunSpec, spec, "study.yaml")
     assert "\n" not in str(caught.value) and str(caught.value).startswith("study.yaml: paradigm: ")
 
 

@@ -9,8 +9,8 @@ from PIL import Image
 from skimage import data as photos
 
 from transferlab.config import BackboneSpec
-from transferlab.data import ArraySource
 from transferlab.core.errors import TransferlabError
+from transferlab.data import ArraySource
 from transferlab.models import load_backbone
 from transferlab.models.backbones import check_model_name
 

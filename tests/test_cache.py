@@ -11,11 +11,11 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from transferlab.core.errors import TransferlabError
 from transferlab.data import FolderSource
 from transferlab.data import cache as cache_module
 from transferlab.data.cache import DecodedCache, fixed_shape, view_key
 from transferlab.data.decode import decode_images
-from transferlab.core.errors import TransferlabError
 
 VIEW = v2.Compose([v2.PILToTensor(), v2.Resize((32, 32), antialias=True)])
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from transferlab.config import DataSpec
-from transferlab.data import FolderSource, make_splits, open_pools
 from transferlab.core.errors import TransferlabError
+from transferlab.data import FolderSource, make_splits, open_pools
 
 from .conftest import needs_fashion_mnist
 

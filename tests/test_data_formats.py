@@ -19,9 +19,9 @@ from skimage import data as skdata
 from torchvision.transforms import v2
 
 from transferlab.config import DataSpec
+from transferlab.core.errors import TransferlabError
 from transferlab.data import ArraySource, FolderSource, Pools, UnreadableImage, make_splits, open_image, open_pools
 from transferlab.data.decode import decode_images
-from transferlab.core.errors import TransferlabError
 
 VIEW = v2.Compose([v2.PILToTensor(), v2.Resize((32, 32), antialias=True)])
 

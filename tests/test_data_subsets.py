@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from transferlab.config import DataSpec
+from transferlab.core.errors import TransferlabError
 from transferlab.data import make_splits, open_pools
 from transferlab.data.builtins import FASHION_MNIST_CLASSES, MOSAIC_EMPTY, load_fashion_mnist_mosaics
-from transferlab.core.errors import TransferlabError
 
 from .conftest import needs_fashion_mnist
 

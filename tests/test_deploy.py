@@ -17,15 +17,15 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from transferlab.core.errors import TransferlabError
 from transferlab.deploy import export as export_module
 from transferlab.deploy import load_run
 from transferlab.deploy.artifact import decoded_split, run_split, to_probabilities
 from transferlab.deploy.export import export_model, load_bundle
-from transferlab.models.modules import Pipeline
 from transferlab.deploy.predict import predict_images, write_predictions
-from transferlab.core.errors import TransferlabError
 from transferlab.evaluate import image_outcomes, predicted_labels
 from transferlab.models.backbones import file_sha256
+from transferlab.models.modules import Pipeline
 from transferlab.paradigms import create_paradigm
 from transferlab.stats import decode_outcomes
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from transferlab.config import BackboneSpec, DataSpec
+from transferlab.core.errors import TransferlabError
 from transferlab.data import open_pools
 from transferlab.engines import make_encoder
-from transferlab.core.errors import TransferlabError
 from transferlab.features import BackboneEncoder, FeatureStore
 from transferlab.models import load_backbone
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from transferlab.config import RunSpec, validated
+from transferlab.config import RunSpec
+from transferlab.leaderboard import leaderboard
+from transferlab.resolve import resolved
 from transferlab.runner import execute_run
-from transferlab.study import leaderboard
 
 from .conftest import SMALL_SIZE
 
@@ -53,7 +54,7 @@ def test_test_is_scored_once_after_every_choice_and_final_refits_on_train_and_va
 
     train, test = image_folder
     calls = _spy_on_predictions(monkeypatch, Mlp)
-    spec = validated(RunSpec, {"data": {"source": str(train), "test": str(test)}, "backbone": BACKBONE,
+    spec = resolved(RunSpec, {"data": {"source": str(train), "test": str(test)}, "backbone": BACKBONE,
                                "paradigm": {"name": "mlp"}, "final": final}, "test")
     record = execute_run(spec, tmp_path)
     n = record["splits"]

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from transferlab.core.errors import TransferlabError
 from transferlab.deploy import load_run
 from transferlab.deploy.artifact import decoded_split, to_probabilities
 from transferlab.deploy.export import load_bundle
 from transferlab.deploy.prune import prune_run
-from transferlab.core.errors import TransferlabError
 
 LINEAR = "fm3__tf_efficientnet_lite0@64__linear-C=-0.1,-1.0-__seed0"
 KNN = "fm3__tf_efficientnet_lite0@64__knn__seed0"

@@ -14,11 +14,11 @@ import numpy as np
 import onnx
 import pytest
 
+from transferlab.core.errors import TransferlabError
 from transferlab.deploy import load_run
 from transferlab.deploy import quantize as quantize_module
 from transferlab.deploy.export import default_export_dir
 from transferlab.deploy.quantize import quantize_run
-from transferlab.core.errors import TransferlabError
 
 CALIBRATION = 24  # of the run's ~96 training images: two calibration batches, the second a short one
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from transferlab.leaderboard import leaderboard
 from transferlab.report import build_report, load_records
-from transferlab.study import leaderboard
 
 
 @pytest.fixture(scope="module")

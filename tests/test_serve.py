@@ -18,10 +18,10 @@ import httpx
 import numpy as np
 import pytest
 
+from transferlab.core.errors import TransferlabError
 from transferlab.data.images import open_image
 from transferlab.deploy import load_run
 from transferlab.deploy.serve import MB, bind, create_app, make_server, url
-from transferlab.core.errors import TransferlabError
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transferlab.config import StudySpec, load_study_spec, validated
+import transferlab
+import transferlab.api
+from transferlab.config import StudySpec, validated
 from transferlab.core.errors import TransferlabError
+from transferlab.core.progress import console
 from transferlab.mini import miniature
 from transferlab.models.backbones import resolve_weights_choice
-from transferlab.study import expand
+from transferlab.resolve import expand, load_study_spec
 
 from .conftest import needs_fashion_mnist
 
@@ -200,7 +203,7 @@ def test_multilabel_miniature(tmp_path):
 def test_the_winner_is_chosen_on_validation_and_a_failed_prune_is_skipped(finished_study, monkeypatch):
     """`prune:` prunes the best non-reference row by mean validation score (its first seed's run); a winner
     that cannot be pruned is reported in one line and the study still writes its report."""
-    from transferlab import study as study_module
+    from transferlab import leaderboard as study_module
 
     out, records = finished_study
     (winner,) = study_module.winners(records)
@@ -218,10 +221,10 @@ def test_the_winner_is_chosen_on_validation_and_a_failed_prune_is_skipped(finish
         raise TransferlabError(f"{record['run_id']}: nothing to prune")
 
     printed = []
-    monkeypatch.setattr(study_module, "prune_winner", refuse)
-    monkeypatch.setattr(study_module.console, "print", lambda *a, **k: printed.append(" ".join(map(str, a))))
+    monkeypatch.setattr(transferlab.api, "prune_winner", refuse)
+    monkeypatch.setattr(console, "print", lambda *a, **k: printed.append(" ".join(map(str, a))))
     spec = validated(StudySpec, {**yaml_spec(out), "prune": {"sparsity": [0.5]}}, "t")
-    study_module.run_study(spec, out)
+    transferlab.study(spec, out)
     assert any(line.startswith(f"prune: skipped the winner {winner['run_id']}") for line in printed)
     assert (out / "report.html").is_file()
 

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
+import transferlab
 from transferlab.config import StudySpec, validated
 from transferlab.core.errors import TransferlabError
 from transferlab.report import build_report
-from transferlab.study import expand, run_study
+from transferlab.resolve import expand, resolved
 
 from .conftest import SMALL_SIZE, study_spec
 
@@ -65,7 +66,7 @@ def test_trained_runs_record_their_learning_curve(finished_study):
 
 def test_rerun_reuses_every_record_and_does_no_backbone_pass(finished_study, image_folder):
     out, records = finished_study
-    again = run_study(validated(StudySpec, study_spec(image_folder), "test"), out)
+    again = transferlab.study(study_spec(image_folder), out)
     assert all(r.get("reused") for r in again)
     summary = json.loads((out / "last_invocation.json").read_text())
     assert summary == {**summary, "computed": 0, "reused": 12, "backbone_passes": 0}
@@ -74,7 +75,7 @@ def test_rerun_reuses_every_record_and_does_no_backbone_pass(finished_study, ima
 
 def test_force_recomputes_from_cached_features_with_the_same_numbers(finished_study, image_folder, tmp_path):
     out, records = finished_study
-    fresh = run_study(validated(StudySpec, study_spec(image_folder), "test"), tmp_path, force=True)
+    fresh = transferlab.study(study_spec(image_folder), tmp_path, force=True)
     assert not any(r.get("reused") for r in fresh)
     assert sum(sum(r["backbone_passes"].values()) for r in fresh) == 0  # features came from the cache
     assert [r["metrics"] for r in fresh] == [r["metrics"] for r in records]  # same seed, same numbers
@@ -122,7 +123,7 @@ def test_structured_params_get_short_distinct_row_labels():
 ])
 def test_bad_specs_fail_before_any_work_with_one_line(image_folder, change, message):
     with pytest.raises(TransferlabError, match=message) as err:
-        expand(validated(StudySpec, study_spec(image_folder, **change), "spec.yaml"))
+        expand(resolved(StudySpec, study_spec(image_folder, **change), "spec.yaml"))
     assert "\n" not in str(err.value)
 
 
@@ -142,7 +143,7 @@ def test_reference_rows_take_data_wide_overrides_once_each_and_keep_their_own_id
 
 def test_a_study_mixing_single_and_multi_label_datasets_gets_every_metric_column(finished_study, multilabel_study,
                                                                                    tmp_path):
-    from transferlab.study import leaderboard, leaderboard_table, write_leaderboard_csv
+    from transferlab.leaderboard import leaderboard, leaderboard_table, write_leaderboard_csv
 
     rows = leaderboard(finished_study[1] + multilabel_study[1])
     write_leaderboard_csv(rows, tmp_path / "mixed.csv")
@@ -162,8 +163,8 @@ def test_study_skip_bad_skips_bad_manifest_rows_and_lists_them(copy_folder, tmp_
     spec = validated(StudySpec, {"name": "skips", "datasets": [{"source": str(manifest)}], "paradigms": ["pixels"],
                                  "references": ["majority"]}, "test")
     with pytest.raises(TransferlabError, match="gone.png"):
-        run_study(spec, tmp_path / "strict")
-    records = run_study(spec, tmp_path / "lenient", skip_bad=True)
+        transferlab.study(spec, tmp_path / "strict")
+    records = transferlab.study(spec, tmp_path / "lenient", skip_bad=True)
     assert len(records) == 2 and all(any("gone.png" in note for note in r["skipped"]) for r in records)
 
 

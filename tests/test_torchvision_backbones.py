@@ -9,16 +9,17 @@ import torch
 import torchvision
 
 from transferlab.config import BackboneSpec, DataSpec, RunSpec, validated
+from transferlab.core.errors import TransferlabError
 from transferlab.data import open_pools
 from transferlab.data.decode import decode_images
 from transferlab.deploy import load_run
 from transferlab.deploy.artifact import decoded_split
-from transferlab.core.errors import TransferlabError
 from transferlab.evaluate import image_outcomes, predicted_labels
 from transferlab.models import load_backbone
 from transferlab.models.backbones import check_model_name, create_model, file_sha256
 from transferlab.paradigms import create_paradigm
 from transferlab.paradigms.trained import TrainingContext
+from transferlab.resolve import resolved
 from transferlab.runner import execute_run
 from transferlab.stats import decode_outcomes
 from transferlab.train.freeze import layer_groups, trainable_from_stage
@@ -100,7 +101,7 @@ def run_spec(folder, backbone, paradigm):
     train, test = folder
     data = {"source": str(train), "test": str(test), "name": "fm3", "limit_per_class": 10, "val_size": 12,
             "test_size": 24}
-    return validated(RunSpec, {"data": data, "backbone": backbone, "paradigm": paradigm, "engine": "torch"}, "test")
+    return resolved(RunSpec, {"data": data, "backbone": backbone, "paradigm": paradigm, "engine": "torch"}, "test")
 
 
 def test_head_and_linear_fit_on_alexnet_fc7_features(alexnet, garments):

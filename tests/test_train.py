@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from transferlab.config import BackboneSpec, DataSpec
+from transferlab.core.errors import TransferlabError
 from transferlab.data import open_pools
 from transferlab.data.decode import decode_images
-from transferlab.core.errors import TransferlabError
 from transferlab.models import load_backbone
 from transferlab.paradigms import create_paradigm
 from transferlab.paradigms.trained import TrainingContext

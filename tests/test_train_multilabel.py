@@ -19,10 +19,10 @@ import torch
 from sklearn.metrics import f1_score
 
 from transferlab.config import BackboneSpec
+from transferlab.core.errors import TransferlabError
 from transferlab.data.balance import sampled_order
 from transferlab.data.decode import decode_images
 from transferlab.data.sources import ArraySource
-from transferlab.core.errors import TransferlabError
 from transferlab.models import load_backbone
 from transferlab.paradigms import create_paradigm
 from transferlab.paradigms.base import validate_params

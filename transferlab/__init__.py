@@ -7,9 +7,26 @@
     transferlab.predict("runs/quickstart/runs/<id>.json", ["photos/"])     # then: export, prune, quantize, serve
 """
 
-from .api import export, predict, prune, quantize, report, run, search, serve, study
+import sys
+import types
+
+from .api import export, inspect, predict, prune, quantize, report, run, search, serve, study
 from .core.errors import TransferlabError
 
 __version__ = "0.1.0"
-__all__ = ["TransferlabError", "__version__", "export", "predict", "prune", "quantize", "report", "run", "search",
-           "serve", "study"]
+__all__ = ["TransferlabError", "__version__", "export", "inspect", "predict", "prune", "quantize", "report", "run",
+           "search", "serve", "study"]
+
+
+class _Package(types.ModuleType):
+    """Keeps `transferlab.study` (and search, report, inspect) the API functions: Python's import system sets a
+    package attribute to each submodule it loads, so the first call, which imports `transferlab.study` the
+    module, would otherwise turn the second `transferlab.study(...)` into "'module' object is not callable"."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in __all__ and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -97,27 +97,34 @@ def _is_main() -> bool:
 
 
 def _prune_winners(spec: StudySpec, records: list[dict[str, Any]], out_dir: Path) -> None:
-    """The spec's `prune:` step: `transferlab prune` with the spec's settings on each dataset's winner (the best
-    non-reference row by mean validation score, its first seed's run)."""
+    """The spec's `prune:` step on each dataset's winner (the best non-reference row by mean validation score,
+    its first seed's run); a winner that cannot be pruned is one line, and the report still comes."""
     from .core.errors import TransferlabError
-    from .core.progress import console, results
-    from .deploy import load_run
-    from .deploy.prune import prune_run
+    from .core.progress import console
     from .leaderboard import winners
 
-    p = spec.prune
     for record in winners(records):
         try:
-            summary = prune_run(load_run(record["run_id"], out_dir), p.sparsity, scope=p.scope,
-                                structured=p.structured, recover_epochs=p.recover_epochs)
-        except TransferlabError as exc:  # e.g. a winner with no dense layer to prune: the report still comes
+            prune_winner(spec, record, out_dir)
+        except TransferlabError as exc:  # e.g. a winner with no dense layer to prune
             console.print(f"prune: skipped the winner {record['run_id']}: {exc}")
-            continue
-        dense = summary["dense"]
-        for result in summary["results"]:
-            results.print(f"pruned {result['reached']:.0%} of the {p.scope} weights of the winner "
-                          f"{record['run_id']}: {summary['metric']} val {dense['val']:.4f} → {result['val']:.4f}, "
-                          f"test {dense['test']:.4f} → {result['test']:.4f}")
+
+
+def prune_winner(spec: StudySpec, record: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """`transferlab prune` with the spec's `prune:` settings on one winning run."""
+    from .core.progress import results
+    from .deploy import load_run
+    from .deploy.prune import prune_run
+
+    p = spec.prune
+    summary = prune_run(load_run(record["run_id"], out_dir), p.sparsity, scope=p.scope, structured=p.structured,
+                        recover_epochs=p.recover_epochs)
+    dense = summary["dense"]
+    for result in summary["results"]:
+        results.print(f"pruned {result['reached']:.0%} of the {p.scope} weights of the winner {record['run_id']}: "
+                      f"{summary['metric']} val {dense['val']:.4f} → {result['val']:.4f}, test {dense['test']:.4f} → "
+                      f"{result['test']:.4f}")
+    return summary
 
 
 def search(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None = None, *, trials: int | None = None,

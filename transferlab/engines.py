@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from .core.errors import TransferlabError
@@ -36,16 +37,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 def select_engine(requested: str, device: torch.device) -> str:
-    """`onnx` on CPU (when onnxruntime is installed), `torch` on GPU, or what the user asked for."""
+    """`onnx` on CPU, `torch` on GPU, or what the user asked for."""
     if requested != "auto":
         return requested
-    if device.type != "cpu":
-        return "torch"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "onnx"
+    return "torch" if device.type != "cpu" else "onnx"
 
 
 def make_encoder(model: torch.nn.Module, input_size: tuple[int, int, int], device: torch.device,
@@ -77,8 +72,6 @@ def _torch_encoder(model: torch.nn.Module, device: torch.device) -> EncodeFn:
 
 
 def _onnx_encoder(model: torch.nn.Module, input_size: tuple[int, int, int], cache_key: str) -> EncodeFn:
-    import onnxruntime as ort
-
     path = cache_root() / "onnx" / f"{cache_key}.onnx"
     if not path.is_file():
         _export_onnx(model, input_size, path)

@@ -21,15 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
+from torchvision.transforms import v2
 
+from .core.distributed import is_main, merged_across_ranks, rank, world_size
+from .core.paths import atomic_write, cache_root
 from .data.decode import bad_image_error, decoded_batches
 from .data.sources import ImageSource
-from .core.distributed import is_main, merged_across_ranks, rank, world_size
 from .engines import EncodeFn, make_encoder, select_engine
 from .models.backbones import Backbone
-from .core.paths import atomic_write, cache_root
 
 
 class Encoder:
@@ -46,8 +47,6 @@ class PixelEncoder(Encoder):
     """Raw pixels, resized and scaled to [0, 1]: the no-transfer reference."""
 
     def __init__(self, size: int, grayscale: bool):
-        from torchvision.transforms import v2
-
         self.key = f"pixels-{size}-{'L' if grayscale else 'RGB'}"
         steps = [v2.Grayscale()] if grayscale else []
         self.transform = v2.Compose([v2.PILToTensor(), *steps, v2.Resize((size, size), antialias=True),
@@ -139,8 +138,6 @@ class FeatureStore:
 
 
 def _load_chunk(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata() or {}
     tensors = load_file(str(path))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import imagehash
 import numpy as np
 from PIL import Image
 
@@ -118,8 +119,6 @@ def _check_options(limit: int | None, threshold: int, augment: tuple[str, ...]) 
 
 def scan_split(name: str, split: Split, limit: int | None, seed: int) -> SplitScan:
     """Decode each image of `split` (a seeded sample of `limit`, if given): size, mode, hashes; bad files listed."""
-    import imagehash
-
     indices = split.indices
     if limit is not None and limit < len(indices):
         indices = np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))

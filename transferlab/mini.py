@@ -12,6 +12,7 @@ from typing import Any
 
 from .config import BackboneSpec, MiniSpec, StudySpec, deep_merge, validated
 from .core.errors import TransferlabError
+from .models.backbones import resolve_weights_choice
 from .paradigms import get_paradigm_class
 
 
@@ -44,8 +45,6 @@ def miniature(spec: StudySpec) -> tuple[StudySpec, list[str]]:
 
 def stand_in(spec: StudySpec, mini: MiniSpec, backbone: BackboneSpec) -> tuple[BackboneSpec, str | None]:
     """The backbone the miniature uses instead of `backbone`, and the line that says so (None: kept)."""
-    from .models.backbones import resolve_weights_choice
-
     entry = mini.backbones.get(backbone.label) or mini.backbones.get(backbone.name)
     if entry is None:
         if resolve_weights_choice(backbone) == "hub":

@@ -5,41 +5,43 @@ The record is the run's only output and everything downstream (leaderboard, repo
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import os
-import platform
 import time
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .config import RunSpec
+from .core.distributed import barrier, is_main, world_size
+from .core.errors import TransferlabError
 from .data import Pools, Split, UnreadableImage, make_splits, open_pools, split_sizes
 from .data.balance import class_counts
 from .data.decode import decode_images
 from .data.splits import split_indices
-from .deploy.artifact import save_run_model
-from .core.distributed import barrier, is_main, world_size
 from .engines import resolve_device
-from .core.errors import TransferlabError
 from .evaluate import headline_metrics, image_outcomes, predicted_labels, score, tune_thresholds
 from .features import BackboneEncoder, Encoder, FeatureStore
 from .gallery import mistakes
+from .model_file import save_run_model
 from .models import Backbone, forward_cost, load_backbone
 from .paradigms import create_paradigm
 from .paradigms.trained import TrainingContext
-from .core.paths import atomic_write
+from .record import (
+    RECORD_VERSION,
+    RunRecord,
+    cell_key,
+    environment,
+    is_multi_label,
+    library_versions,
+    read_record,
+    record_path,
+    write_record,
+)
 from .stats import encode_outcomes
-
-RECORD_VERSION = 4  # 2: split_indices, fold; 3: task, reference, final, thresholds, outcomes, examples, cost; 4: model
-VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "scikit-learn", "numpy", "onnxruntime")
 
 
 def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None, pools: Pools | None = None,
@@ -111,7 +113,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
     test_pred = predicted_labels(test_proba, multi_label=multi_label, thresholds=thresholds)
     metrics = score(y["test"], test_proba, classes, multi_label=multi_label, thresholds=thresholds)
     history = getattr(paradigm, "history_", None)
-    record = {
+    record = RunRecord(**{
         "record_version": RECORD_VERSION,
         "run_id": spec.run_id,
         "cell_key": key,
@@ -148,9 +150,10 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "versions": library_versions(),
         "environment": environment(device),
-    }
+        # what predict / export load
+        "model": save_run_model(scored, backbone, spec.run_id, out_dir) if is_main() else None,
+    }).as_dict()
     if is_main():
-        record["model"] = save_run_model(scored, backbone, spec.run_id, out_dir)  # what predict / export load
         write_record(record, out_dir)
     barrier()  # under torchrun nobody reads the run folder before rank 0 has written it
     return record
@@ -193,7 +196,6 @@ def _refit_on_train_and_val(spec: RunSpec, chosen, inputs, y, n_classes: int, mu
 def _concat(a, b):
     if isinstance(a, np.ndarray):
         return np.concatenate([a, b])
-    import torch
 
     return torch.cat([a, b])
 
@@ -287,68 +289,7 @@ def encoder_label(spec: RunSpec) -> str:
 def headline(record: dict[str, Any]) -> str:
     m = record["metrics"]
     return " ".join(f"{k}={m[k]:.4f}" if m.get(k) is not None else f"{k}=–"
-                    for k in headline_metrics(record.get("task") == "multi-label"))
-
-
-def cell_key(spec: RunSpec, pools: Pools, input_key: str) -> str:
-    """Everything a run's result depends on: its spec, the data's content, its inputs, the record format."""
-    parts = [spec.model_dump_json(), input_key, str(RECORD_VERSION), source_digest(), str(world_size()),
-             *(pool.fingerprint for pool in (pools.train, pools.val, pools.test) if pool is not None)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
-
-
-@functools.cache
-def source_digest() -> str:
-    """A hash of transferlab's own code: a change to a paradigm or the loop makes old records stale.
-
-    (The version number would not: it stays 0.1.0 across every edit of an editable install.)
-    """
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def record_path(out_dir: str | Path, run_id: str) -> Path:
-    return Path(out_dir) / "runs" / f"{run_id}.json"
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """The record at `path`, or None when there is none or it does not parse (then it is recomputed)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_record(record: dict[str, Any], out_dir: str | Path) -> Path:
-    return atomic_write(record_path(out_dir, record["run_id"]),
-                        lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
-
-
-def library_versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
-
-
-def environment(device) -> dict[str, Any]:
-    """Where the run ran: CPU model, cores, torch threads, GPU."""
-    import torch
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name")) or cpu
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"cpu": cpu or "unknown", "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": str(device), "gpu": gpu, "platform": platform.platform()}
+                    for k in headline_metrics(is_multi_label(record)))
 
 
 @contextmanager

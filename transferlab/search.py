@@ -43,6 +43,7 @@ from .data import open_pools
 from .evaluate import SCALAR_METRICS, primary_metric
 from .features import FeatureStore
 from .paradigms import PARADIGMS, get_paradigm_class
+from .record import write_record
 from .resolve import (
     SPLIT_ONLY_FIELDS,
     apply_overrides,
@@ -52,7 +53,7 @@ from .resolve import (
     load_study_spec,
     resolved,
 )
-from .runner import execute_run, headline, write_record
+from .runner import execute_run, headline
 from .train.hooks import listening_to_epochs
 
 DEFAULT_TRIALS = 20

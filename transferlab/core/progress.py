@@ -19,6 +19,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from .distributed import is_main
+
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)  # progress, notes, errors
 # What the user asked for (the leaderboard), on stdout; wide enough for the table when piped to a file.
 results = Console(width=None if sys.stdout.isatty() else 150)
@@ -51,7 +53,6 @@ def progress_bar(label: str, total: int, unit: str = "it") -> Iterator[Bar]:
     """`with progress_bar("features", 1000, "img") as bar: bar(32)`."""
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(unit),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
-    from .distributed import is_main
 
     with Progress(*columns, console=console, disable=not is_main()) as progress:
         task = progress.add_task(label, total=total, note="")

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from sklearn.datasets import load_digits as sk_digits
+from torchvision.datasets import CIFAR10, CIFAR100, DTD, Caltech101, FashionMNIST, Flowers102, OxfordIIITPet
 
 from ..core.distributed import barrier, is_main
 from ..core.errors import TransferlabError
@@ -49,8 +51,6 @@ def load_fashion_mnist() -> Pools:
 
 
 def _torchvision_fashion_mnist() -> Pools:
-    from torchvision.datasets import FashionMNIST
-
     return _train_test_arrays("fashion-mnist", FashionMNIST, hint="or install Debian's copy with `apt-get "
                               "install dataset-fashion-mnist`")
 
@@ -75,8 +75,6 @@ def load_fashion_mnist_mosaics() -> Pools:
 
 
 def load_digits() -> Pools:
-    from sklearn.datasets import load_digits as sk_digits
-
     digits = sk_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 8×8, values 0..16
     return Pools(train=ArraySource("digits", images, digits.target, [str(c) for c in digits.target_names]))
@@ -110,8 +108,6 @@ def _files(name: str, dataset, files, labels, classes) -> FileSource:
 
 
 def load_flowers102() -> Pools:
-    from torchvision.datasets import Flowers102
-
     def split(ds):
         classes = getattr(ds, "classes", None) or [str(c) for c in range(102)]
         return _files(f"flowers102/{ds._split}", ds, ds._image_files, ds._labels, classes)
@@ -122,16 +118,12 @@ def load_flowers102() -> Pools:
 
 
 def load_dtd() -> Pools:
-    from torchvision.datasets import DTD
-
     sets = _torchvision("dtd", lambda root: [DTD(root, s, download=True) for s in ("train", "val", "test")])
     return Pools(*[_files(f"dtd/{s}", ds, ds._image_files, ds._labels, ds.classes)
                    for s, ds in zip(("train", "val", "test"), sets, strict=True)])
 
 
 def load_oxford_pet() -> Pools:
-    from torchvision.datasets import OxfordIIITPet
-
     sets = _torchvision("oxford-iiit-pet", lambda root: [OxfordIIITPet(root, s, download=True)
                                                          for s in ("trainval", "test")])
     train, test = (_files(f"oxford-iiit-pet/{s}", ds, ds._images, ds._labels, ds.classes)
@@ -141,8 +133,6 @@ def load_oxford_pet() -> Pools:
 
 def load_caltech101() -> Pools:
     """One pool (Caltech-101 has no official split): test and validation are carved, stratified."""
-    from torchvision.datasets import Caltech101
-
     ds = _torchvision("caltech101", lambda root: Caltech101(root, download=True))
     folder = Path(ds.root) / "101_ObjectCategories"
     files = [folder / ds.categories[y] / f"image_{i:04d}.jpg" for y, i in zip(ds.y, ds.index, strict=True)]
@@ -158,14 +148,10 @@ def _train_test_arrays(name: str, cls, hint: str = "") -> Pools:
 
 
 def load_cifar10() -> Pools:
-    from torchvision.datasets import CIFAR10
-
     return _train_test_arrays("cifar10", CIFAR10)
 
 
 def load_cifar100() -> Pools:
-    from torchvision.datasets import CIFAR100
-
     return _train_test_arrays("cifar100", CIFAR100)
 
 

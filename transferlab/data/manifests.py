@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from ..config import DataSpec
 from ..core.errors import TransferlabError
@@ -157,8 +158,6 @@ def _read_rows(manifest: Path) -> tuple[list[dict[str, str]], list[str]]:
     if not manifest.is_file():
         raise TransferlabError(f"{manifest}: no such manifest; give a CSV or Parquet file with a path column")
     if manifest.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
         try:
             table = pq.read_table(manifest)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds; all mean "not a readable table"

@@ -1,10 +1,11 @@
 """A run's model on disk, and loading it back: `OUT/models/<run id>.safetensors` + the run record.
 
-The runner saves every fitted (non-reference) run as the torch modules of `models/modules.py`: their
-tensors in a safetensors file, their shapes (a JSON description) and the file's sha256 in the record's
-`model` entry. A feature paradigm's file holds what it learned on top of the frozen backbone (the
-head; kNN: its reference features); the backbone's own weights come back through `load_backbone` and
-must hash to what the record says. A training paradigm's file holds the whole trained network.
+The runner saves every fitted (non-reference) run as the torch modules of `models/modules.py`
+(`model_file.save_run_model`): their tensors in a safetensors file, their shapes (a JSON description) and
+the file's sha256 in the record's `model` entry. A feature paradigm's file holds what it learned on top
+of the frozen backbone (the head; kNN: its reference features); the backbone's own weights come back
+through `load_backbone` and must hash to what the record says. A training paradigm's file holds the whole
+trained network.
 
 Loading never unpickles: JSON, safetensors, and `load_backbone` (safetensors / `weights_only` torch files).
 """
@@ -18,35 +19,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from timm.data import create_transform
 from torch import nn
+from torchvision.transforms import v2
 
+from ..config import BackboneSpec, DataSpec
 from ..core.errors import TransferlabError
+from ..data import Split, make_splits, open_pools
+from ..data.decode import decode_images
+from ..models import load_backbone
 from ..models.backbones import file_sha256
-from ..core.paths import atomic_write
-from ..models.modules import Pipeline, TimmModel, build, describe
+from ..models.modules import Pipeline, TimmModel, build
 
-MODEL_FORMAT = 1
 DEFAULT_RUNS = Path("runs")  # where run ids are looked up: every study folder under it
-
-
-def save_run_model(paradigm, backbone, run_id: str, out_dir: str | Path) -> dict[str, Any] | None:
-    """Write the fitted paradigm's model file; the record's `model` entry (None for reference rows)."""
-    from ..paradigms.base import NotDeployable
-
-    try:
-        steps, frozen_features = paradigm.deploy_steps()
-    except NotDeployable:
-        return None
-    pipeline = Pipeline(steps, frozen_features=frozen_features)
-    relative = Path("models") / f"{run_id}.safetensors"
-    state = {k: v.detach().cpu().contiguous() for k, v in pipeline.state_dict().items()}
-    metadata = {"format": str(MODEL_FORMAT)}
-    atomic_write(Path(out_dir) / relative, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-    return {"format": MODEL_FORMAT, "file": str(relative), "sha256": file_sha256(Path(out_dir) / relative),
-            "pipeline": describe(pipeline), "view": paradigm.deploy_view(backbone), "scores": paradigm.scores,
-            "activation": "none" if paradigm.scores == "probabilities" else
-            ("sigmoid" if paradigm.multi_label else "softmax")}
 
 
 # ---------------------------------------------------------------- finding a run
@@ -164,9 +150,6 @@ def load_run(ref: str | Path, runs: str | Path = DEFAULT_RUNS) -> RunModel:
 
 
 def _frozen_features(record: dict[str, Any], path: Path) -> nn.Module:
-    from ..config import BackboneSpec
-    from ..models import load_backbone
-
     spec = BackboneSpec.model_validate(record["spec"]["backbone"])
     seed = record["seed"] if spec.init_seed is None else spec.init_seed
     backbone = load_backbone(spec, seed=seed)
@@ -184,11 +167,7 @@ def _frozen_features(record: dict[str, Any], path: Path) -> nn.Module:
 def make_view(spec: dict[str, Any]):
     """(PIL → uint8 tensor, (3, H, W)) from a model entry's `view`: timm's eval transform for a data config,
     or resize / centre-crop steps (bit, simple-cnn)."""
-    from torchvision.transforms import v2
-
     if "timm" in spec:
-        from timm.data import create_transform
-
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["timm"].items()}
         return create_transform(**config, is_training=False, use_prefetcher=True), tuple(config["input_size"])
     steps, size = [v2.PILToTensor()], None
@@ -203,9 +182,6 @@ def make_view(spec: dict[str, Any]):
 def run_split(record: dict[str, Any], name: str):
     """The run's `name` split (train / val / test) as a `Split`: the record's image indices in the source the
     run's data spec opens to. Parity checks, pruning and quantization score on these real images."""
-    from ..config import DataSpec
-    from ..data import Split, make_splits, open_pools
-
     spec = DataSpec.model_validate(record["spec"]["data"])
     try:
         splits = make_splits(open_pools(spec), spec, record["seed"])
@@ -218,8 +194,6 @@ def run_split(record: dict[str, Any], name: str):
 
 def decoded_split(model: RunModel, name: str, limit: int | None = None, batch_size: int = 64):
     """(uint8 images at the model's view, labels) of the run's `name` split, the first `limit` of them."""
-    from ..data.decode import decode_images
-
     split = run_split(model.record, name)
     indices = split.indices[:limit] if limit else split.indices
     images, kept, _ = decode_images(split.source, indices, model.view, batch_size=batch_size, skip_bad=True,

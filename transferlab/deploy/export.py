@@ -13,19 +13,25 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..core.errors import TransferlabError
-from ..models.backbones import file_sha256
 from ..core.paths import atomic_write
-from .artifact import RunModel, decoded_split
+from ..models.backbones import file_sha256
 from ..models.modules import build, describe
+from ..record import library_versions
+from .artifact import RunModel, decoded_split
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
@@ -79,8 +85,6 @@ def example_batch(model: RunModel, n: int = 2) -> torch.Tensor:
 
 def write_onnx(model: RunModel, path: Path) -> Path:
     """torch.onnx's dynamo exporter at the installed onnx's opset, batch axis dynamic."""
-    import onnx
-
     opset = onnx.defs.onnx_opset_version()
 
     def export(tmp: Path) -> None:
@@ -100,8 +104,6 @@ def write_onnx(model: RunModel, path: Path) -> Path:
 def quiet(loggers: tuple[str, ...]):
     """Tools' progress prints and advice logs silenced (`loggers` at ERROR; "" is the root logger): export and
     quantize report what matters in their summaries."""
-    import logging
-
     found = [logging.getLogger(name or None) for name in loggers]
     levels = [logger.level for logger in found]
     for logger in found:
@@ -115,8 +117,6 @@ def quiet(loggers: tuple[str, ...]):
 
 
 def load_onnx(path: Path, model: RunModel | None = None):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -145,8 +145,6 @@ def load_torchscript(path: Path, model: RunModel | None = None):
 
 def write_safetensors(model: RunModel, path: Path) -> Path:
     """The whole model's tensors (backbone included); the card's `pipeline` rebuilds it (`load_bundle`)."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().contiguous() for k, v in model.module.state_dict().items()}
     meta = {"pipeline": json.dumps(describe(model.module))}
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
@@ -154,9 +152,6 @@ def write_safetensors(model: RunModel, path: Path) -> Path:
 
 def load_bundle(path: str | Path) -> nn.Module:
     """A safetensors bundle back as the torch model (its description is in the file's metadata): no pickle."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     with safe_open(str(path), framework="pt") as f:
         description = json.loads((f.metadata() or {})["pipeline"])
     module = build(description)
@@ -183,8 +178,6 @@ LOADERS = {"onnx": load_onnx, "torchscript": load_torchscript, "safetensors": lo
 
 def model_card(model: RunModel, fmt: str, path: Path, parity: dict[str, Any]) -> dict[str, Any]:
     """What a person (or another program) needs to use the file: classes, input, output, how good, from what."""
-    from ..runner import library_versions
-
     record, entry = model.record, model.record["model"]
     metrics = record.get("metrics", {})
     headline = {k: metrics.get(k) for k in ("accuracy", "top5_accuracy", "macro_f1", "micro_f1", "log_loss",

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from ..core.errors import TransferlabError
+from ..core.paths import atomic_write
 from ..data.decode import decoded_batches
 from ..data.sources import IMAGE_EXTENSIONS, FileSource
-from ..core.errors import TransferlabError
 from ..evaluate import predicted_labels
-from ..core.paths import atomic_write
 from .artifact import RunModel
 
 

@@ -37,9 +37,11 @@ from torch.nn.utils import prune
 
 from ..core.errors import TransferlabError
 from ..core.paths import atomic_write
+from ..core.progress import progress_bar
+from ..evaluate import PRIMARY, score
+from ..models.modules import Affine, KnnVote
 from .artifact import RunModel, decoded_split, to_probabilities
 from .export import default_export_dir, write_safetensors
-from ..models.modules import Affine, KnnVote
 
 SCOPES = ("head", "backbone", "all")
 SUMMARY_FORMAT = 1
@@ -243,7 +245,6 @@ class Data:
 
     def __init__(self, model: RunModel, stem_length: int, train: bool):
         self.model, self.stem_length = model, stem_length
-        from ..evaluate import PRIMARY
 
         self.metric = PRIMARY[model.multi_label]
         stem = nn.Sequential(*model.module.steps[:stem_length]).eval()
@@ -262,8 +263,6 @@ class Data:
         return {"val": self.split_score(part, "val"), "test": self.split_score(part, "test")}
 
     def split_score(self, part: nn.Module, name: str) -> float | None:
-        from ..evaluate import score
-
         inputs, labels = self.splits[name]
         if not len(labels):
             return None
@@ -294,7 +293,6 @@ def recover(model: RunModel, part: nn.Module, in_scope: list[Target], scope: str
     generator = torch.Generator().manual_seed(seed)  # the batch order
     batches = -(-len(inputs) // BATCH)
     history = []
-    from ..core.progress import progress_bar
 
     # Dropout draws from torch's global RNG: seeded inside a fork, so reruns agree and the caller's state is kept.
     with torch.random.fork_rng(), progress_bar(f"prune {sparsity_tag(sparsity)} · recover", epochs * batches,

@@ -26,11 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+from onnxruntime.quantization import quantize_static as ort_quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..core.errors import TransferlabError
 from ..core.paths import atomic_write
 from ..core.progress import progress_bar
+from ..evaluate import PRIMARY, score
 from .artifact import RunModel, decoded_split, to_probabilities
 from .export import FILE_NAMES, check_parity, default_export_dir, export_model, load_onnx, quiet
 
@@ -176,10 +184,6 @@ def prepare(fp32: Path, tmp: Path) -> Path:
     """The fp32 model as the quantizer wants it: at an opset whose QuantizeLinear / DequantizeLinear ONNX
     Runtime implements (the exporter writes the installed onnx's newest, 28, which ORT 1.32 cannot run for
     them), then ONNX Runtime's recommended pre-processing (shape inference, graph optimisation)."""
-    import onnx
-    from onnx import version_converter
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     proto = onnx.load(str(fp32))
     opset = default_opset(proto)
     target = quantizable_opset(opset)
@@ -209,9 +213,6 @@ def quantizable_opset(opset: int) -> int:
 
 
 def _runs_qdq(opset: int) -> bool:
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
     scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [0.5])
     zero = helper.make_tensor("zero", TensorProto.UINT8, [], [0])
     nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
@@ -227,9 +228,6 @@ def _runs_qdq(opset: int) -> bool:
 
 
 def quantize_dynamic(prepared: Path, out: Path, kept: list[str]) -> None:
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
-
     with quiet(ROOT_LOGGER):
         # it first rewrites each Gemm as MatMul "<name>_MatMul" + Add, then matches node names
         ort_quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8,
@@ -244,8 +242,6 @@ def kept_fp32(path: Path) -> list[str]:
       - the head: MatMul / Gemm after the backbone's global average pool. Its input (standardised features)
         has outliers, and one activation range per batch, set by them, leaves the rest a few levels.
     Both are small (lite0: 3.5 → 4.0 MB). Static mode calibrates per-channel weights and clipped ranges instead."""
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False).graph
     depthwise = [n.name for n in graph.node if n.op_type == "Conv" and _attribute(n, "group", 1) > 1]
     return depthwise + [n.name for n in after_global_pool(graph) if n.op_type in ("MatMul", "Gemm")]
@@ -267,8 +263,6 @@ def after_global_pool(graph) -> list:
 
 
 def _spatial(node, constants) -> bool:
-    from onnx import numpy_helper
-
     axes = _attribute(node, "axes", None)
     if axes is None and len(node.input) > 1 and node.input[1] in constants:
         axes = np.atleast_1d(numpy_helper.to_array(constants[node.input[1]])).tolist()
@@ -283,9 +277,6 @@ def _attribute(node, name: str, default):
 
 
 def quantize_static(prepared: Path, out: Path, reader: CalibrationImages) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static as ort_quantize_static
-
     reader.rewind()
     with quiet(ROOT_LOGGER):
         ort_quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
@@ -308,8 +299,6 @@ def load_int8(model: RunModel, path: Path, mode: str):
 
 
 def primary_metric(model: RunModel) -> str:
-    from ..evaluate import PRIMARY
-
     return PRIMARY[model.multi_label]
 
 
@@ -320,8 +309,6 @@ def split_scores(run, images: torch.Tensor) -> np.ndarray:
 def compare_split(model: RunModel, runners: dict[str, Any], images: torch.Tensor,
                   labels: np.ndarray) -> dict[str, Any]:
     """Both files on one split: the primary metric each, and how far int8's scores are from fp32's."""
-    from ..evaluate import score
-
     metric = primary_metric(model)
     scores = {}
     with progress_bar("score · fp32 / int8", 2 * len(images), "img") as bar:

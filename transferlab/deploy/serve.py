@@ -27,8 +27,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from starlette.datastructures import UploadFile
 
-from ..data.images import DEFAULT_MAX_PIXELS, UnreadableImage, open_image
 from ..core.errors import TransferlabError
+from ..data.images import DEFAULT_MAX_PIXELS, UnreadableImage, open_image
 from .artifact import DEFAULT_RUNS, RunModel, load_run
 from .predict import describe
 

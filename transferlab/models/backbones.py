@@ -22,7 +22,9 @@ from typing import Any
 import timm
 import torch
 import torchvision
+from safetensors.torch import load_file
 from timm.data import create_transform, resolve_model_data_config
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import BackboneSpec
 from ..core.errors import TransferlabError
@@ -214,8 +216,6 @@ def _load_file_into(model: torch.nn.Module, path: Path) -> None:
                                "weights: offline | hub | random")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -251,7 +251,6 @@ def forward_cost(backbone: Backbone | None, image_size: int | None) -> dict[str,
     multiply-add, so this is twice timm's GMACs) and its parameter count; None for runs without one."""
     if backbone is None or image_size is None:
         return {"gflops": None, "parameters": None, "image_size": image_size}
-    from torch.utils.flop_counter import FlopCounterMode
 
     model = backbone.model
     was_training = model.training

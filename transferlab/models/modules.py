@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.kernel_approximation import RBFSampler
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from .backbones import Normalized, create_model
@@ -187,9 +189,6 @@ def _tensor(value, shape: tuple[int, ...], fill: float = 0.0) -> torch.Tensor:
 
 def from_sklearn_pipeline(pipeline, n_classes: int, multi_label: bool) -> list[nn.Module]:
     """The steps of a fitted StandardScaler → [RBFSampler →] logistic regression pipeline (linear, rff)."""
-    from sklearn.kernel_approximation import RBFSampler
-    from sklearn.preprocessing import StandardScaler
-
     steps: list[nn.Module] = []
     for _, step in pipeline.steps[:-1]:
         if isinstance(step, StandardScaler):

@@ -17,10 +17,12 @@ from abc import ABC, abstractmethod
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationError
+from sklearn.metrics import average_precision_score
 
 from ..config import Spec, describe_validation_error
 from ..core.errors import TransferlabError
+from ..models.modules import from_sklearn_pipeline
 
 
 class Paradigm(ABC):
@@ -77,8 +79,6 @@ class SklearnParadigm(Paradigm):
     """A paradigm whose fitted `model_` is a scikit-learn classifier (or pipeline ending in one)."""
 
     def deploy_steps(self):
-        from ..models.modules import from_sklearn_pipeline
-
         return from_sklearn_pipeline(self.model_, self.n_classes, self.multi_label), True
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -101,7 +101,6 @@ def validation_score(y_val: np.ndarray, proba: np.ndarray, multi_label: bool) ->
     precision over labels with a positive (threshold-free, since thresholds are tuned afterwards)."""
     if not multi_label:
         return float((proba.argmax(axis=1) == y_val).mean())
-    from sklearn.metrics import average_precision_score
 
     present = np.asarray(y_val).sum(axis=0) > 0
     if not present.any():
@@ -126,8 +125,6 @@ def get_paradigm_class(name: str) -> type[Paradigm]:
 
 
 def validate_params(name: str, params: dict[str, Any]) -> Spec:
-    from pydantic import ValidationError
-
     cls = get_paradigm_class(name)
     try:
         return cls.Params.model_validate(params)

@@ -17,6 +17,7 @@ from torch import nn
 from ..data.augment import augmented_copies, make_augment
 from ..engines import make_encoder, select_engine
 from ..models.heads import make_head
+from ..models.modules import Head as HeadModule
 from ..train.loop import Images, offline_training_set
 from ..train.params import Optimizer, TrainParams
 from .base import register
@@ -94,8 +95,6 @@ class Head(TrainedParadigm):
 
     def deploy_steps(self):
         """The frozen backbone's features → the trained head (the backbone's own weights complete it)."""
-        from ..models.modules import Head as HeadModule
-
         p, head = self.params, self.model_.head
         module = HeadModule(self.context.backbone.model.num_features, self.n_classes, p.hidden, p.dropout)
         module.net.load_state_dict(head.state_dict())

@@ -8,6 +8,7 @@ from pydantic import Field
 from sklearn.neighbors import KNeighborsClassifier
 
 from ..config import Spec
+from ..models.modules import from_knn
 from .base import IntChoice, SklearnParadigm, as_list, pick_best, register, sklearn_proba, validation_score
 
 
@@ -35,6 +36,4 @@ class Knn(SklearnParadigm):
     scores = "probabilities"  # a vote share, no logits
 
     def deploy_steps(self):
-        from ..models.modules import from_knn
-
         return [from_knn(self.model_, self.n_classes, self.multi_label)], True

@@ -16,6 +16,7 @@ from torch import nn
 from ..config import Spec
 from ..core.errors import TransferlabError
 from ..models.heads import make_head
+from ..models.modules import Head, Standardize
 from ..train.hooks import epoch_done
 from ..train.loop import score_counts, score_from_counts, score_name
 from .base import Paradigm, register
@@ -90,8 +91,6 @@ class Mlp(Paradigm):
                 "restore_best": False}
 
     def deploy_steps(self):
-        from ..models.modules import Head, Standardize
-
         p = self.params
         head = Head(len(self.mean_), self.n_classes, p.hidden, p.dropout)
         head.net.load_state_dict(self.model_.state_dict())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import nn
 from torchvision.transforms import v2
 
 from ..models.backbones import Normalized
@@ -17,6 +16,7 @@ from ..models.small_cnn import MEAN, STD, simple_cnn
 from ..train.params import Optimizer, TrainParams
 from .base import register
 from .trained import TrainedParadigm
+
 
 class SimpleCnnParams(TrainParams):
     image_size: int = Field(64, ge=16)

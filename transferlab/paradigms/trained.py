@@ -20,6 +20,7 @@ from torch import nn
 
 from ..core.errors import TransferlabError
 from ..models.backbones import Backbone
+from ..models.modules import TimmModel
 from ..train.loop import Images, TrainResult, fit, predict_logits
 from ..train.optim import param_groups
 from .base import Paradigm
@@ -101,8 +102,6 @@ class TrainedParadigm(Paradigm):
 
     def deploy_steps(self):
         """The whole trained model: a timm architecture behind its normalisation (finetune, scratch, bit)."""
-        from ..models.modules import TimmModel
-
         config = self.context.backbone.data_config
         model = TimmModel(self.context.backbone.name, self.n_classes, config["mean"], config["std"])
         model.net.load_state_dict(self.model_.state_dict())

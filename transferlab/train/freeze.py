@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from timm.models import group_parameters
 from torch import nn
 
 from ..core.errors import TransferlabError
@@ -59,7 +60,6 @@ def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     """Parameter groups from input to output: timm's coarse groups, or one group for other models."""
     if not hasattr(model, "group_matcher"):
         return [list(model.parameters())]
-    from timm.models import group_parameters
 
     grouped = group_parameters(model, model.group_matcher(coarse=True))
     params = dict(model.named_parameters())

@@ -25,12 +25,12 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 from torchvision.transforms import v2
 
-from ..data.augment import augment_batch, augmented_copies, make_augment
-from ..data.balance import class_counts, epoch_length, oversample, sampled_order
 from ..core.distributed import is_main, rank, world_size
 from ..core.errors import TransferlabError
 from ..core.paths import atomic_write
 from ..core.progress import progress_bar
+from ..data.augment import augment_batch, augmented_copies, make_augment
+from ..data.balance import class_counts, epoch_length, oversample, sampled_order
 from .hooks import epoch_done
 from .optim import make_loss, make_optimizer, make_schedule
 from .params import TrainParams

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.optim import lr_scheduler as S
 
 from ..data.balance import class_weights, pos_weight
 from .params import TrainParams
@@ -40,8 +41,6 @@ def make_optimizer(groups: list[dict], p: TrainParams) -> torch.optim.Optimizer:
 
 def make_schedule(optimizer: torch.optim.Optimizer, p: TrainParams, steps_per_epoch: int, epochs: int):
     """A per-step torch LR scheduler for `p.schedule` (with linear warm-up where asked)."""
-    from torch.optim import lr_scheduler as S
-
     total = max(1, steps_per_epoch * epochs)
     if p.schedule == "onecycle":  # cycles momentum (or Adam's beta1) inversely, as in Smith's one-cycle
         return S.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,

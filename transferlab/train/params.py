@@ -7,9 +7,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import Spec
+from ..core.errors import TransferlabError
 from ..data.augment import AugmentSpec, check_augment
 from ..data.balance import ClassWeights, Sampler
-from ..core.errors import TransferlabError
 
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop", "amsgrad"]
 Schedule = Literal["constant", "step", "multistep", "cosine", "onecycle", "exponential"]
