@@ -14,13 +14,10 @@ import numpy as np
 from rich.table import Table
 
 from .evaluate import headline_metrics, primary_metric
+from .record import is_multi_label
 from .stats import interval95, paired_comparison
 
 GROUP = ("dataset", "backbone", "paradigm")
-
-
-def is_multi_label(records: list[dict[str, Any]]) -> bool:
-    return any(r.get("task") == "multi-label" for r in records)
 
 
 def leaderboard(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -32,7 +29,7 @@ def leaderboard(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[tuple(record["labels"][k] for k in GROUP)].append(record)
     rows = []
     for key, group in groups.items():
-        multi = is_multi_label(group)
+        multi = any(is_multi_label(r) for r in group)
         row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
         row["task"] = "multi-label" if multi else "single-label"
         row["reference"] = group[0].get("reference")

@@ -20,17 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from timm.data import create_transform
 from torch import nn
-from torchvision.transforms import v2
 
 from ..config import BackboneSpec, DataSpec
 from ..core.errors import TransferlabError
 from ..data import Split, make_splits, open_pools
 from ..data.decode import decode_images
+from ..data.views import make_view
 from ..models import load_backbone
 from ..models.backbones import file_sha256
 from ..models.modules import Pipeline, TimmModel, build
+from ..record import is_multi_label
 
 DEFAULT_RUNS = Path("runs")  # where run ids are looked up: every study folder under it
 
@@ -98,7 +98,7 @@ class RunModel:
 
     @property
     def multi_label(self) -> bool:
-        return self.record.get("task") == "multi-label"
+        return is_multi_label(self.record)
 
     @property
     def activation(self) -> str:
@@ -162,18 +162,6 @@ def _frozen_features(record: dict[str, Any], path: Path) -> nn.Module:
     features = TimmModel(spec.name, 0, config["mean"], config["std"])  # timm's num_classes=0: pooled features
     features.net.load_state_dict(backbone.feature_model().state_dict())
     return features
-
-
-def make_view(spec: dict[str, Any]):
-    """(PIL → uint8 tensor, (3, H, W)) from a model entry's `view`: timm's eval transform for a data config,
-    or resize / centre-crop steps (bit, simple-cnn)."""
-    if "timm" in spec:
-        config = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["timm"].items()}
-        return create_transform(**config, is_training=False, use_prefetcher=True), tuple(config["input_size"])
-    steps, size = [v2.PILToTensor()], None
-    for op, size in spec["steps"]:
-        steps.append(v2.Resize(size, antialias=True) if op == "resize" else v2.CenterCrop(size))
-    return v2.Compose(steps), (3, size, size)
 
 
 # ---------------------------------------------------------------- the run's own images

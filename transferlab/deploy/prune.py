@@ -38,6 +38,7 @@ from torch.nn.utils import prune
 from ..core.errors import TransferlabError
 from ..core.paths import atomic_write
 from ..core.progress import progress_bar
+from ..core.seeding import seeded_generator, torch_seeded
 from ..evaluate import PRIMARY, score
 from ..models.modules import Affine, KnnVote
 from .artifact import RunModel, decoded_split, to_probabilities
@@ -290,14 +291,13 @@ def recover(model: RunModel, part: nn.Module, in_scope: list[Target], scope: str
     inputs, labels = data.splits["train"]
     targets_ = torch.as_tensor(labels, dtype=torch.float32 if model.multi_label else torch.long)
     seed = int(model.record.get("seed") or 0)
-    generator = torch.Generator().manual_seed(seed)  # the batch order
+    generator = seeded_generator(seed)  # the batch order
     batches = -(-len(inputs) // BATCH)
     history = []
 
     # Dropout draws from torch's global RNG: seeded inside a fork, so reruns agree and the caller's state is kept.
-    with torch.random.fork_rng(), progress_bar(f"prune {sparsity_tag(sparsity)} · recover", epochs * batches,
+    with torch_seeded(seed), progress_bar(f"prune {sparsity_tag(sparsity)} · recover", epochs * batches,
                                                "batch") as bar:
-        torch.manual_seed(seed)
         for _ in range(epochs):
             train_mode(part)
             for index in torch.randperm(len(inputs), generator=generator).split(BATCH):

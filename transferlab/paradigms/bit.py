@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from torchvision.transforms import v2
 
 from ..data.augment import make_augment
+from ..data.views import make_view
 from ..train.hyperrule import decide
 from ..train.params import TrainParams
 from .base import register
@@ -59,8 +60,12 @@ class Bit(TrainedParadigm):
         return decide(dataset_size, hw, p.batch_size, p.max_resolution, p.max_epochs)
 
     def view(self):
+        """What training decodes: resized and centre-cropped at the rule's resolution (random crops come later)."""
+        return make_view({"steps": self._resize_steps()})[0]
+
+    def _resize_steps(self) -> list[list]:
         size = self.rule(0)["resize"]  # the resolution depends on the image size only
-        return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+        return [["resize", size], ["center_crop", size]]
 
     def fit(self, X, y, X_val, y_val):
         rule = self.rule(len(y))
@@ -85,8 +90,7 @@ class Bit(TrainedParadigm):
 
     def deploy_view(self, backbone):
         """The rule's evaluation view: resize, centre crop, then the centre crop at the rule's crop size."""
-        size = self.rule(0)["resize"]
-        return {"steps": [["resize", size], ["center_crop", size], ["center_crop", self.crop_]]}
+        return {"steps": [*self._resize_steps(), ["center_crop", self.crop_]]}
 
     def _augment_at_crop(self):
         """The rule's flip, or the user's own augmentation if they wrote one."""

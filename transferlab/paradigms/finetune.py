@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from ..core.seeding import torch_seeded
 from ..models.backbones import Normalized, create_model
 from ..train.freeze import classifier_names, layer_groups, set_trainable, trainable_from_fraction, trainable_from_stage
 from ..train.params import TrainParams
@@ -48,8 +48,8 @@ class Finetune(TrainedParadigm):
 
     def build_model(self) -> Normalized:
         backbone = self.context.backbone
-        torch.manual_seed(self.seed)  # the new head's initialisation
-        return backbone.with_normalization(backbone.with_new_head(self.n_classes))
+        with torch_seeded(self.seed):  # the new head's initialisation
+            return backbone.with_normalization(backbone.with_new_head(self.n_classes))
 
     def trainable(self, net) -> set[str]:
         p = self.params
@@ -138,7 +138,7 @@ class Scratch(TrainedParadigm):
 
     def build_model(self) -> Normalized:
         backbone = self.context.backbone
-        torch.manual_seed(self.seed)  # timm's init and `init` both draw from it: one seed, one start (refit too)
-        net = create_model(backbone.name, self.n_classes)  # timm or torchvision, by name
-        initialize(net, self.params.init)
+        with torch_seeded(self.seed):  # timm's init and `init` both draw from it: one seed, one start (refit too)
+            net = create_model(backbone.name, self.n_classes)  # timm or torchvision, by name
+            initialize(net, self.params.init)
         return backbone.with_normalization(net)

@@ -14,8 +14,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from ..core.seeding import torch_seeded
 from ..data.augment import augmented_copies, make_augment
-from ..engines import make_encoder, select_engine
+from ..features import BackboneEncoder
 from ..models.heads import make_head
 from ..models.modules import Head as HeadModule
 from ..train.loop import Images, offline_training_set
@@ -71,11 +72,10 @@ class Head(TrainedParadigm):
     def fit(self, X, y, X_val, y_val):
         p, backbone = self.params, self.context.backbone
         device = self.context.device
-        self.encode_, self.engine_ = make_encoder(backbone.feature_model(), tuple(backbone.data_config["input_size"]),
-                                                  device, select_engine(self.context.engine, device),
-                                                  cache_key=backbone.key)
-        torch.manual_seed(self.seed)
-        head = make_head(backbone.model.num_features, self.n_classes, hidden=p.hidden, dropout=p.dropout)
+        encoder = BackboneEncoder(backbone, device, self.context.engine)  # the engine a feature paradigm gets
+        self.encode_ = encoder.encode
+        with torch_seeded(self.seed):  # the new head's initialisation
+            head = make_head(backbone.model.num_features, self.n_classes, hidden=p.hidden, dropout=p.dropout)
         weights = [m.weight for m in head if isinstance(m, nn.Linear)]
         penalty = (lambda: p.l1 * sum(w.abs().sum() for w in weights)) if p.l1 else None
         val_features = self._features(X_val)
@@ -89,7 +89,7 @@ class Head(TrainedParadigm):
             result = self.train_phase(model, [(list(head.parameters()), p.lr)], X, y, val_features, y_val,
                                       penalty=penalty)
         self.record_history("", result)
-        self.selected_["engine"] = self.engine_
+        self.selected_["engine"] = self.engine_ = encoder.engine
         self.model_ = FrozenThenHead(self.encode_, head.eval())
         return self
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import Spec
 from ..core.errors import TransferlabError
+from ..core.seeding import seeded_generator, torch_seeded
 from ..models.heads import make_head
 from ..models.modules import Head, Standardize
 from ..train.hooks import epoch_done
@@ -41,9 +42,12 @@ class Mlp(Paradigm):
     Params = MlpParams
 
     def fit(self, X, y, X_val, y_val):
+        with torch_seeded(self.seed):  # init and dropout draw from it; the caller's RNG is left as it was
+            return self._fit(X, y, X_val, y_val)
+
+    def _fit(self, X, y, X_val, y_val):
         p = self.params
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = seeded_generator(self.seed)
         # Standardise as StandardScaler does, except that a near-constant feature (a nearly dead ReLU) is centred
         # and scaled by at most 100× the typical feature's: dividing by its tiny std (measured: 7e-4 vs a median of
         # 0.9) blows the 1e-5 float noise between engines (ONNX Runtime vs PyTorch features) up to logit changes

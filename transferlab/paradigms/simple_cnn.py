@@ -6,10 +6,10 @@ pooling, dropout and a linear classifier. It needs no backbone: images are resiz
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
-from torchvision.transforms import v2
 
+from ..core.seeding import torch_seeded
+from ..data.views import make_view
 from ..models.backbones import Normalized
 from ..models.modules import SimpleCnnModel
 from ..models.small_cnn import MEAN, STD, simple_cnn
@@ -33,8 +33,7 @@ class SimpleCnn(TrainedParadigm):
     needs_backbone = False
 
     def view(self):
-        size = self.params.image_size
-        return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+        return make_view(self.deploy_view(None))[0]
 
     def deploy_steps(self):
         model = SimpleCnnModel(self.params.widths, self.n_classes, self.params.dropout)
@@ -46,6 +45,6 @@ class SimpleCnn(TrainedParadigm):
         return {"steps": [["resize", size], ["center_crop", size]]}
 
     def build_model(self) -> Normalized:
-        torch.manual_seed(self.seed)  # timm-free: torch's default init
-        net = simple_cnn(self.params.widths, self.n_classes, self.params.dropout)
+        with torch_seeded(self.seed):  # timm-free: torch's default init
+            net = simple_cnn(self.params.widths, self.n_classes, self.params.dropout)
         return Normalized(net, mean=MEAN, std=STD)

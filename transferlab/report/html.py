@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ..core.errors import TransferlabError
 from ..evaluate import headline_metrics, primary_metric
 from ..leaderboard import compare_best, comparison_text, leaderboard, row_label
+from ..record import is_multi_label
 from . import plots
 from .deploy import prune_context
 from .plots import data_uri
@@ -279,10 +280,6 @@ def _run_order(record: dict[str, Any]) -> tuple:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-def is_multi_label(record: dict[str, Any]) -> bool:
-    return record.get("task") == "multi-label"
-
 
 def run_href(run_id: str) -> str:
     """The record's file relative to the report (which sits beside runs/)."""

@@ -29,6 +29,7 @@ from ..core.distributed import is_main, rank, world_size
 from ..core.errors import TransferlabError
 from ..core.paths import atomic_write
 from ..core.progress import progress_bar
+from ..core.seeding import seeded_generator, torch_seeded
 from ..data.augment import augment_batch, augmented_copies, make_augment
 from ..data.balance import class_counts, epoch_length, oversample, sampled_order
 from .hooks import epoch_done
@@ -106,10 +107,17 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
     copies still use the preset). `run_key` is stored with every checkpoint; `resume` refuses a checkpoint
     written under another key.
     """
+    with torch_seeded(seed + rank()):  # augmentation, MixUp and dropout; under torchrun each rank draws its own
+        return _fit(model, groups, train, val, p, n_classes=n_classes, seed=seed, device=device,
+                    checkpoints=checkpoints, resume=resume, label=label, epochs=epochs, penalty=penalty,
+                    augment=augment, run_key=run_key)
+
+
+def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes, seed, device, checkpoints, resume,
+         label, epochs, penalty, augment, run_key) -> TrainResult:
     epochs = epochs or p.epochs
     if train.multi_label:
         p.check_multi_label(label)
-    torch.manual_seed(seed + rank())  # under torchrun each rank draws its own augmentations
     train, notes = offline_training_set(train, p, seed, n_classes, label)
     if p.cutmix:
         _require_images(train.x, "cutmix needs", label)
@@ -279,7 +287,7 @@ def epoch_order(n: int, seed: int, epoch: int, *, labels=None, sampler: str = "n
     if sampler != "none":
         return _shard(sampled_order(np.asarray(labels), sampler, seed, epoch))
     if world_size() == 1:
-        return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        return torch.randperm(n, generator=seeded_generator(seed * 100_003 + epoch))
     sampler = DistributedSampler(range(n), num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed)
     sampler.set_epoch(epoch)  # equal-length shards (padded), so every rank takes the same number of steps
     return torch.tensor(list(sampler))
