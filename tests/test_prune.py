@@ -121,7 +121,7 @@ def test_knn_head_and_bad_inputs_are_refused_in_one_line(study, linear):
     for bad, match in (([1.0], "strictly between 0 and 1"), ([0.0], "strictly between 0 and 1"), ([], "at least one")):
         with pytest.raises(TransferlabError, match=match):
             prune_run(linear, bad)
-    with pytest.raises(TransferlabError, match="--scope neck: choose one of head, backbone, all"):
+    with pytest.raises(TransferlabError, match="prune: scope: Input should be 'head', 'backbone' or 'all'"):
         prune_run(linear, [0.5], scope="neck")
     with pytest.raises(TransferlabError, match="no trainable weights"):
         prune_run(knn, [0.5], scope="backbone", recover_epochs=1)

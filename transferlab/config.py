@@ -312,7 +312,7 @@ class PruneSpec(Spec):
     """After the study: prune the winner (the best non-reference row by mean *validation* score; its first
     seed's run) at each sparsity, and score it on validation and test before and after (`transferlab prune`)."""
 
-    sparsity: list[float] = Field(default_factory=lambda: [0.8], min_length=1)
+    sparsity: list[float] = Field(default_factory=lambda: [0.8])
     scope: Literal["head", "backbone", "all"] = Field("head", description="head: the dense layers the paradigm "
                                                       "added; backbone; all")
     structured: bool = False
@@ -321,8 +321,12 @@ class PruneSpec(Spec):
     @field_validator("sparsity")
     @classmethod
     def _fractions(cls, values: list[float]) -> list[float]:
-        if any(not 0 < v < 1 for v in values):
-            raise ValueError("sparsity: fractions of weights set to zero, each between 0 and 1 (e.g. [0.8])")
+        if not values:
+            raise ValueError("give at least one fraction in (0, 1), e.g. 0.8 or [0.5, 0.7, 0.9]")
+        bad = [v for v in values if not 0 < v < 1]
+        if bad:
+            raise ValueError(f"{bad[0]:g}: a sparsity is the fraction of weights set to zero, strictly between 0 "
+                             "and 1 (e.g. 0.8)")
         return values
 
 

@@ -68,10 +68,9 @@ def capped(paradigm: dict[str, Any], epochs: int) -> dict[str, Any]:
         return paradigm
     fields = cls.Params.model_fields
     params = dict(paradigm.get("params", {}))
-    for field in ("epochs", "head_epochs", "max_epochs"):  # bit: the rule decides epochs, max_epochs caps them
-        if field in fields and (field != "epochs" or "max_epochs" not in fields):
-            current = params.get(field, fields[field].default)
-            params[field] = epochs if current is None else min(current, epochs)
-    if params.get("head_epochs") == 0:
-        del params["head_epochs"]
+    for field in cls.epoch_fields:  # the paradigm says which of its params count epochs
+        current = params.get(field, fields[field].default)
+        if current == 0:  # e.g. finetune's head_epochs: 0 is "no such phase", not a count to cap
+            continue
+        params[field] = epochs if current is None else min(current, epochs)
     return {**paradigm, "params": params}

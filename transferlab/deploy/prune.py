@@ -27,7 +27,7 @@ import gzip
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn.utils import prune
 
+from ..config import PruneSpec, validated
 from ..core.errors import TransferlabError
 from ..core.paths import atomic_write
 from ..core.progress import progress_bar
@@ -44,7 +45,7 @@ from ..models.modules import Affine, KnnVote
 from .artifact import RunModel, decoded_split, to_probabilities
 from .export import default_export_dir, write_safetensors
 
-SCOPES = ("head", "backbone", "all")
+SCOPES = get_args(PruneSpec.model_fields["scope"].annotation)  # head, backbone, all
 SUMMARY_FORMAT = 1
 STRUCTURED_NORM = 2  # L2 norm of a row / channel decides which go
 BATCH = 32
@@ -59,7 +60,7 @@ def prune_run(model: RunModel, sparsities: list[float], *, scope: str = "head", 
               recover_epochs: int = 0, out: str | Path | None = None, lr: float | None = None) -> dict[str, Any]:
     """Prune `model` at each sparsity (each from the unpruned model), optionally fine-tune to recover, score,
     measure and save; returns the summary also written to `out/prune.json` (default OUT/deploy/<run id>/)."""
-    sparsities = check_inputs(model, sparsities, scope, recover_epochs)
+    sparsities = check_inputs(model, sparsities, scope, structured, recover_epochs)
     started = time.perf_counter()
     folder = Path(out) if out else default_export_dir(model)
     stem_length = frozen_stem_length(model, scope)
@@ -83,20 +84,13 @@ def prune_run(model: RunModel, sparsities: list[float], *, scope: str = "head", 
     return {**summary, "path": str(folder / "prune.json")}
 
 
-def check_inputs(model: RunModel, sparsities, scope: str, recover_epochs: int) -> list[float]:
-    """The sparsities sorted, without repeats; one-line errors for what cannot be pruned as asked."""
+def check_inputs(model: RunModel, sparsities, scope: str, structured: bool, recover_epochs: int) -> list[float]:
+    """The sparsities sorted, without repeats; one-line errors for what cannot be pruned as asked (the values
+    themselves are checked by `config.PruneSpec`, as a study's `prune:` block is)."""
     run = model.record["run_id"]
-    if scope not in SCOPES:
-        raise TransferlabError(f"--scope {scope}: choose one of {', '.join(SCOPES)}")
-    values = [float(s) for s in sparsities]
-    if not values:
-        raise TransferlabError("--sparsity: give at least one fraction in (0, 1), e.g. 0.8 or 0.5,0.7,0.9")
-    bad = [s for s in values if not 0 < s < 1]
-    if bad:
-        raise TransferlabError(f"--sparsity {bad[0]:g}: a sparsity is the fraction of weights set to zero, "
-                               "strictly between 0 and 1 (e.g. 0.8)")
-    if int(recover_epochs) != recover_epochs or recover_epochs < 0:
-        raise TransferlabError(f"--recover-epochs {recover_epochs}: give a whole number of epochs ≥ 0")
+    spec = validated(PruneSpec, {"sparsity": list(sparsities), "scope": scope, "structured": structured,
+                                 "recover_epochs": recover_epochs}, "prune")
+    values, recover_epochs = spec.sparsity, spec.recover_epochs
     if not targets(model, model.module, scope):
         hint = ("a kNN model's head is its reference features (data, not weights); use --scope backbone"
                 if is_knn(model) else "try --scope backbone or --scope all")

@@ -53,6 +53,7 @@ class BitParams(TrainParams):
 class Bit(TrainedParadigm):
     name = "bit"
     Params = BitParams
+    epoch_fields = ("max_epochs",)  # the rule decides epochs; max_epochs caps them
 
     def rule(self, dataset_size: int) -> dict:
         hw = self.context.sample_hw or tuple(self.context.backbone.data_config["input_size"][1:])

@@ -45,6 +45,7 @@ class FinetuneParams(TrainParams):
 class Finetune(TrainedParadigm):
     name = "finetune"
     Params = FinetuneParams
+    epoch_fields = ("epochs", "head_epochs")
 
     def build_model(self) -> Normalized:
         backbone = self.context.backbone

@@ -40,6 +40,7 @@ class MlpParams(Spec):
 class Mlp(Paradigm):
     name = "mlp"
     Params = MlpParams
+    epoch_fields = ("max_epochs",)  # early stopping decides within them
 
     def fit(self, X, y, X_val, y_val):
         with torch_seeded(self.seed):  # init and dropout draw from it; the caller's RNG is left as it was

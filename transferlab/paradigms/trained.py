@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ class TrainingContext:
 
 class TrainedParadigm(Paradigm):
     input = "images"
+    epoch_fields: ClassVar[tuple[str, ...]] = ("epochs",)  # the params that count training epochs (a cap caps these)
 
     def bind(self, context: TrainingContext) -> TrainedParadigm:
         if self.multi_label:  # before any decoding or encoding: refuse what needs one label per image
