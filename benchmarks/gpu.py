@@ -37,7 +37,7 @@ BACKBONE = "tf_efficientnet_lite0"
 LEARNED = 0.5  # validation accuracy that proves a run learned (chance is 0.1 on Fashion-MNIST's 10 classes)
 
 FULL = {"feat_images": 2048, "feat_cpu_images": 512, "feat_batches": (32, 256), "store_images": 2048,
-        "train": 4096, "val": 1024, "epochs": 3, "batch_size": 128, "cpu_train": 256, "cpu_val": 64,
+        "train": 4096, "val": 1024, "epochs": 3, "batch_size": 128, "cpu_train": 128, "cpu_val": 64,
         "side_train": 1024, "run_train": 300, "run_val": 100, "run_test": 500}
 QUICK = {"feat_images": 64, "feat_cpu_images": 32, "feat_batches": (32,), "store_images": 64,
          "train": 96, "val": 48, "epochs": 1, "batch_size": 32, "cpu_train": 32, "cpu_val": 32,

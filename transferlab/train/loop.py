@@ -340,7 +340,7 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    model.eval()
+    model.to(device).eval()  # where training left it: a cached-activation finetune trained only its top on `device`
     return torch.cat([model(_to_device(chunk, device)).float().cpu() for chunk in x.split(batch_size)])
 
 
