@@ -3,16 +3,20 @@ pruning, failed trials, continuing a stored search, and the one-line errors."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 
 import pytest
 
+from transferlab import features
 from transferlab.config import StudySpec, validated
 from transferlab.core.errors import TransferlabError
-from transferlab.search import grid_points, parse_space, run_search
+from transferlab.search import grid_points, parse_space, run_search, workers
 
 from .conftest import needs_fashion_mnist, search_spec
+
+SEARCH = importlib.import_module("transferlab.search")  # the package: `transferlab.search` is the API function
 
 
 def space_spec(space, paradigms=("mlp",), **search):
@@ -106,8 +110,6 @@ def test_twenty_mlp_trials_extract_each_split_once_and_never_touch_test(image_fo
                                                                         session_cache):
     """20 trials over width × dropout × L2 × lr: the first trial encodes train and val, the other 19 read the
     cache; test is encoded once, by the retrained best, after the search."""
-    from transferlab import features, search
-
     cache = tmp_path / "cache"  # no features yet; the session's ONNX export comes along (it is not what's counted)
     if (session_cache / "onnx").is_dir():
         shutil.copytree(session_cache / "onnx", cache / "onnx")
@@ -118,10 +120,10 @@ def test_twenty_mlp_trials_extract_each_split_once_and_never_touch_test(image_fo
                               "paradigm.lr": {"low": 1e-4, "high": 1e-2, "log": True}})
     spec["paradigms"] = [{"name": "mlp", "max_epochs": 15, "patience": 5}]
     seen, phase = [], {"now": "search"}
-    real_get, real_retrain = features.FeatureStore.get, search.retrain
+    real_get, real_retrain = features.FeatureStore.get, SEARCH.retrain
     monkeypatch.setattr(features.FeatureStore, "get", lambda self, source, *a, **k: (
         seen.append((phase["now"], source)), real_get(self, source, *a, **k))[1])
-    monkeypatch.setattr(search, "retrain", lambda *a, **k: (phase.update(now="final"), real_retrain(*a, **k))[1])
+    monkeypatch.setattr(SEARCH, "retrain", lambda *a, **k: (phase.update(now="final"), real_retrain(*a, **k))[1])
 
     summary = run_search(validated(StudySpec, spec, "test"), tmp_path / "out")
 
@@ -202,11 +204,9 @@ def test_search_spec_needs_one_dataset_and_a_search_block():
 
 @needs_fashion_mnist
 def test_an_interrupted_trial_is_queued_again_and_the_rerun_completes_the_grid(image_folder, tmp_path, monkeypatch):
-    from transferlab import search
-
     spec = search_spec(image_folder, sampler="grid", objective="accuracy", space={"paradigm.C": [0.1, 1.0]})
     spec["paradigms"] = ["linear"]
-    real, calls = search.execute_run, []
+    real, calls = workers.execute_run, []
 
     def interrupted_at_the_second_trial(*args, **kwargs):
         calls.append(1)
@@ -214,10 +214,10 @@ def test_an_interrupted_trial_is_queued_again_and_the_rerun_completes_the_grid(i
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search, "execute_run", interrupted_at_the_second_trial)
+    monkeypatch.setattr(workers, "execute_run", interrupted_at_the_second_trial)
     with pytest.raises(KeyboardInterrupt):
         run_search(validated(StudySpec, spec, "test"), tmp_path)
-    monkeypatch.setattr(search, "execute_run", real)
+    monkeypatch.setattr(workers, "execute_run", real)
     summary = run_search(validated(StudySpec, spec, "test"), tmp_path)
     complete = [t for t in summary["trials"] if t["state"] == "complete"]
     assert sorted(t["params"]["paradigm.C"] for t in complete) == [0.1, 1.0] == sorted(

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from transferlab.config import BackboneSpec, DataSpec, RunSpec, validated
+from transferlab.config import BackboneSpec, DataSpec, RunSpec
 from transferlab.core.errors import TransferlabError
 from transferlab.data import open_pools
 from transferlab.data.decode import decode_images
@@ -56,7 +56,7 @@ def test_torchvision_names_are_checked_and_unknown_ones_get_close_matches():
     with pytest.raises(TransferlabError, match="unknown timm model 'alexnet'; did you mean torchvision/alexnet"):
         check_model_name("alexnet")  # timm lacks it; torchvision has it
     with pytest.raises(TransferlabError) as err:
-        validated(BackboneSpec, {"name": "torchvision/vgg16bn"}, "study.yaml")
+        resolved(BackboneSpec, {"name": "torchvision/vgg16bn"}, "study.yaml")
     assert "torchvision/vgg16_bn" in str(err.value) and "\n" not in str(err.value)
 
 

@@ -7,12 +7,12 @@ copies once (offline augmentation), each copy from its own seed, leaving the cal
 
 A spec (the `augment` field of the training params) is a preset name (`PRESETS`), a list of transforms
 by class name with their keyword arguments (`[{name: RandomRotation, degrees: 10}]`), or the path of a
-YAML file holding such a list. `check_augment` validates one, dry-running it on a small image.
+YAML file holding such a list. `check_augment` validates one, dry-running it on a small image. Adding a
+preset is one `@PRESETS.register(name)` function of the training images' size.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,16 +24,27 @@ import yaml
 from torchvision.transforms import v2
 
 from ..core.errors import TransferlabError
+from ..core.registry import Registry, did_you_mean
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 AugmentSpec = str | list[dict[str, Any]]
 Size = int | tuple[int, int]
 
+PRESETS: Registry[Callable[[Size], v2.Transform | None]] = Registry("augmentation")
 
+
+@PRESETS.register("none")
+def _no_augmentation(size: Size) -> None:
+    return None
+
+
+@PRESETS.register("light")
 def _light(size: Size) -> v2.Transform:
+    """Random resized crop (scale 0.5–1) + horizontal flip."""
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()])
 
 
+@PRESETS.register("keras-style")
 def _keras_style(size: Size) -> v2.Transform:
     """The Keras ImageDataGenerator settings tutorials copy (rotation_range=50, shear_range=0.2,
     zoom_range=[0.75, 1.25], brightness_range=[0.5, 1.5], width/height_shift_range=0.1, horizontal_flip).
@@ -52,22 +63,17 @@ def _keras_style(size: Size) -> v2.Transform:
     ])
 
 
+@PRESETS.register("crop-flip-rotate")
 def _crop_flip_rotate(size: Size) -> v2.Transform:
+    """Inception-style crop (scale 0.08–1) + horizontal flip + rotation ±25°."""
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
                        v2.RandomHorizontalFlip(), v2.RandomRotation(25)])
 
 
+@PRESETS.register("randaugment")
 def _randaugment(size: Size) -> v2.Transform:
     return v2.RandAugment()  # torchvision's defaults: 2 ops at magnitude 9 of 31
 
-
-PRESETS: dict[str, Callable[[Size], v2.Transform | None]] = {
-    "none": lambda size: None,
-    "light": _light,  # random resized crop (scale 0.5–1) + horizontal flip
-    "keras-style": _keras_style,
-    "crop-flip-rotate": _crop_flip_rotate,  # Inception-style crop (scale 0.08–1) + flip + rotation ±25°
-    "randaugment": _randaugment,
-}
 
 # Transforms that wrap other transforms: their `transforms` argument is itself a list of specs.
 _CONTAINERS = {"Compose", "RandomApply", "RandomChoice", "RandomOrder"}
@@ -81,7 +87,7 @@ def make_augment(spec: AugmentSpec, size: Size) -> Augment | None:
     take a `size` (RandomResizedCrop, RandomCrop, ...) get it.
     """
     if isinstance(spec, str) and spec in PRESETS:
-        return PRESETS[spec](size)
+        return PRESETS.create(spec, size)
     try:
         return v2.Compose(_build_all(custom_transforms(spec), size))
     except TransferlabError as exc:
@@ -94,12 +100,10 @@ def custom_transforms(spec: AugmentSpec) -> list[dict[str, Any]]:
         return spec
     path = Path(spec)
     if path.suffix not in (".yaml", ".yml") and not path.is_file():
-        close = difflib.get_close_matches(spec, list(PRESETS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise TransferlabError(
-            f"unknown augmentation '{spec}'{hint}; give a preset ({', '.join(PRESETS)}), a list of "
-            "torchvision.transforms.v2 transforms like [{name: RandomRotation, degrees: 10}], or a YAML file "
-            "holding one")
+            f"unknown augmentation '{spec}'{did_you_mean(spec, PRESETS)}; give a preset ({', '.join(PRESETS)}), "
+            "a list of torchvision.transforms.v2 transforms like [{name: RandomRotation, degrees: 10}], or a YAML "
+            "file holding one")
     if not path.is_file():
         raise TransferlabError(f"augmentation file '{spec}' does not exist; give the path of a YAML list of "
                                "transforms (relative paths start from the working directory)")
@@ -195,18 +199,14 @@ def _build(spec: Any, size: Size, where: str) -> v2.Transform:
     classes = _transform_classes()
     name, kwargs = spec["name"], {k: v for k, v in spec.items() if k != "name"}
     if name not in classes:
-        close = difflib.get_close_matches(name, list(classes), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise TransferlabError(f"{where}: unknown transform '{name}'{hint}; use a torchvision.transforms.v2 "
-                               f"class name, or a preset ({', '.join(PRESETS)})")
+        raise TransferlabError(f"{where}: unknown transform '{name}'{did_you_mean(name, classes)}; use a "
+                               f"torchvision.transforms.v2 class name, or a preset ({', '.join(PRESETS)})")
     cls = classes[name]
     accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
     for key in kwargs:
         if key not in accepted:
-            close = difflib.get_close_matches(str(key), accepted, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise TransferlabError(f"{where}: {name} takes no argument '{key}'{hint}; it takes: "
-                                   f"{', '.join(accepted) or 'none'}")
+            raise TransferlabError(f"{where}: {name} takes no argument '{key}'{did_you_mean(key, accepted)}; "
+                                   f"it takes: {', '.join(accepted) or 'none'}")
     if name in _CONTAINERS and isinstance(kwargs.get("transforms"), list):
         kwargs["transforms"] = _build_all(kwargs["transforms"], size, f"{where}, ")
     if "size" in accepted:

@@ -2,7 +2,7 @@
 from it) and scikit-learn's digits offline; torchvision's flowers102, caltech101, oxford-iiit-pet, dtd,
 cifar10 and cifar100, downloaded once into the cache when online, and one clear line when not.
 
-Adding one = a function returning `Pools` plus a line in `BUILTINS`.
+Adding one = a function returning `Pools`, registered by name with `@BUILTINS.register(name)`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ from torchvision.datasets import CIFAR10, CIFAR100, DTD, Caltech101, FashionMNIS
 from ..core.distributed import barrier, is_main
 from ..core.errors import TransferlabError
 from ..core.paths import cache_root
+from ..core.registry import Registry
 from .mosaics import garment_mosaics
 from .sources import ArraySource, FileSource, Pools
 
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)  # Debian's dataset-fashion-mnist
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
+
+BUILTINS: Registry[Callable[[], Pools]] = Registry("dataset")  # name → loader of its pools; errors list them in order
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -36,6 +39,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+@BUILTINS.register("fashion-mnist")
 def load_fashion_mnist() -> Pools:
     for folder in FASHION_MNIST_DIRS:
         files = {k: folder / f"{k}-ubyte.gz" for k in
@@ -60,6 +64,7 @@ MOSAIC_POOLS = {"train": (3000, 0), "test": (1000, 1)}  # pool → (images, seed
 MOSAIC_EMPTY = 0.5  # chance a tile stays black: 1 in 16 mosaics shows no garment
 
 
+@BUILTINS.register("fashion-mnist-mosaics")
 def load_fashion_mnist_mosaics() -> Pools:
     """Multi-label: 56×56 mosaics of 2×2 Fashion-MNIST tiles, each a garment of any of the 10 classes or
     black; an image's labels are its garments' classes (some images have none). Built in well under a
@@ -74,6 +79,7 @@ def load_fashion_mnist_mosaics() -> Pools:
     return Pools(train=pool("train", garments.train), test=pool("test", garments.test))
 
 
+@BUILTINS.register("digits")
 def load_digits() -> Pools:
     digits = sk_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 8×8, values 0..16
@@ -107,6 +113,7 @@ def _files(name: str, dataset, files, labels, classes) -> FileSource:
     return FileSource(name, Path(dataset.root), [Path(f) for f in files], np.asarray(labels), classes)
 
 
+@BUILTINS.register("flowers102")
 def load_flowers102() -> Pools:
     def split(ds):
         classes = getattr(ds, "classes", None) or [str(c) for c in range(102)]
@@ -117,12 +124,16 @@ def load_flowers102() -> Pools:
     return Pools(*map(split, sets))
 
 
-def load_dtd() -> Pools:
-    sets = _torchvision("dtd", lambda root: [DTD(root, s, download=True) for s in ("train", "val", "test")])
-    return Pools(*[_files(f"dtd/{s}", ds, ds._image_files, ds._labels, ds.classes)
-                   for s, ds in zip(("train", "val", "test"), sets, strict=True)])
+@BUILTINS.register("caltech101")
+def load_caltech101() -> Pools:
+    """One pool (Caltech-101 has no official split): test and validation are carved, stratified."""
+    ds = _torchvision("caltech101", lambda root: Caltech101(root, download=True))
+    folder = Path(ds.root) / "101_ObjectCategories"
+    files = [folder / ds.categories[y] / f"image_{i:04d}.jpg" for y, i in zip(ds.y, ds.index, strict=True)]
+    return Pools(train=_files("caltech101", ds, files, ds.y, list(ds.categories)))
 
 
+@BUILTINS.register("oxford-iiit-pet")
 def load_oxford_pet() -> Pools:
     sets = _torchvision("oxford-iiit-pet", lambda root: [OxfordIIITPet(root, s, download=True)
                                                          for s in ("trainval", "test")])
@@ -131,12 +142,11 @@ def load_oxford_pet() -> Pools:
     return Pools(train=train, test=test)
 
 
-def load_caltech101() -> Pools:
-    """One pool (Caltech-101 has no official split): test and validation are carved, stratified."""
-    ds = _torchvision("caltech101", lambda root: Caltech101(root, download=True))
-    folder = Path(ds.root) / "101_ObjectCategories"
-    files = [folder / ds.categories[y] / f"image_{i:04d}.jpg" for y, i in zip(ds.y, ds.index, strict=True)]
-    return Pools(train=_files("caltech101", ds, files, ds.y, list(ds.categories)))
+@BUILTINS.register("dtd")
+def load_dtd() -> Pools:
+    sets = _torchvision("dtd", lambda root: [DTD(root, s, download=True) for s in ("train", "val", "test")])
+    return Pools(*[_files(f"dtd/{s}", ds, ds._image_files, ds._labels, ds.classes)
+                   for s, ds in zip(("train", "val", "test"), sets, strict=True)])
 
 
 def _train_test_arrays(name: str, cls, hint: str = "") -> Pools:
@@ -147,24 +157,11 @@ def _train_test_arrays(name: str, cls, hint: str = "") -> Pools:
     return Pools(train=train, test=test)
 
 
+@BUILTINS.register("cifar10")
 def load_cifar10() -> Pools:
     return _train_test_arrays("cifar10", CIFAR10)
 
 
+@BUILTINS.register("cifar100")
 def load_cifar100() -> Pools:
     return _train_test_arrays("cifar100", CIFAR100)
-
-
-BUILTINS: dict[str, Callable[[], Pools]] = {
-    "fashion-mnist": load_fashion_mnist,
-    "fashion-mnist-mosaics": load_fashion_mnist_mosaics,
-    "digits": load_digits,
-    "flowers102": load_flowers102,
-    "caltech101": load_caltech101,
-    "oxford-iiit-pet": load_oxford_pet,
-    "dtd": load_dtd,
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-}
-
-

@@ -28,7 +28,7 @@ def _listed_pools(spec: DataSpec) -> Pools:
         if spec.val or spec.test or spec.splits:
             raise TransferlabError(f"data.source '{spec.source}' is a builtin dataset with its own splits; "
                                    "drop data.val / data.test / data.splits")
-        return BUILTINS[spec.source]()
+        return BUILTINS.create(spec.source)
     path = Path(spec.source)
     if not path.exists():
         raise TransferlabError(f"{spec.source}: no such dataset folder or manifest, and not a builtin dataset "

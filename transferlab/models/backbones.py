@@ -1,5 +1,6 @@
 """Backbones: any timm model, or a torchvision one (`torchvision/alexnet`), with weights from the hub, a local
-file, the offline registry, or random init.
+file, the offline registry, or random init: the loaders of `WEIGHT_SOURCES` (a `core.registry.Registry`; a new
+source is one `@WEIGHT_SOURCES.register(name)` function of the spec and the seed).
 
 `load_backbone(spec)` is the one entry point. It returns the full model (ImageNet head included, so a
 user can check the weights on a photo), the weight source with a content hash (part of every cache key),
@@ -15,6 +16,7 @@ import difflib
 import hashlib
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import BackboneSpec
 from ..core.errors import TransferlabError
+from ..core.registry import Registry
 from . import torchvision_nets
-from .registry import OFFLINE_WEIGHTS, load_offline_state_dict, offline_models
+from .weights import OFFLINE_WEIGHTS, load_offline_state_dict, offline_models
 
 
 def check_model_name(name: str) -> None:
@@ -60,7 +63,7 @@ def create_model(name: str, num_classes: int | None = None) -> torch.nn.Module:
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    source: str  # offline | hub | file | random
+    source: str  # offline | hub | file | random: its loader in WEIGHT_SOURCES
     detail: str  # file path, hub tag, or seed
     sha256: str  # content hash of the weights (or of the recipe, for hub tags and random init)
 
@@ -116,47 +119,74 @@ class Normalized(torch.nn.Module):
         return self.model((images.float() - self.mean) / self.std)
 
 
+# spec, seed → (the full model, where its weights came from)
+WEIGHT_SOURCES: Registry[Callable[[BackboneSpec, int], tuple[torch.nn.Module, WeightsInfo]]] = Registry("weight source")
+
+
 def resolve_weights_choice(spec: BackboneSpec) -> str:
     if spec.weights == "auto":
         return "offline" if spec.name in OFFLINE_WEIGHTS else "hub"
     return spec.weights
 
 
+def weight_source(spec: BackboneSpec) -> str:
+    """The `WEIGHT_SOURCES` loader for `spec.weights`: `auto` resolved, a path is `file`."""
+    choice = resolve_weights_choice(spec)
+    return choice if choice in WEIGHT_SOURCES else "file"
+
+
 def load_backbone(spec: BackboneSpec, seed: int = 0) -> Backbone:
     check_model_name(spec.name)
-    choice = resolve_weights_choice(spec)
-    torchvision_model = torchvision_nets.is_torchvision(spec.name)
-    if choice == "offline" and torchvision_model:
-        raise TransferlabError(f"{spec.name}: there are no offline torchvision weights (the offline registry has "
-                               f"{', '.join(offline_models())}); use weights: hub (torchvision's download), "
-                               "weights: path/to/state_dict.pth or weights: random")
-    if choice == "hub":
-        model, weights = _from_hub(spec.name)
-    else:
-        torch.manual_seed(seed)  # random init (and any head the file lacks) is reproducible
-        model = create_model(spec.name)
-        if choice == "offline":
-            state, path = load_offline_state_dict(spec.name, model)
-            model.load_state_dict(state)
-            weights = WeightsInfo("offline", str(path), file_sha256(path))
-        elif choice == "random":
-            library = f"torchvision-{torchvision.__version__}" if torchvision_model else timm.__version__
-            weights = WeightsInfo("random", f"seed {seed}", f"random-{library}-{seed}")
-        else:
-            path = Path(choice)
-            _load_file_into(model, path)
-            weights = WeightsInfo("file", str(path), file_sha256(path))
+    model, weights = WEIGHT_SOURCES.create(weight_source(spec), spec, seed)
     model.eval()
     overrides = {"input_size": (3, spec.image_size, spec.image_size)} if spec.image_size else None
     data_config = resolve_model_data_config(model, args=overrides)
     return Backbone(spec.name, model, weights, data_config)
 
 
+def _initialised(name: str, seed: int) -> torch.nn.Module:
+    """The architecture's random init from `seed`, reproducible (what a file's or the offline weights replace;
+    a head that a file lacks keeps it)."""
+    torch.manual_seed(seed)
+    return create_model(name)
+
+
+@WEIGHT_SOURCES.register("offline")
+def _from_offline_registry(spec: BackboneSpec, seed: int) -> tuple[torch.nn.Module, WeightsInfo]:
+    if torchvision_nets.is_torchvision(spec.name):
+        raise TransferlabError(f"{spec.name}: there are no offline torchvision weights (the offline registry has "
+                               f"{', '.join(offline_models())}); use weights: hub (torchvision's download), "
+                               "weights: path/to/state_dict.pth or weights: random")
+    model = _initialised(spec.name, seed)
+    state, path = load_offline_state_dict(spec.name, model)
+    model.load_state_dict(state)
+    return model, WeightsInfo("offline", str(path), file_sha256(path))
+
+
+@WEIGHT_SOURCES.register("random")
+def _random_init(spec: BackboneSpec, seed: int) -> tuple[torch.nn.Module, WeightsInfo]:
+    model = _initialised(spec.name, seed)
+    torchvision_model = torchvision_nets.is_torchvision(spec.name)
+    library = f"torchvision-{torchvision.__version__}" if torchvision_model else timm.__version__
+    return model, WeightsInfo("random", f"seed {seed}", f"random-{library}-{seed}")
+
+
+@WEIGHT_SOURCES.register("file")
+def _from_file(spec: BackboneSpec, seed: int) -> tuple[torch.nn.Module, WeightsInfo]:
+    model = _initialised(spec.name, seed)
+    path = Path(spec.weights)
+    _load_file_into(model, path)
+    return model, WeightsInfo("file", str(path), file_sha256(path))
+
+
 HUB_HOST = ("huggingface.co", 443)
 TORCHVISION_HOST = ("download.pytorch.org", 443)
 
 
-def _from_hub(name: str) -> tuple[torch.nn.Module, WeightsInfo]:
+@WEIGHT_SOURCES.register("hub")
+def _from_hub(spec: BackboneSpec, seed: int) -> tuple[torch.nn.Module, WeightsInfo]:
+    """timm's pretrained weights from the Hugging Face hub; torchvision's download for `torchvision/` models."""
+    name = spec.name
     if torchvision_nets.is_torchvision(name):
         return _from_torchvision(name)
     advice = (f"use weights: offline ({', '.join(offline_models())}) or weights: path/to/file.safetensors "

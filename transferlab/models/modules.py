@@ -1,7 +1,8 @@
 """Fitted paradigms as torch modules: uint8 images → class scores, one `nn.Module` per run.
 
 Every module here is rebuilt from a JSON description (`describe` / `build`) and then given its tensors
-from a safetensors file, so loading a run never unpickles anything. scikit-learn has no torch (or ONNX)
+from a safetensors file, so loading a run never unpickles anything: `MODULES` (a `core.registry.Registry`)
+finds each class by name, and a new one is one `@rebuildable` class. scikit-learn has no torch (or ONNX)
 conversion for the pipelines the feature paradigms fit (skl2onnx covers ONNX only, and the parity
 check, pruning and TorchScript need torch), so the few operations they use are written out here:
 standardisation, an affine map, random Fourier features and a k-NN vote — each checked against
@@ -19,18 +20,15 @@ from sklearn.kernel_approximation import RBFSampler
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from ..core.registry import Registry
 from .backbones import Normalized, create_model
 from .heads import make_head
 from .small_cnn import MEAN, STD, simple_cnn
 
 NEVER = -1e4  # the logit of a class the fitted model cannot predict (softmax / sigmoid give exactly 0)
 
-MODULES: dict[str, type[nn.Module]] = {}
-
-
-def rebuildable(cls):
-    MODULES[cls.__name__] = cls
-    return cls
+MODULES: Registry[type[nn.Module]] = Registry("deploy module")
+rebuildable = MODULES.register  # class decorator: `build` finds the class by its name
 
 
 def describe(module: nn.Module) -> dict[str, Any]:
@@ -43,7 +41,7 @@ def build(description: dict[str, Any]) -> nn.Module:
     kind = description.pop("kind")
     if kind not in MODULES:
         raise ValueError(f"unknown module kind '{kind}' (this model needs a newer transferlab)")
-    return MODULES[kind](**description)
+    return MODULES.create(kind, **description)
 
 
 @rebuildable

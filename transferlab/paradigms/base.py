@@ -12,7 +12,6 @@ thresholds on validation.
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from typing import Annotated, Any, ClassVar
 
@@ -22,6 +21,7 @@ from sklearn.metrics import average_precision_score
 
 from ..config import Spec, describe_validation_error
 from ..core.errors import TransferlabError
+from ..core.registry import Registry
 from ..models.modules import from_sklearn_pipeline
 
 
@@ -108,20 +108,17 @@ def validation_score(y_val: np.ndarray, proba: np.ndarray, multi_label: bool) ->
     return float(average_precision_score(np.asarray(y_val)[:, present], proba[:, present], average="macro"))
 
 
-PARADIGMS: dict[str, type[Paradigm]] = {}
+PARADIGMS: Registry[type[Paradigm]] = Registry("paradigm")
 
 
 def register(cls: type[Paradigm]) -> type[Paradigm]:
-    PARADIGMS[cls.name] = cls
-    return cls
+    """Class decorator: the paradigm joins `PARADIGMS` under its `name`."""
+    return PARADIGMS.register(cls.name, cls)
 
 
 def get_paradigm_class(name: str) -> type[Paradigm]:
-    if name not in PARADIGMS:
-        close = difflib.get_close_matches(name, list(PARADIGMS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise TransferlabError(f"unknown paradigm '{name}'{hint}; available: {', '.join(sorted(PARADIGMS))}")
-    return PARADIGMS[name]
+    """The registered class; an unknown name is one line with the closest one and all of them."""
+    return PARADIGMS.get(name)
 
 
 def validate_params(name: str, params: dict[str, Any]) -> Spec:

