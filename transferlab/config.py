@@ -9,7 +9,6 @@ backbone's pretrained config.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import re
@@ -20,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .core.errors import TransferlabError
+from .core.registry import did_you_mean
 
 
 class Spec(BaseModel):
@@ -34,9 +34,7 @@ class Spec(BaseModel):
             allowed = list(cls.model_fields)
             for key in data:
                 if key not in allowed:
-                    close = difflib.get_close_matches(str(key), allowed, n=1)
-                    hint = f" (did you mean '{close[0]}'?)" if close else ""
-                    raise ValueError(f"unknown key '{key}'{hint}; allowed: {', '.join(allowed)}")
+                    raise ValueError(f"unknown key '{key}'{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}")
         return data
 
 

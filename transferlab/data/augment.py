@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torchvision.transforms import v2
 
 from ..core.errors import TransferlabError
 from ..core.registry import Registry, did_you_mean
+from ..core.seeding import derived_seed
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 AugmentSpec = str | list[dict[str, Any]]
@@ -172,12 +172,6 @@ def augmented_copies(x: torch.Tensor, augment: Augment, copies: int, seed: int) 
             torch.default_generator.manual_seed(derived_seed(seed, "copy", k))  # CPU only: fork_rng restores CPU
             batch = augment_batch(x, augment)
         yield batch
-
-
-def derived_seed(seed: int, *stream: str | int) -> int:
-    """An independent seed for a named random stream of a run (numpy's SeedSequence mixes the parts)."""
-    words = [seed % 2**64, *(int.from_bytes(s.encode(), "little") if isinstance(s, str) else s for s in stream)]
-    return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
 # ---------------------------------------------------------------- custom lists

@@ -19,7 +19,8 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import WeightedRandomSampler
 
-from .augment import Augment, augmented_copies, derived_seed
+from ..core.seeding import derived_seed
+from .augment import Augment, augmented_copies
 
 ClassWeights = Literal["none", "balanced", "effective"]
 Sampler = Literal["none", "weighted", "undersample"]

@@ -8,7 +8,6 @@ into the pools a dataset offers, narrowed to `data.select_classes` by `subset_cl
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.errors import TransferlabError
+from ..core.registry import did_you_mean
 from .images import DEFAULT_MAX_PIXELS, UnreadableImage, open_image  # noqa: F401 - re-exported
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -201,8 +201,7 @@ def subset_classes(source: ImageSource, names: list[str]) -> ImageSource:
     """
     for i, name in enumerate(names):
         if name not in source.classes:
-            close = difflib.get_close_matches(name, source.classes, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(name, source.classes)
             shown = ", ".join(source.classes[:30]) + (f", ... ({len(source.classes)} classes)"
                                                       if len(source.classes) > 30 else "")
             raise TransferlabError(f"data.select_classes: '{name}' is not a class of {source.name}{hint}; "

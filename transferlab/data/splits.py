@@ -14,7 +14,6 @@ frequency in each split as far as possible.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..config import DataSpec
 from ..core.errors import TransferlabError
+from ..core.registry import did_you_mean
 from .sources import ImageSource, Pools
 
 DEFAULT_TEST_FRACTION = 0.2
@@ -130,8 +130,7 @@ def _limits(limit: int | dict[str, int], classes: list[str]) -> list[int | None]
         return [limit] * len(classes)
     for name in limit:
         if name not in classes:
-            close = difflib.get_close_matches(name, classes, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(name, classes)
             raise TransferlabError(f"data.limit_per_class: '{name}' is not a class{hint}; the classes are "
                                    f"{', '.join(classes[:30])}{', ...' if len(classes) > 30 else ''}")
     return [limit.get(name) for name in classes]

@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..config import BackboneSpec
 from ..core.errors import TransferlabError
 from ..core.registry import Registry
+from ..core.seeding import torch_seeded
 from . import torchvision_nets
 from .weights import OFFLINE_WEIGHTS, load_offline_state_dict, offline_models
 
@@ -147,8 +148,8 @@ def load_backbone(spec: BackboneSpec, seed: int = 0) -> Backbone:
 def _initialised(name: str, seed: int) -> torch.nn.Module:
     """The architecture's random init from `seed`, reproducible (what a file's or the offline weights replace;
     a head that a file lacks keeps it)."""
-    torch.manual_seed(seed)
-    return create_model(name)
+    with torch_seeded(seed):
+        return create_model(name)
 
 
 @WEIGHT_SOURCES.register("offline")

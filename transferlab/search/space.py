@@ -15,6 +15,7 @@ import optuna
 
 from ..config import BackboneSpec, ParadigmSpec, RunSpec, SearchSpec, SpaceParam, StudySpec
 from ..core.errors import TransferlabError
+from ..core.registry import did_you_mean
 from ..evaluate import SCALAR_METRICS, primary_metric
 from ..paradigms import PARADIGMS, get_paradigm_class
 from ..resolve import SPLIT_ONLY_FIELDS, apply_overrides, backbones_of, base_cell, find_backbones, resolved
@@ -191,10 +192,10 @@ def resolve_paradigm(spec: StudySpec, choice: Any, where: str = "search"):
     for paradigm in spec.paradigms:
         if choice == paradigm.name:
             return paradigm
-    if choice not in PARADIGMS:
-        close = difflib.get_close_matches(str(choice), list(PARADIGMS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise TransferlabError(f"{where}: unknown paradigm '{choice}'{hint}; available: {', '.join(sorted(PARADIGMS))}")
+    try:
+        PARADIGMS.get(str(choice))  # the registry's one line for an unknown name
+    except TransferlabError as exc:
+        raise TransferlabError(f"{where}: {exc}") from None
     return ParadigmSpec(name=choice)
 
 
@@ -260,8 +261,7 @@ def objective_of(spec: StudySpec, multi_label: bool | None = None) -> tuple[str,
     name = (spec.search.objective or primary_metric(multi_label)).removeprefix("val_")
     known = SCALAR_METRICS[multi_label]
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, known)
         task = "multi-label" if multi_label else "single-label"
         raise TransferlabError(f"study '{spec.name}': search.objective '{name}' is not a {task} validation "
                                f"metric{hint}; choose from {', '.join(known)}")
