@@ -56,7 +56,8 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
         test: str | None = typer.Option(None, help="explicit test folder (else carved from --data)"),
         val: str | None = typer.Option(None, help="explicit validation folder (else carved from training)"),
         backbone: str | None = typer.Option(None, help="timm model name (none for the pixels paradigm)"),
-        weights: str = typer.Option("auto", help="auto | offline | hub | random | path to .safetensors/.pth"),
+        weights: str | None = typer.Option(None, help="auto | offline | hub | random | path to .safetensors/.pth "
+                                            "[default: auto]"),
         image_size: int | None = typer.Option(None, help="override the backbone's pretrained input size"),
         paradigm: str = typer.Option("linear", help="knn | linear | rff | mlp | pixels | head | finetune | "
                                      "scratch | bit | simple-cnn | majority | all-negative"),
@@ -66,12 +67,13 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
                                               help="any data field KEY=VALUE (YAML), e.g. -d folds=5 -d 'ratios=[50, "
                                               "20, 30]' -d multi_label=true"),
         seed: int = typer.Option(0, help="seed for the val/train draw and the paradigm"),
-        engine: str = typer.Option("auto", help="frozen-pass engine: auto | onnx | torch"),
-        device: str = typer.Option("auto", help="auto | cpu | cuda"),
-        threshold: str = typer.Option("global", help="multi-label: global | per_class decision thresholds, tuned "
-                                      "on validation"),
-        final: bool = typer.Option(False, help="retrain the configuration chosen on validation on train + val "
-                                   "before the one test score"),
+        # Run options default to None: the spec's schema (config.RunSpec) holds the one default of each.
+        engine: str | None = typer.Option(None, help="frozen-pass engine: auto | onnx | torch [default: auto]"),
+        device: str | None = typer.Option(None, help="auto | cpu | cuda [default: auto]"),
+        threshold: str | None = typer.Option(None, help="multi-label: global | per_class decision thresholds, "
+                                             "tuned on validation [default: global]"),
+        final: bool | None = typer.Option(None, "--final/--no-final", help="retrain the configuration chosen on "
+                                          "validation on train + val before the one test score [default: no]"),
         out: Path = typer.Option(DEFAULT_RUN_DIR, help="output folder; the record goes to OUT/runs/<run id>.json"),
         skip_bad: bool = typer.Option(False, help="skip unreadable images and list them in the record"),
         force: bool = typer.Option(False, help="recompute even if the record is up to date"),
@@ -83,11 +85,11 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
 
     data_spec: dict[str, Any] = {"source": data, "test": test, "val": val, "train_size": train_size,
                                  "skip_bad": skip_bad or None, **_parse_params(data_option, "--data-option")}
-    backbone_spec = {"name": backbone, "weights": weights, "image_size": image_size} if backbone else None
+    backbone_spec = _given({"name": backbone, "weights": weights, "image_size": image_size}) if backbone else None
     paradigm_spec = {"name": paradigm, **_parse_params(param)}
-    record = run_one({k: v for k, v in data_spec.items() if v is not None}, backbone_spec, paradigm_spec,
-                     seed=seed, out=out, force=force, resume=resume, engine=engine,
-                     device=device, threshold=threshold, final=final)
+    options = _given({"engine": engine, "device": device, "threshold": threshold, "final": final})
+    record = run_one(_given(data_spec), backbone_spec, paradigm_spec, seed=seed, out=out, force=force,
+                     resume=resume, **options)
     results.print(f"{record['run_id']}: {headline(record)}")
     results.print(f"record: {Path(out) / 'runs' / (record['run_id'] + '.json')}")
 
@@ -232,6 +234,11 @@ def serve(run: str = typer.Argument(..., help=RUN_HELP),
         raise TransferlabError(f"serve needs {exc.name}: pip install 'transferlab[serve]'") from None
 
     serve_run(run, host=host, port=port, runs=runs, max_upload_mb=max_upload_mb)
+
+
+def _given(fields: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave: the others are left to the spec's defaults (config.py), stated there once."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _parse_params(pairs: list[str], option: str = "--param") -> dict[str, Any]:
