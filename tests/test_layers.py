@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,47 @@ def test_the_import_contract_holds():
     done = subprocess.run(["lint-imports"], cwd=PACKAGE.parent, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:]
     assert "1 kept, 0 broken" in done.stdout
+
+
+RECIPE_IMPORTS = """
+import torch
+from safetensors.torch import load_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torchvision.transforms import v2
+from transferlab.config import BackboneSpec
+from transferlab.data.augment import PRESETS, Size
+from transferlab.data.builtins import BUILTINS
+from transferlab.data.sources import ArraySource, Pools
+from transferlab.models.backbones import WEIGHT_SOURCES, WeightsInfo, create_model, file_sha256
+from transferlab.paradigms.base import SklearnParadigm, register
+from transferlab.paradigms.baselines import NoParams
+"""
+
+RECIPE_CHECKS = """
+import numpy as np
+from sklearn.datasets import load_digits
+from transferlab.data.augment import make_augment
+from transferlab.paradigms import create_paradigm
+from transferlab.resolve import resolved
+from transferlab.config import RunSpec
+X, y = load_digits(return_X_y=True)
+probe = create_paradigm("small-probe", {}, n_classes=10, seed=0).fit(X[:900], y[:900], X[900:1200], y[900:1200])
+assert (probe.predict_proba(X[1200:]).argmax(1) == y[1200:]).mean() > 0.8
+assert probe.deploy_steps()[1]
+assert "my-zoo" in WEIGHT_SOURCES and "my-set" in BUILTINS
+assert make_augment("my-preset", (32, 32)) is not None
+resolved(RunSpec, {"data": "digits", "backbone": "tf_efficientnet_lite0", "paradigm": "small-probe"}, "recipe")
+print("recipes ok")
+"""
+
+
+def test_the_architecture_recipes_are_short_and_work():
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    recipes = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    assert len(recipes) == 4
+    assert all(len(recipe.strip().splitlines()) <= 10 for recipe in recipes)
+    program = RECIPE_IMPORTS + "\n".join(recipes) + RECIPE_CHECKS
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "recipes ok" in done.stdout, done.stderr[-2000:]

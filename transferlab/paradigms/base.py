@@ -1,7 +1,7 @@
 """The interface every paradigm implements, and the registry that finds them by name.
 
 A paradigm is a scikit-learn-style estimator over encoded images: `__init__` stores validated
-hyper-parameters, `fit(train, val)` learns (choosing its own hyper-parameters on validation only) and
+hyper-parameters, `fit(X, y, X_val, y_val)` learns (choosing its own hyper-parameters on validation only) and
 returns self, `predict_proba(X)` gives an N × n_classes probability matrix. What it chose goes in
 `selected_`, which the run record keeps. Adding a paradigm is one module with one `@register` class.
 
