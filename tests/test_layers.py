@@ -177,3 +177,15 @@ def test_the_architecture_recipes_are_short_and_work():
     program = RECIPE_IMPORTS + "\n".join(recipes) + RECIPE_CHECKS
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "recipes ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_the_api_names_stay_the_functions_after_their_modules_load():
+    """`transferlab.study` is both a function (the API) and a module (the grid); importing the module must not
+    turn a second `transferlab.study(...)` call into "'module' object is not callable"."""
+    import importlib
+
+    import transferlab
+
+    for name in ("study", "search", "report", "inspect"):
+        module = importlib.import_module(f"transferlab.{name}")
+        assert callable(getattr(transferlab, name)) and getattr(transferlab, name) is not module, name
