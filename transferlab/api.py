@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,7 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     out_dir = Path(out) if out else Path("runs") / spec.name
     if skip_bad:
         spec = spec.model_copy(update={"datasets": [d.model_copy(update={"skip_bad": True}) for d in spec.datasets]})
-    records = run_study(spec, out_dir, force=force, resume=resume)
+    records, summary = run_study(spec, out_dir, force=force, resume=resume)
     if spec.search is not None:  # the searched rows join the grid's (the report finds them through search/)
         records += search_and_retrain(spec, out_dir)[1]
     if not _is_main():  # under torchrun rank 0 alone writes the study's files
@@ -71,7 +70,6 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     publish_leaderboard(spec, records, out_dir)
     if spec.prune is not None:
         _prune_winners(spec, records, out_dir)
-    summary = json.loads((out_dir / "last_invocation.json").read_text())
     console.print(f"{summary['computed']} runs computed, {summary['reused']} reused, "
                   f"{summary['backbone_passes']} backbone passes, {summary['seconds']:.1f}s")
     console.print(f"records in {out_dir / 'runs'}, leaderboard {out_dir / 'leaderboard.csv'}, "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from .features import BackboneEncoder, Encoder, FeatureStore
 from .gallery import mistakes
 from .model_file import save_run_model
 from .models import Backbone, forward_cost, load_backbone
-from .paradigms import create_paradigm
+from .paradigms import Paradigm, create_paradigm
 from .paradigms.trained import TrainingContext
 from .record import (
     RECORD_VERSION,
@@ -42,6 +42,21 @@ from .record import (
     write_record,
 )
 from .stats import encode_outcomes
+
+
+@dataclass
+class Prepared:
+    """A run ready to compute: its data split, its paradigm (bound, for training paradigms), backbone and
+    encoder, and the `cell_key` that says whether a record already there is up to date."""
+
+    pools: Pools
+    splits: dict[str, Split]
+    classes: list[str]
+    multi_label: bool
+    paradigm: Paradigm
+    backbone: Backbone | None
+    encoder: Encoder | None
+    key: str
 
 
 def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None, pools: Pools | None = None,
@@ -60,103 +75,117 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
     timings: dict[str, float] = {}
     started = time.perf_counter()
     device = resolve_device(spec.device)
-
     with _timed(timings, "data_s"):
-        pools = pools or open_pools(spec.data)
-        multi_label = pools.train.multi_label
-        splits = make_splits(pools, spec.data, spec.seed)
-        if validation_only:
-            del splits["test"]  # a search never looks at test: not even its features are computed
-        classes = pools.train.classes
-        paradigm = create_paradigm(spec.paradigm.name, spec.paradigm.params, n_classes=len(classes),
-                                   seed=spec.seed, multi_label=multi_label)
-        backbone = _backbone(spec) if paradigm.needs_backbone else None
-        encoder, input_key = _encoder(spec, paradigm, backbone, pools, splits, device, out_dir, resume)
-        key = cell_key(spec, pools, f"{input_key}|{paradigm.params.model_dump_json()}")  # resolved: YAML files read
-        if paradigm.input == "images":
-            paradigm.context.run_key = key  # a checkpoint resumes only the run that wrote it
+        run = prepare(spec, out_dir, pools, device, resume=resume, validation_only=validation_only)
     previous = None if validation_only else read_record(record_path(out_dir, spec.run_id))
-    if reuse and previous and previous.get("cell_key") == key:
+    if reuse and previous and previous.get("cell_key") == run.key:
         return {**previous, "reused": True}
-
     with _timed(timings, "inputs_s"):
-        if paradigm.input == "labels":  # reference rows that look at no image
-            inputs = {name: np.zeros((len(split), 0)) for name, split in splits.items()}
-            encoded, skipped = dict.fromkeys(splits, 0), []
-        elif encoder is None:
-            inputs, encoded, skipped = _decoded_images(spec, splits, paradigm.view())
-        else:
-            inputs, encoded, skipped = _cached_features(spec, splits, encoder, store or FeatureStore())
+        inputs, encoded, skipped = _inputs(spec, run, store or FeatureStore())
 
+    paradigm, splits = run.paradigm, run.splits
     y = {name: split.labels for name, split in splits.items()}
     with _timed(timings, "fit_s"):
         paradigm.fit(inputs["train"], y["train"], inputs["val"], y["val"])
     with _timed(timings, "predict_s"):
         val_proba = paradigm.predict_proba(inputs["val"])
     # Everything chosen on validation is chosen before test is looked at: thresholds, then (final) the refit.
-    thresholds = tune_thresholds(y["val"], val_proba, spec.threshold) if multi_label else None
+    thresholds = tune_thresholds(y["val"], val_proba, spec.threshold) if run.multi_label else None
+    val_metrics = score(y["val"], val_proba, run.classes, multi_label=run.multi_label, thresholds=thresholds,
+                        detailed=False)
     if validation_only:
         timings["total_s"] = time.perf_counter() - started
-        return {"val_metrics": score(y["val"], val_proba, classes, multi_label=multi_label, thresholds=thresholds,
-                                     detailed=False),
-                "selected": paradigm.selected_, "history": getattr(paradigm, "history_", None),
-                "backbone_passes": _backbone_passes(spec, splits, encoded, paradigm, encoder),
-                "timings": {k: round(v, 3) for k, v in timings.items()}}
+        return {"val_metrics": val_metrics, "selected": paradigm.selected_,
+                "backbone_passes": _backbone_passes(spec, splits, encoded, paradigm, run.encoder),
+                "history": getattr(paradigm, "history_", None), "timings": _rounded(timings)}
     final, scored = None, paradigm
     if spec.final:
         with _timed(timings, "final_fit_s"):
-            scored, final = _refit_on_train_and_val(spec, paradigm, inputs, y, len(classes), multi_label)
+            scored, final = _refit_on_train_and_val(spec, paradigm, inputs, y, len(run.classes), run.multi_label)
     with _timed(timings, "predict_s"):
         test_proba = scored.predict_proba(inputs["test"])  # the one time test is touched
     timings["total_s"] = time.perf_counter() - started
 
-    test_pred = predicted_labels(test_proba, multi_label=multi_label, thresholds=thresholds)
-    metrics = score(y["test"], test_proba, classes, multi_label=multi_label, thresholds=thresholds)
-    history = getattr(paradigm, "history_", None)
-    record = RunRecord(**{
-        "record_version": RECORD_VERSION,
-        "run_id": spec.run_id,
-        "cell_key": key,
-        "study": study,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "spec": spec.model_dump(mode="json"),
-        "task": "multi-label" if multi_label else "single-label",
-        "reference": spec.reference,
-        "labels": {"dataset": spec.data.label, "backbone": spec.backbone.label if spec.backbone else "none",
-                   "paradigm": spec.paradigm.row_label},
-        "seed": spec.seed,
-        "classes": classes,
-        "splits": split_sizes(splits),
-        "data_fingerprints": {name: pool.fingerprint for name, pool in vars(pools).items() if pool is not None},
-        "class_counts": {name: _class_counts(split.labels, len(classes)) for name, split in splits.items()},
-        "split_indices": split_indices(splits),  # which images, so the run can be reproduced
-        "fold": spec.seed % spec.data.folds if spec.data.folds else None,
-        "backbone": _backbone_info(backbone, encoder),
-        "params": paradigm.params.model_dump(mode="json"),  # every hyper-parameter as used (defaults, files read)
-        "selected": paradigm.selected_,
-        "final": final,
-        "thresholds": {"mode": spec.threshold, "values": thresholds} if multi_label else None,
-        "val_metrics": score(y["val"], val_proba, classes, multi_label=multi_label, thresholds=thresholds,
-                             detailed=False),
-        "metrics": metrics,
-        "test_outcomes": encode_outcomes(image_outcomes(y["test"], test_pred, multi_label=multi_label)),
-        "examples": mistakes(splits["test"], test_proba, test_pred, classes, metrics, multi_label=multi_label),
-        "encoded": encoded,  # images encoded (features) or decoded (training) in this run; 0 = from the cache
-        "backbone_passes": _backbone_passes(spec, splits, encoded, paradigm, encoder),
-        "cost": forward_cost(backbone, _input_size(paradigm, backbone, inputs["train"])),
-        "history": history,
-        "skipped": _source_notes(pools) + skipped,
-        "world_size": world_size(),  # processes that trained it (torchrun)
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "versions": library_versions(),
-        "environment": environment(device),
-        # what predict / export load
-        "model": save_run_model(scored, backbone, spec.run_id, out_dir) if is_main() else None,
-    }).as_dict()
+    record = RunRecord(
+        **_identity(spec, run, study), **_data_facts(spec, run),
+        backbone=_backbone_info(run.backbone, run.encoder),
+        params=paradigm.params.model_dump(mode="json"),  # every hyper-parameter as used (defaults, files read)
+        selected=paradigm.selected_, final=final,
+        thresholds={"mode": spec.threshold, "values": thresholds} if run.multi_label else None,
+        val_metrics=val_metrics, **_test_results(run, y["test"], test_proba, thresholds),
+        encoded=encoded,  # images encoded (features) or decoded (training) in this run; 0 = from the cache
+        backbone_passes=_backbone_passes(spec, splits, encoded, paradigm, run.encoder),
+        cost=forward_cost(run.backbone, _input_size(paradigm, run.backbone, inputs["train"])),
+        history=getattr(paradigm, "history_", None), skipped=_source_notes(run.pools) + skipped,
+        world_size=world_size(),  # processes that trained it (torchrun)
+        timings=_rounded(timings), versions=library_versions(), environment=environment(device),
+        model=save_run_model(scored, run.backbone, spec.run_id, out_dir) if is_main() else None,  # predict loads it
+    ).as_dict()
     if is_main():
         write_record(record, out_dir)
     barrier()  # under torchrun nobody reads the run folder before rank 0 has written it
     return record
+
+
+def prepare(spec: RunSpec, out_dir: str | Path, pools: Pools | None, device: torch.device, *, resume: bool = False,
+            validation_only: bool = False) -> Prepared:
+    """Open and split the data, make the paradigm, load the backbone, and key the run by everything it reads."""
+    pools = pools or open_pools(spec.data)
+    splits = make_splits(pools, spec.data, spec.seed)
+    if validation_only:
+        del splits["test"]  # a search never looks at test: not even its features are computed
+    classes, multi_label = pools.train.classes, pools.train.multi_label
+    paradigm = create_paradigm(spec.paradigm.name, spec.paradigm.params, n_classes=len(classes), seed=spec.seed,
+                               multi_label=multi_label)
+    backbone = _backbone(spec) if paradigm.needs_backbone else None
+    encoder, input_key = _encoder(spec, paradigm, backbone, pools, splits, device, out_dir, resume)
+    key = cell_key(spec, pools, f"{input_key}|{paradigm.params.model_dump_json()}")  # resolved: YAML files read
+    if paradigm.input == "images":
+        paradigm.context.run_key = key  # a checkpoint resumes only the run that wrote it
+    return Prepared(pools, splits, classes, multi_label, paradigm, backbone, encoder, key)
+
+
+def _inputs(spec: RunSpec, run: Prepared, store: FeatureStore):
+    """(inputs per split, images encoded or decoded per split, skipped files): what the paradigm fits on."""
+    if run.paradigm.input == "labels":  # reference rows that look at no image
+        return {name: np.zeros((len(split), 0)) for name, split in run.splits.items()}, dict.fromkeys(run.splits, 0), []
+    if run.encoder is None:
+        return _decoded_images(spec, run.splits, run.paradigm.view())
+    return _cached_features(spec, run.splits, run.encoder, store)
+
+
+def _identity(spec: RunSpec, run: Prepared, study: str | None) -> dict[str, Any]:
+    """Which run this is: its id, key, spec, task and leaderboard row."""
+    return {"record_version": RECORD_VERSION, "run_id": spec.run_id, "cell_key": run.key, "study": study,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"), "spec": spec.model_dump(mode="json"),
+            "task": "multi-label" if run.multi_label else "single-label", "reference": spec.reference,
+            "labels": {"dataset": spec.data.label, "backbone": spec.backbone.label if spec.backbone else "none",
+                       "paradigm": spec.paradigm.row_label},
+            "seed": spec.seed}
+
+
+def _data_facts(spec: RunSpec, run: Prepared) -> dict[str, Any]:
+    """What the run was trained and scored on: classes, split sizes and images (to reproduce it), fingerprints."""
+    n_classes = len(run.classes)
+    return {"classes": run.classes, "splits": split_sizes(run.splits),
+            "data_fingerprints": {name: pool.fingerprint for name, pool in vars(run.pools).items() if pool is not None},
+            "class_counts": {name: _class_counts(split.labels, n_classes) for name, split in run.splits.items()},
+            "split_indices": split_indices(run.splits),
+            "fold": spec.seed % spec.data.folds if spec.data.folds else None}
+
+
+def _test_results(run: Prepared, y_test, test_proba, thresholds) -> dict[str, Any]:
+    """The one test score: metrics, per-image outcomes (paired comparisons) and the mistakes gallery."""
+    test_pred = predicted_labels(test_proba, multi_label=run.multi_label, thresholds=thresholds)
+    metrics = score(y_test, test_proba, run.classes, multi_label=run.multi_label, thresholds=thresholds)
+    return {"metrics": metrics,
+            "test_outcomes": encode_outcomes(image_outcomes(y_test, test_pred, multi_label=run.multi_label)),
+            "examples": mistakes(run.splits["test"], test_proba, test_pred, run.classes, metrics,
+                                 multi_label=run.multi_label)}
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in timings.items()}
 
 
 def _backbone(spec: RunSpec) -> Backbone:

@@ -27,9 +27,10 @@ from .resolve import SPLIT_ONLY_FIELDS, expand
 from .runner import execute_run, headline
 
 
-def run_study(spec: StudySpec, out_dir: str | Path, *, force: bool = False, resume: bool = False) -> list[dict]:
+def run_study(spec: StudySpec, out_dir: str | Path, *, force: bool = False,
+              resume: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every cell of the grid into `out_dir` (records under runs/, the spec as study.yaml, what this
-    invocation cost in last_invocation.json); returns the records.
+    invocation cost in last_invocation.json); returns (the records, that summary).
 
     Cells whose record is up to date are reused (see `execute_run`); `force` recomputes every cell;
     `resume` continues interrupted training runs from their last epoch checkpoint.
@@ -61,7 +62,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, force: bool = False, resu
     summary = invocation_summary(records, time.perf_counter() - started)
     if is_main():
         atomic_write(out_dir / "last_invocation.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
-    return records
+    return records, summary
 
 
 def publish_leaderboard(spec: StudySpec, records: list[dict[str, Any]], out_dir: str | Path) -> list[dict[str, Any]]:
