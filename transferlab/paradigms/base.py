@@ -30,6 +30,7 @@ class Paradigm(ABC):
     Params: ClassVar[type[Spec]]  # the hyper-parameters, with their defaults
     needs_backbone: ClassVar[bool] = True  # False: the paradigm brings its own `encoder(source)` / `view()`
     input: ClassVar[str] = "features"  # "features": X is N × D vectors; "images": X is N×3×H×W uint8 images
+    epoch_fields: ClassVar[tuple[str, ...]] = ()  # the params that count training epochs (what a cap caps)
 
     def __init__(self, params: Spec, *, n_classes: int, seed: int, multi_label: bool = False):
         self.params, self.n_classes, self.seed, self.multi_label = params, n_classes, seed, multi_label
