@@ -21,6 +21,7 @@ from transferlab.data.decode import decode_images
 from transferlab.models import load_backbone
 from transferlab.paradigms import create_paradigm
 from transferlab.paradigms.trained import TrainingContext
+from transferlab.train.loop import Images, fit
 from transferlab.train.optim import make_optimizer, make_schedule
 from transferlab.train.params import TrainParams
 
@@ -97,6 +98,46 @@ def test_two_phase_trains_the_head_first_then_unfreezes_with_lower_spread_rates(
     rates = paradigm.selected_["stage_lrs"]  # fastai: base lr halved, spread from base/100 (input) to base
     assert rates[-1] == pytest.approx(0.01) and rates[0] == pytest.approx(0.0001)
     assert rates == sorted(rates) and len(rates) == 9  # stem, 7 block stages, head
+
+
+def test_bn_frozen_keeps_every_pretrained_statistic_while_the_scales_and_shifts_train(digit_images):
+    backbone, x, y = digit_images
+    pretrained = backbone.model.state_dict()
+
+    def finetuned(bn):
+        paradigm = create_paradigm("finetune", {"epochs": 1, "augment": "none", "bn": bn}, n_classes=10, seed=0)
+        paradigm.bind(TrainingContext(backbone, torch.device("cpu"))).fit(x[:200], y[:200], x[200:], y[200:])
+        return paradigm.model_.model.state_dict()
+
+    frozen, trained = finetuned("frozen"), finetuned("train")
+    statistics = [k for k in pretrained if k.endswith(("running_mean", "running_var"))]
+    assert len(statistics) > 50
+    assert all(torch.equal(frozen[k], pretrained[k]) for k in statistics)
+    assert not torch.equal(frozen["bn1.weight"], pretrained["bn1.weight"])  # the affine parameters still train
+    assert sum(not torch.equal(trained[k], pretrained[k]) for k in statistics) == len(statistics)
+
+
+def test_a_network_from_scratch_refuses_frozen_batchnorm_statistics_in_one_line():
+    for name in ("scratch", "simple-cnn"):
+        with pytest.raises(ValueError, match="bn: frozen keeps pretrained BatchNorm statistics, but this "
+                                                   "network starts from random weights"):
+            create_paradigm(name, {"bn": "frozen"}, n_classes=3, seed=0)
+
+
+def test_min_delta_makes_a_gain_smaller_than_it_no_gain(digit_images):
+    _, x, y = digit_images
+    features = x[:300].float().flatten(1) / 255
+
+    def fit_mlp(min_delta):
+        net = nn.Linear(features.shape[1], 10)
+        p = TrainParams(epochs=6, lr=0.05, augment="none", monitor="val_loss", patience=2, min_delta=min_delta)
+        train, val = (Images(features[part], torch.as_tensor(y[part])) for part in (slice(200), slice(200, None)))
+        return fit(net, [{"params": list(net.parameters()), "lr": p.lr}], train, val, p, n_classes=10, seed=0,
+                   device=torch.device("cpu"))
+
+    plain, demanding = fit_mlp(0.0), fit_mlp(10.0)  # no validation loss can fall by 10
+    assert plain.best_epoch > 1
+    assert demanding.best_epoch == 1 and len(demanding.history) == 3  # patience 2 counted from epoch 1
 
 
 def test_a_diverging_loss_stops_with_one_line_naming_epoch_step_and_lr(digit_images):

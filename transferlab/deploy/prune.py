@@ -38,10 +38,11 @@ from torch.nn.utils import prune
 from ..config import PruneSpec, validated
 from ..core.errors import TransferlabError
 from ..core.paths import atomic_write
-from ..core.progress import progress_bar
-from ..core.seeding import seeded_generator, torch_seeded
 from ..evaluate import PRIMARY, score
 from ..models.modules import Affine, KnnVote
+from ..train.hooks import listening_to_epochs
+from ..train.loop import Images, fit
+from ..train.params import TrainParams
 from .artifact import RunModel, decoded_split, to_probabilities
 from .export import default_export_dir, write_safetensors
 
@@ -251,6 +252,11 @@ class Data:
             inputs = torch.cat([stem(chunk) for chunk in images.split(64)]) if len(images) else images
         return inputs, labels
 
+    def images(self, name: str) -> Images:
+        """A split's inputs and labels as the training loop takes them (a float 0/1 matrix for multi-label)."""
+        inputs, labels = self.splits[name]
+        return Images(inputs, torch.as_tensor(labels, dtype=torch.float32 if self.model.multi_label else torch.long))
+
     def counts(self) -> dict[str, int]:
         return {name: int(len(labels)) for name, (_, labels) in self.splits.items()}
 
@@ -275,32 +281,21 @@ class Data:
 
 def recover(model: RunModel, part: nn.Module, in_scope: list[Target], scope: str, epochs: int, lr: float,
             data: Data, sparsity: float) -> list[float | None]:
-    """Fine-tune with the masks attached (masked weights get zero gradient); validation figure per epoch.
+    """Fine-tune with the masks attached (masked weights get zero gradient) through the one training loop;
+    the run's validation figure (its primary metric, at its thresholds) after every epoch.
 
     Scope head trains the head only (the frozen backbone's features were computed once); backbone / all
-    train everything after the stem, so the head follows the pruned features. BatchNorm keeps its statistics."""
+    train everything after the stem, so the head follows the pruned features. BatchNorm keeps its statistics:
+    small recovery batches would overwrite the learned ones."""
     trainable = trainable_parameters(part, in_scope, scope)
-    optimizer = torch.optim.Adam(trainable, lr=lr)
-    loss_fn = nn.BCEWithLogitsLoss() if model.multi_label else nn.CrossEntropyLoss()
-    inputs, labels = data.splits["train"]
-    targets_ = torch.as_tensor(labels, dtype=torch.float32 if model.multi_label else torch.long)
-    seed = int(model.record.get("seed") or 0)
-    generator = seeded_generator(seed)  # the batch order
-    batches = -(-len(inputs) // BATCH)
-    history = []
-
-    # Dropout draws from torch's global RNG: seeded inside a fork, so reruns agree and the caller's state is kept.
-    with torch_seeded(seed), progress_bar(f"prune {sparsity_tag(sparsity)} · recover", epochs * batches,
-                                               "batch") as bar:
-        for _ in range(epochs):
-            train_mode(part)
-            for index in torch.randperm(len(inputs), generator=generator).split(BATCH):
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(part(inputs[index]), targets_[index]).backward()
-                optimizer.step()
-                bar(1)
-            history.append(data.split_score(part, "val"))
-            bar.note(f"val {data.metric} {history[-1]:.3f}" if history[-1] is not None else "")
+    params = TrainParams(epochs=epochs, batch_size=BATCH, optimizer="adam", lr=lr, weight_decay=0.0,
+                         schedule="constant", augment="none", bn="frozen", restore_best=False)
+    train, val = data.images("train"), data.images("val")
+    history: list[float | None] = []
+    with listening_to_epochs(lambda _: history.append(data.split_score(part, "val"))):
+        fit(part, [{"params": trainable, "lr": lr, "weight_decay": 0.0}], train, val if len(val) else train,
+            params, n_classes=len(model.classes), seed=int(model.record.get("seed") or 0),
+            device=torch.device("cpu"), label=f"prune {sparsity_tag(sparsity)} · recover")
     part.eval()
     return history
 
@@ -316,11 +311,3 @@ def trainable_parameters(part: nn.Module, in_scope: list[Target], scope: str) ->
     for p in part.parameters():
         p.requires_grad_(id(p) in chosen)
     return wanted
-
-
-def train_mode(part: nn.Module) -> None:
-    """Dropout on, BatchNorm frozen: small recovery batches would overwrite the learned statistics."""
-    part.train()
-    for m in part.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()

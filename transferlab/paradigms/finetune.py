@@ -19,7 +19,7 @@ from torch import nn
 from ..core.seeding import torch_seeded
 from ..models.backbones import Normalized, create_model
 from ..train.freeze import classifier_names, layer_groups, set_trainable, trainable_from_fraction, trainable_from_stage
-from ..train.params import TrainParams
+from ..train.params import FromScratchParams, TrainParams
 from ..train.partial import activations, split_at_first_trainable_block
 from .base import register
 from .trained import TrainedParadigm
@@ -104,7 +104,7 @@ class Finetune(TrainedParadigm):
         return {"head_epochs": self.selected_["head_best_epoch"], "epochs": self.selected_["finetune_best_epoch"]}
 
 
-class ScratchParams(TrainParams):
+class ScratchParams(FromScratchParams):
     init: Literal["default", "glorot", "he"] = Field(
         "default", description="default: timm's own initialisation of the architecture; glorot: Keras's default, "
         "Glorot/Xavier-uniform on every convolution and linear weight, zero biases; he: Kaiming-normal (fan_out, "

@@ -1,4 +1,5 @@
-"""A new MLP head trained with torch on cached features: dropout, L2, early stopping on validation.
+"""A new MLP head trained on cached features by the one training loop (train/loop.py): dropout, L2, early
+stopping on the validation loss.
 
 Cross-entropy over softmax for single-label data; binary cross-entropy per label (independent sigmoids)
 for multi-label data.
@@ -6,20 +7,16 @@ for multi-label data.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from pydantic import Field
-from torch import nn
 
 from ..config import Spec
-from ..core.errors import TransferlabError
-from ..core.seeding import seeded_generator, torch_seeded
+from ..core.seeding import torch_seeded
 from ..models.heads import make_head
 from ..models.modules import Head, Standardize
-from ..train.hooks import epoch_done
-from ..train.loop import score_counts, score_from_counts, score_name
+from ..train.loop import Images, fit
+from ..train.params import TrainParams
 from .base import Paradigm, register
 
 
@@ -43,12 +40,11 @@ class Mlp(Paradigm):
     epoch_fields = ("max_epochs",)  # early stopping decides within them
 
     def fit(self, X, y, X_val, y_val):
-        with torch_seeded(self.seed):  # init and dropout draw from it; the caller's RNG is left as it was
+        with torch_seeded(self.seed):  # the head's initialisation draws from it; the caller's RNG is left as it was
             return self._fit(X, y, X_val, y_val)
 
     def _fit(self, X, y, X_val, y_val):
         p = self.params
-        generator = seeded_generator(self.seed)
         # Standardise as StandardScaler does, except that a near-constant feature (a nearly dead ReLU) is centred
         # and scaled by at most 100× the typical feature's: dividing by its tiny std (measured: 7e-4 vs a median of
         # 0.9) blows the 1e-5 float noise between engines (ONNX Runtime vs PyTorch features) up to logit changes
@@ -56,39 +52,27 @@ class Mlp(Paradigm):
         std = X.std(0)
         floor = max(1e-8, 1e-2 * float(np.median(std)))
         self.mean_, self.std_ = X.mean(0), np.maximum(std, floor)
-        target = (lambda t: torch.as_tensor(t, dtype=torch.float32)) if self.multi_label else torch.as_tensor
-        X_t, y_t = self._tensor(X), target(y)
-        X_v, y_v = self._tensor(X_val), target(y_val)
         model = make_head(X.shape[1], self.n_classes, hidden=p.hidden, dropout=p.dropout)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        loss_fn = nn.BCEWithLogitsLoss() if self.multi_label else nn.CrossEntropyLoss()
-        best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
-        for epoch in range(p.max_epochs):
-            model.train()
-            for batch in torch.randperm(len(X_t), generator=generator).split(p.batch_size):
-                optimizer.zero_grad()
-                loss_fn(model(X_t[batch]), y_t[batch]).backward()
-                optimizer.step()
-            model.eval()
-            with torch.no_grad():
-                logits = model(X_v)
-                val_loss = loss_fn(logits, y_v).item()
-            if not np.isfinite(val_loss):
-                raise TransferlabError(f"mlp: the validation loss became {val_loss} at epoch {epoch + 1}; lower lr "
-                                       f"(now {p.lr:g})")
-            epoch_done({"epoch": epoch + 1, "val_loss": val_loss,  # a search's pruner may stop the trial here
-                        f"val_{score_name(self.multi_label)}": score_from_counts(score_counts(logits, y_v), len(y_v))})
-            if val_loss < best_loss - 1e-4:
-                best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
-            else:
-                stale += 1
-                if p.patience is not None and stale >= p.patience:
-                    break
-        if p.restore_best:
-            model.load_state_dict(best_state)
+        # The one training loop, on whole feature tensors: constant lr, early stopping on the validation loss.
+        # Weight decay acts on every parameter, biases too: the L2 this paradigm has always documented.
+        groups = [{"params": list(model.parameters()), "lr": p.lr, "weight_decay": p.weight_decay}]
+        result = fit(model, groups, self._images(X, y), self._images(X_val, y_val), self._train_params(),
+                     n_classes=self.n_classes, seed=self.seed, device=torch.device("cpu"), label=self.name)
         self.model_ = model.eval()
-        self.selected_ = {"best_epoch": best_epoch + 1, "epochs_run": epoch + 1, "val_loss": round(best_loss, 5)}
+        self.history_ = result.history
+        self.selected_ = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                          "val_loss": round(-result.best_score, 5)}
         return self
+
+    def _train_params(self) -> TrainParams:
+        p = self.params
+        return TrainParams(epochs=p.max_epochs, batch_size=p.batch_size, optimizer="adamw", lr=p.lr,
+                           weight_decay=p.weight_decay, schedule="constant", augment="none", monitor="val_loss",
+                           min_delta=1e-4, patience=p.patience, restore_best=p.restore_best)
+
+    def _images(self, X: np.ndarray, y: np.ndarray) -> Images:
+        """Standardised features and their labels (a float 0/1 matrix for multi-label), as the loop takes them."""
+        return Images(self._tensor(X), torch.as_tensor(y, dtype=torch.float32 if self.multi_label else None))
 
     def final_params(self):
         """The refit on train + val runs exactly the epochs that were best on validation, and keeps the last."""

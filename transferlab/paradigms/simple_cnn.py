@@ -13,12 +13,12 @@ from ..data.views import make_view
 from ..models.backbones import Normalized
 from ..models.modules import SimpleCnnModel
 from ..models.small_cnn import MEAN, STD, simple_cnn
-from ..train.params import Optimizer, TrainParams
+from ..train.params import FromScratchParams, Optimizer
 from .base import register
 from .trained import TrainedParadigm
 
 
-class SimpleCnnParams(TrainParams):
+class SimpleCnnParams(FromScratchParams):
     image_size: int = Field(64, ge=16)
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
     dropout: float = Field(0.3, ge=0, lt=1)

@@ -1,6 +1,6 @@
 """Per-epoch validation figures for whoever listens: the search's pruner stops hopeless trials with them.
 
-A context variable, not a parameter threaded through every paradigm: the loop and the mlp head call
+A context variable, not a parameter threaded through every paradigm: the loop calls
 `epoch_done` after each epoch; outside `listening_to_epochs` it does nothing. A listener may raise (Optuna's
 `TrialPruned`) to stop training; the exception leaves the run like any other.
 """

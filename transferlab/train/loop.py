@@ -150,29 +150,32 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
     result.notes = notes
     metric = score_name(train.multi_label)
 
-    for epoch in range(result.resumed_from, 0 if finished else epochs):
-        started = time.perf_counter()
-        train_loss, train_score = _train_epoch(trained, optimizer, schedule, train_loss_fn, train, p, augment, seed,
-                                               epoch, device, f"{label} · epoch {epoch + 1}/{epochs}")
-        val_loss, val_score = _agreed(evaluate(model, val, loss_fn, p.batch_size, device), device)
-        result.history.append({"epoch": epoch + 1, "train_loss": train_loss, f"train_{metric}": train_score,
-                               "val_loss": val_loss, f"val_{metric}": val_score,
-                               "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started})
-        epoch_done(result.history[-1])  # a search's pruner may stop the trial here
-        score = _monitored(result.history[-1], p, metric)
-        if result.best_score is None or score > result.best_score:
-            result.best_score, result.best_epoch, stale = score, epoch + 1, 0
-            if p.restore_best:  # only then is the best epoch's state needed again
-                best_state = copy.deepcopy(model.state_dict())
-                if checkpoints and is_main():
-                    atomic_write(checkpoints / "best.safetensors", lambda path: save_model(model, str(path)))
-        else:
-            stale += 1
-        finished = epoch + 1 == epochs or bool(p.patience and stale >= p.patience)
-        if checkpoints and is_main():
-            _save(checkpoints, model, optimizer, schedule, result, stale, finished, run_key)
-        if finished:
-            break
+    # One bar for the whole training (its ETA is the fit's, not an epoch's); early stopping ends it short.
+    remaining = 0 if finished else epochs - result.resumed_from
+    with progress_bar(label, total=remaining * math.ceil(per_epoch / shards), unit="img") as bar:
+        for epoch in range(result.resumed_from, result.resumed_from + remaining):
+            started = time.perf_counter()
+            train_loss, train_score = _train_epoch(trained, optimizer, schedule, train_loss_fn, train, p, augment,
+                                                   seed, epoch, device, f"{label} · epoch {epoch + 1}/{epochs}", bar)
+            val_loss, val_score = _agreed(evaluate(model, val, loss_fn, p.batch_size, device), device)
+            result.history.append({"epoch": epoch + 1, "train_loss": train_loss, f"train_{metric}": train_score,
+                                   "val_loss": val_loss, f"val_{metric}": val_score,
+                                   "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started})
+            epoch_done(result.history[-1])  # a search's pruner may stop the trial here
+            score = _monitored(result.history[-1], p, metric)
+            if result.best_score is None or score > result.best_score + p.min_delta:
+                result.best_score, result.best_epoch, stale = score, epoch + 1, 0
+                if p.restore_best:  # only then is the best epoch's state needed again
+                    best_state = copy.deepcopy(model.state_dict())
+                    if checkpoints and is_main():
+                        atomic_write(checkpoints / "best.safetensors", lambda path: save_model(model, str(path)))
+            else:
+                stale += 1
+            finished = epoch + 1 == epochs or bool(p.patience and stale >= p.patience)
+            if checkpoints and is_main():
+                _save(checkpoints, model, optimizer, schedule, result, stale, finished, run_key)
+            if finished:
+                break
     if not p.restore_best:
         # The model is the last epoch's, so that is the epoch the result reports. (The checkpoint keeps the
         # tracked best: patience counts from it, and a resume must continue that count exactly.)
@@ -195,44 +198,43 @@ def _monitored(entry: dict[str, Any], p: TrainParams, metric: str) -> float:
 
 
 def _train_epoch(model, optimizer, schedule, loss_fn, data: Images, p: TrainParams, augment, seed: int, epoch: int,
-                 device: torch.device, label: str) -> tuple[float, float]:
+                 device: torch.device, label: str, bar) -> tuple[float, float]:
     order = epoch_order(len(data), seed, epoch, labels=data.y, sampler=p.sampler)
-    set_train_mode(model)
+    set_train_mode(model, p.bn)
     total_loss, counts, seen = 0.0, None, 0
     short = "f1" if data.multi_label else "acc"
     autocast = device.type == "cuda" and p.amp
-    with progress_bar(label, total=len(order), unit="img") as bar:
-        for step, batch in enumerate(order.split(p.batch_size)):
-            x = data.x[batch]
-            if augment is not None:
-                x = augment_batch(x, augment)
-            x, y = _to_device(x, device), data.y[batch].to(device, non_blocking=True)
-            x, mix = _mix(x, p.mixup, p.cutmix)
-            try:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    logits = model(x)
-                    loss = loss_fn(logits.float(), y)
-                    if mix is not None:  # MixUp / CutMix: the loss mixes like the images did
-                        lam, partner = mix
-                        loss = lam * loss + (1 - lam) * loss_fn(logits.float(), y[partner])
-                if not _finite_everywhere(loss, device):
-                    raise TransferlabError(f"{label}, step {step + 1}: the loss became {loss.item()}; lower the "
-                                           f"learning rate (lr={p.lr}) or set grad_clip")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if p.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-                optimizer.step()
-            except torch.cuda.OutOfMemoryError:
-                raise TransferlabError(f"{label}: out of memory at batch_size={p.batch_size}; lower batch_size "
-                                       "(or the image size)") from None
-            schedule.step()
-            total_loss += loss.item() * len(y)
-            batch_counts = score_counts(logits, y)
-            counts = batch_counts if counts is None else [a + b for a, b in zip(counts, batch_counts, strict=True)]
-            seen += len(y)
-            bar(len(y))
-            bar.note(f"loss {total_loss / seen:.3f} {short} {score_from_counts(counts, seen):.3f}")
+    for step, batch in enumerate(order.split(p.batch_size)):
+        x = data.x[batch]
+        if augment is not None:
+            x = augment_batch(x, augment)
+        x, y = _to_device(x, device), data.y[batch].to(device, non_blocking=True)
+        x, mix = _mix(x, p.mixup, p.cutmix)
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
+                if mix is not None:  # MixUp / CutMix: the loss mixes like the images did
+                    lam, partner = mix
+                    loss = lam * loss + (1 - lam) * loss_fn(logits.float(), y[partner])
+            if not _finite_everywhere(loss, device):
+                raise TransferlabError(f"{label}, step {step + 1}: the loss became {loss.item()}; lower the "
+                                       f"learning rate (lr={p.lr}) or set grad_clip")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if p.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            optimizer.step()
+        except torch.cuda.OutOfMemoryError:
+            raise TransferlabError(f"{label}: out of memory at batch_size={p.batch_size}; lower batch_size "
+                                   "(or the image size)") from None
+        schedule.step()
+        total_loss += loss.item() * len(y)
+        batch_counts = score_counts(logits, y)
+        counts = batch_counts if counts is None else [a + b for a, b in zip(counts, batch_counts, strict=True)]
+        seen += len(y)
+        bar(len(y))
+        bar.note(f"epoch {epoch + 1} · loss {total_loss / seen:.3f} {short} {score_from_counts(counts, seen):.3f}")
     if world_size() > 1:  # the epoch's figures over every rank's shard (micro-F1: its TP / FP / FN counts)
         totals = torch.tensor([total_loss, *counts, seen], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(totals)
@@ -323,13 +325,14 @@ def _mix(x: torch.Tensor, mixup: float, cutmix: float):
     return mixed, (lam, partner)
 
 
-def set_train_mode(model: nn.Module) -> None:
-    """train(), except BatchNorm layers whose parameters are frozen keep their ImageNet statistics."""
+def set_train_mode(model: nn.Module, bn: str = "train") -> None:
+    """train(), except BatchNorm layers that keep their pretrained statistics: every one with `bn: frozen`,
+    and those whose parameters are frozen always."""
     model.train()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters(recurse=False))
-            if params and not any(q.requires_grad for q in params):
+            if bn == "frozen" or (params and not any(q.requires_grad for q in params)):
                 module.eval()
 
 

@@ -52,6 +52,8 @@ class TrainParams(Spec):
                                       "this many images (the augment preset, light if none; single-label only)")
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
     patience: int | None = Field(None, gt=0, description="early stopping: epochs without a better val score")
+    min_delta: float = Field(0.0, ge=0, description="best epoch and early stopping: a gain in the monitored figure "
+                             "smaller than this is no gain (Keras's and Lightning's min_delta)")
     restore_best: bool = Field(True, description="keep the weights of the best validation epoch; false keeps the "
                                "last epoch's (what `final` retraining uses)")
     monitor: Literal["val_accuracy", "val_loss"] = Field("val_accuracy", description="best epoch and early "
@@ -64,6 +66,10 @@ class TrainParams(Spec):
     mixup: float = Field(0.0, ge=0, description="MixUp alpha (0: off)")
     cutmix: float = Field(0.0, ge=0, description="CutMix alpha (0: off); with mixup too, each batch takes one "
                           "of them with probability 0.5")
+    bn: Literal["train", "frozen"] = Field("train", description="BatchNorm statistics while training: train "
+                                          "updates them in every layer that trains (a frozen layer keeps its "
+                                          "own); frozen keeps every layer's pretrained statistics (its scale and "
+                                          "shift still train)")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
 
     @field_validator("augment", mode="before")
@@ -110,3 +116,14 @@ class TrainParams(Spec):
         computes from them can be cached.)"""
         return (self.augment == "none" and not self.mixup and not self.cutmix and not self.augment_copies
                 and self.oversample_to is None)
+
+
+class FromScratchParams(TrainParams):
+    """A network that starts from random weights: it has no pretrained BatchNorm statistics to keep."""
+
+    @model_validator(mode="after")
+    def _statistics_to_learn(self):
+        if self.bn == "frozen":
+            raise ValueError("bn: frozen keeps pretrained BatchNorm statistics, but this network starts from random "
+                             "weights and has none; drop bn (it trains them)")
+        return self
