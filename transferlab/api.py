@@ -19,7 +19,7 @@ NEAR_DUPLICATE_BITS = 16  # of a 256-bit perceptual hash (why 256 and not 64: tr
 
 
 def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None,
-        paradigm: str | dict[str, Any] = "linear", *, seed: int = 0, out: str | Path = DEFAULT_RUN_DIR,
+        paradigm: str | dict[str, Any] = "linear", *, seed: int | None = None, out: str | Path = DEFAULT_RUN_DIR,
         force: bool = False, resume: bool = False, **options: Any) -> dict[str, Any]:
     """One run; returns its record (also written to `out/runs/<run id>.json`).
 
@@ -31,8 +31,8 @@ def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None
     from .resolve import resolved
     from .runner import execute_run
 
-    spec = resolved(RunSpec, {"data": data, "backbone": backbone, "paradigm": paradigm, "seed": seed, **options},
-                     "transferlab.run")
+    given = {"data": data, "backbone": backbone, "paradigm": paradigm, "seed": seed, **options}
+    spec = resolved(RunSpec, {k: v for k, v in given.items() if v is not None}, "transferlab.run")  # None: the default
     return execute_run(spec, out, reuse=not force, resume=resume)
 
 
