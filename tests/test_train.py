@@ -54,6 +54,58 @@ def test_schedules_have_their_shapes():
     assert momenta[peak] < momenta[0]  # momentum cycles against the learning rate
 
 
+def test_cyclic_rises_from_min_lr_to_lr_and_back_with_momentum_opposite():
+    lrs, momenta = lr_trajectory("cyclic", optimizer="sgd", min_lr=1e-7)  # one cycle over 100 steps
+    assert lrs[0] == pytest.approx(1e-7) and lrs[50] == pytest.approx(1.0) and lrs[99] < 0.03
+    assert momenta[0] == pytest.approx(0.95) and momenta[50] == pytest.approx(0.85)
+    two, _ = lr_trajectory("cyclic", cycle_epochs=5, momentum_range=(0.8, 0.9))  # 50 steps per cycle
+    assert two[25] == pytest.approx(1.0) and two[50] == pytest.approx(two[0]) and two[75] == pytest.approx(1.0)
+
+
+def test_betas_and_eps_reach_the_adam_family_and_rmsprop():
+    param = [nn.Parameter(torch.zeros(1))]
+    for name in ("adam", "adamw", "amsgrad"):
+        group = make_optimizer([{"params": param}], TrainParams(optimizer=name, betas=(0.8, 0.99), eps=1e-6,
+                                                                schedule="cosine")).param_groups[0]
+        assert group["betas"] == (0.8, 0.99) and group["eps"] == 1e-6
+    rmsprop = make_optimizer([{"params": param}], TrainParams(optimizer="rmsprop", eps=1e-3)).param_groups[0]
+    assert rmsprop["eps"] == 1e-3
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"warmup_epochs": 1}, "warmup_epochs applies to schedule constant / step / multistep / cosine / exponential, "
+                           "not onecycle"),
+    ({"betas": [0.9, 0.99]}, "betas applies to optimizer adam / adamw / amsgrad, not sgd"),
+    ({"optimizer": "adam", "momentum": 0.9, "schedule": "cosine"}, "momentum applies to optimizer sgd / rmsprop"),
+    ({"nesterov": True, "optimizer": "adamw"}, "nesterov applies to optimizer sgd, not adamw"),
+    ({"step_epochs": 5}, "step_epochs applies to schedule step, not onecycle"),
+    ({"schedule": "cosine", "pct_start": 0.2}, "pct_start applies to schedule onecycle, not cosine"),
+    ({"min_lr": 1e-6}, "min_lr applies to schedule cyclic / plateau"),
+    ({"momentum": 0.8}, "momentum: schedule onecycle cycles it over momentum_range"),
+    ({"schedule": "plateau", "warmup_epochs": 1}, "warmup_epochs applies to schedule"),
+])
+def test_an_option_the_optimizer_or_schedule_would_ignore_is_refused_naming_both(options, message):
+    with pytest.raises(ValueError, match=message):
+        TrainParams(**options)
+
+
+def test_plateau_multiplies_the_lr_by_gamma_once_the_monitored_figure_stops_improving(digit_images):
+    _, x, y = digit_images
+    features = x[:300].float().flatten(1) / 255
+    net = nn.Linear(features.shape[1], 10)
+    p = TrainParams(epochs=10, lr=0.5, optimizer="sgd", schedule="plateau", gamma=0.5, plateau_patience=0,
+                    augment="none", monitor="val_loss")
+    train, val = (Images(features[part], torch.as_tensor(y[part])) for part in (slice(200), slice(200, None)))
+    history = fit(net, [{"params": list(net.parameters()), "lr": p.lr}], train, val, p, n_classes=10, seed=0,
+                  device=torch.device("cpu")).history
+    lrs, losses = [h["lr"] for h in history], [h["val_loss"] for h in history]
+    best = np.minimum.accumulate(losses)
+    for epoch in range(1, len(history)):  # halved right after an epoch that did not beat the best so far
+        improved = losses[epoch - 1] < (best[epoch - 2] if epoch > 1 else np.inf)
+        assert lrs[epoch] == pytest.approx(lrs[epoch - 1] * (1 if improved else 0.5), rel=1e-6)
+    assert lrs[0] == 0.5 and lrs[-1] < 0.5  # steps per epoch, not per batch; and it did reduce
+
+
 @pytest.fixture(scope="module")
 def digit_images():
     source = open_pools(DataSpec(source="digits")).train

@@ -33,7 +33,7 @@ from ..core.seeding import seeded_generator, torch_seeded
 from ..data.augment import augment_batch, augmented_copies, make_augment
 from ..data.balance import class_counts, epoch_length, oversample, sampled_order
 from .hooks import epoch_done
-from .optim import make_loss, make_optimizer, make_schedule
+from .optim import make_loss, make_optimizer, make_schedule, steps_per_epoch_only
 from .params import TrainParams
 
 
@@ -163,6 +163,8 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
                                    "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started})
             epoch_done(result.history[-1])  # a search's pruner may stop the trial here
             score = _monitored(result.history[-1], p, metric)
+            if steps_per_epoch_only(schedule):
+                schedule.step(score)
             if result.best_score is None or score > result.best_score + p.min_delta:
                 result.best_score, result.best_epoch, stale = score, epoch + 1, 0
                 if p.restore_best:  # only then is the best epoch's state needed again
@@ -228,7 +230,8 @@ def _train_epoch(model, optimizer, schedule, loss_fn, data: Images, p: TrainPara
         except torch.cuda.OutOfMemoryError:
             raise TransferlabError(f"{label}: out of memory at batch_size={p.batch_size}; lower batch_size "
                                    "(or the image size)") from None
-        schedule.step()
+        if not steps_per_epoch_only(schedule):
+            schedule.step()
         total_loss += loss.item() * len(y)
         batch_counts = score_counts(logits, y)
         counts = batch_counts if counts is None else [a + b for a, b in zip(counts, batch_counts, strict=True)]

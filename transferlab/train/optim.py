@@ -55,24 +55,29 @@ def _sgd(groups: list[dict], p: Params) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov and p.momentum > 0)
 
 
+def _given(p: Params, *names: str) -> dict[str, Any]:
+    """The optional settings the user gave (betas, eps); the rest stay torch's defaults."""
+    return {name: getattr(p, name) for name in names if getattr(p, name) is not None}
+
+
 @OPTIMIZERS.register("adam")
 def _adam(groups: list[dict], p: Params) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=p.lr)
+    return torch.optim.Adam(groups, lr=p.lr, **_given(p, "betas", "eps"))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(groups: list[dict], p: Params) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=p.lr)
+    return torch.optim.AdamW(groups, lr=p.lr, **_given(p, "betas", "eps"))
 
 
 @OPTIMIZERS.register("rmsprop")
 def _rmsprop(groups: list[dict], p: Params) -> torch.optim.Optimizer:
-    return torch.optim.RMSprop(groups, lr=p.lr, momentum=p.momentum)
+    return torch.optim.RMSprop(groups, lr=p.lr, momentum=p.momentum, **_given(p, "eps"))
 
 
 @OPTIMIZERS.register("amsgrad")
 def _amsgrad(groups: list[dict], p: Params) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=p.lr, amsgrad=True)
+    return torch.optim.Adam(groups, lr=p.lr, amsgrad=True, **_given(p, "betas", "eps"))
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, p: Params, steps_per_epoch: int, epochs: int):
@@ -123,8 +128,39 @@ def _cosine(optimizer, p: Params, steps_per_epoch: int, total: int, warm: int):
 @SCHEDULES.register("onecycle")
 def _onecycle(optimizer, p: Params, steps_per_epoch: int, total: int):
     """Its own warm-up (`pct_start`); cycles momentum (or Adam's beta1) inversely, as in Smith's one-cycle."""
+    low, high = p.momentum_range
     return S.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-                        pct_start=p.pct_start, cycle_momentum=p.optimizer != "rmsprop" or p.momentum > 0)
+                        pct_start=p.pct_start, cycle_momentum=_cycles_momentum(p), base_momentum=low,
+                        max_momentum=high)
+
+
+@SCHEDULES.register("cyclic")
+def _cyclic(optimizer, p: Params, steps_per_epoch: int, total: int):
+    """Smith's cyclical learning rate (triangular): from min_lr up to each group's lr and back, `cycle_epochs`
+    per cycle (one cycle over the whole training by default), momentum cycling the other way."""
+    cycle = max(2, round(p.cycle_epochs * steps_per_epoch)) if p.cycle_epochs else max(2, total)
+    low, high = p.momentum_range
+    peaks = [g["lr"] for g in optimizer.param_groups]
+    return S.CyclicLR(optimizer, base_lr=[p.min_lr * peak / p.lr for peak in peaks], max_lr=peaks,
+                      step_size_up=cycle // 2, step_size_down=cycle - cycle // 2, mode="triangular",
+                      cycle_momentum=_cycles_momentum(p), base_momentum=low, max_momentum=high)
+
+
+@SCHEDULES.register("plateau")
+def _plateau(optimizer, p: Params, steps_per_epoch: int, total: int):
+    """Keras's ReduceLROnPlateau: the lr × gamma after `plateau_patience` epochs without a better monitored
+    figure (the loop steps it once per epoch with that figure, higher being better)."""
+    return S.ReduceLROnPlateau(optimizer, mode="max", factor=p.gamma, patience=p.plateau_patience,
+                               min_lr=p.min_lr)
+
+
+def steps_per_epoch_only(schedule) -> bool:
+    """Does this schedule step once per epoch on the monitored figure (plateau), not once per batch?"""
+    return isinstance(schedule, S.ReduceLROnPlateau)
+
+
+def _cycles_momentum(p: Params) -> bool:
+    return p.optimizer != "rmsprop" or p.momentum > 0  # RMSprop without momentum has none to cycle
 
 
 @SCHEDULES.register("exponential")

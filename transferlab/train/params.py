@@ -17,8 +17,28 @@ from ..data.balance import ClassWeights, Sampler
 from .optim import LOSSES, OPTIMIZERS, SCHEDULES
 
 Optimizer = Literal[tuple(OPTIMIZERS)]  # sgd, adam, adamw, rmsprop, amsgrad
-Schedule = Literal[tuple(SCHEDULES)]  # constant, step, multistep, cosine, onecycle, exponential
+Schedule = Literal[tuple(SCHEDULES)]  # constant, step, multistep, cosine, onecycle, exponential, cyclic, plateau
 Loss = Literal[tuple(LOSSES)]  # ce, bce, mse
+
+
+ADAM_FAMILY = ("adam", "adamw", "amsgrad")
+CYCLING_MOMENTUM = ("onecycle", "cyclic")  # schedules that set the momentum (Adam's β1) themselves
+# option → (the choice it belongs to, the values of that choice that use it); anything else would ignore it
+APPLIES_TO = {
+    "momentum": ("optimizer", ("sgd", "rmsprop")),
+    "nesterov": ("optimizer", ("sgd",)),
+    "betas": ("optimizer", ADAM_FAMILY),
+    "eps": ("optimizer", (*ADAM_FAMILY, "rmsprop")),
+    "warmup_epochs": ("schedule", ("constant", "step", "multistep", "cosine", "exponential")),
+    "pct_start": ("schedule", ("onecycle",)),
+    "step_epochs": ("schedule", ("step",)),
+    "milestones": ("schedule", ("multistep",)),
+    "gamma": ("schedule", ("step", "multistep", "exponential", "plateau")),
+    "min_lr": ("schedule", ("cyclic", "plateau")),
+    "cycle_epochs": ("schedule", ("cyclic",)),
+    "momentum_range": ("schedule", ("onecycle", "cyclic")),
+    "plateau_patience": ("schedule", ("plateau",)),
+}
 
 
 class TrainParams(Spec):
@@ -26,16 +46,31 @@ class TrainParams(Spec):
     batch_size: int = Field(32, gt=0)
     optimizer: Optimizer = "sgd"
     lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD / RMSprop momentum (one-cycle cycles it)")
-    nesterov: bool = False
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD / RMSprop momentum (onecycle and cyclic cycle it "
+                            "over momentum_range instead)")
+    nesterov: bool = Field(False, description="SGD: Nesterov momentum")
+    betas: tuple[float, float] | None = Field(None, description="Adam family (adam, adamw, amsgrad): (β1, β2); "
+                                              "none: torch's (0.9, 0.999)")
+    eps: float | None = Field(None, gt=0, description="Adam family and RMSprop: the denominator's ε; none: "
+                              "torch's")
     weight_decay: float = Field(1e-4, ge=0, description="L2 (decoupled for adamw); not on biases and norms")
     schedule: Schedule = "onecycle"
-    warmup_epochs: float = Field(0, ge=0, description="linear warm-up (not with onecycle, which has its own)")
+    warmup_epochs: float = Field(0, ge=0, description="linear warm-up (onecycle and cyclic have their own; "
+                                "not with plateau)")
     pct_start: float = Field(0.3, gt=0, lt=1, description="one-cycle: share of steps spent warming up")
     step_epochs: int = Field(3, gt=0, description="step: epochs between decays")
     milestones: list[float] = Field(default_factory=lambda: [0.3, 0.6, 0.9],
                                     description="multistep: decay points as fractions of training")
-    gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step, multistep; exponential: per epoch)")
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor (step, multistep, plateau; exponential: per "
+                         "epoch)")
+    min_lr: float = Field(1e-7, ge=0, description="cyclic: the low end of the cycle (lr is the high end); plateau: "
+                          "the floor")
+    cycle_epochs: float | None = Field(None, gt=0, description="cyclic: epochs per cycle, up then down (none: one "
+                                       "cycle over the whole training)")
+    momentum_range: tuple[float, float] = Field((0.85, 0.95), description="onecycle and cyclic: momentum (Adam's "
+                                                "β1) cycles between these, high when the lr is low")
+    plateau_patience: int = Field(2, ge=0, description="plateau: epochs without a better monitored figure before "
+                                  "the lr is multiplied by gamma")
     loss: Loss = Field("ce", description="multi-label data train with bce (what the default means there) or mse "
                        "on the sigmoids; ce needs one label per image")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="ce; multi-label bce: each 0/1 target moves ε/2 "
@@ -79,6 +114,19 @@ class TrainParams(Spec):
             return check_augment(spec)
         except TransferlabError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _no_option_without_effect(self):
+        """An option the chosen optimizer or schedule would ignore is refused, naming what it needs."""
+        for option, (choice, users) in APPLIES_TO.items():
+            chosen = getattr(self, choice)
+            if option in self.model_fields_set and getattr(self, option) != 0 and chosen not in users:
+                raise ValueError(f"{option} applies to {choice} {' / '.join(users)}, not {chosen}; drop {option} "
+                                 f"or set {choice}")
+        if "momentum" in self.model_fields_set and self.momentum and self.schedule in CYCLING_MOMENTUM:
+            raise ValueError(f"momentum: schedule {self.schedule} cycles it over momentum_range "
+                             f"{list(self.momentum_range)}; set momentum_range instead, or another schedule")
+        return self
 
     @model_validator(mode="after")
     def _consistent_balance_and_augmentation(self):
