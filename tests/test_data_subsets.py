@@ -187,3 +187,41 @@ def test_mosaics_are_the_same_every_time_and_split_by_iterative_stratification(m
     assert np.array_equal(make_splits(mosaic_pools, spec, seed=0)["val"].indices, splits["val"].indices)
     narrowed = open_pools(DataSpec(source="fashion-mnist-mosaics", select_classes=["Bag", "Sandal"]))
     assert len(narrowed.train) == 3000 and narrowed.train.labels.shape == (3000, 2)
+
+
+# ---------------------------------------------------------------- official splits
+
+
+@needs_fashion_mnist
+def test_ratios_cannot_cut_an_official_test_set_unless_the_official_split_is_pooled(fashion_pools):
+    message = one_line_error(DataSpec(source="fashion-mnist", ratios=[50, 20, 30]),
+                             "data.ratios: fashion-mnist has its own test set, which ratios would not cut; set "
+                             "official_split: false", seed=0)
+    assert "drop ratios" in message
+    spec = DataSpec(source="fashion-mnist", ratios=[50, 20, 30], official_split=False)
+    pools = open_pools(spec)
+    assert pools.test is None and len(pools.train) == 70_000
+    splits = make_splits(pools, spec, seed=0)
+    assert {name: len(split) for name, split in splits.items()} == {"train": 35_000, "val": 14_000, "test": 21_000}
+    official_test = splits["test"].indices >= 60_000  # both official sets feed every split, stratified
+    assert 0.1 < official_test.mean() < 0.2 and (splits["train"].indices >= 60_000).any()
+    image = pools.train.load(60_000 + 123)  # the pooled source reads the official test set's images
+    assert np.array_equal(np.asarray(image), np.asarray(fashion_pools.test.load(123)))
+    assert pools.train.labels[60_123] == fashion_pools.test.labels[123]
+    narrowed = open_pools(spec.model_copy(update={"select_classes": ["Bag", "Sneaker"]})).train
+    assert len(narrowed) == 14_000 and sorted(np.unique(narrowed.labels)) == [0, 1]
+    assert narrowed.fingerprint != pools.train.fingerprint
+
+
+def test_a_split_option_an_official_validation_set_would_ignore_is_one_line(image_folder):
+    train, test = image_folder
+    for option in ({"val_size": 0.3}, {"folds": 5}, {"ratios": [6, 2, 2]}):
+        spec = DataSpec(source=str(train), val=str(test), **option)
+        one_line_error(spec, f"data.{next(iter(option))}: .* has its own validation set", seed=0)
+    pooled = DataSpec(source=str(train), val=str(test), test=str(test), official_split=False)
+    assert len(open_pools(pooled).train) == 120 + 60 + 60
+
+
+def test_official_split_false_on_a_single_pool_does_nothing_and_is_refused():
+    one_line_error(DataSpec(source="digits", official_split=False), "data.official_split: false, but digits has "
+                   "no official validation or test set to pool; drop official_split")

@@ -73,6 +73,9 @@ class DataSpec(Spec):
     ratios: list[float] | None = Field(None, min_length=3, max_length=3,
                                        description="train/val/test proportions carved from one pool, e.g. [50, 20, 30]")
     folds: int | None = Field(None, ge=2, description="stratified k-fold: validation = fold (run seed mod k)")
+    official_split: bool = Field(True, description="false: pool a dataset's official train / val / test (a "
+                                 "builtin's, or data.val / data.test) and cut all its images by ratios, "
+                                 "val_size / test_size or folds")
     limit_per_class: int | dict[str, int] | None = Field(
         None, description="cap on training images per class: one number for every class, or {class: count} to "
         "reproduce an imbalance by subsampling (classes not named keep all their images)")

@@ -9,7 +9,7 @@ from ..config import DataSpec
 from ..core.errors import TransferlabError
 from .builtins import BUILTINS
 from .manifests import pools_from_split_files, read_manifest
-from .sources import MANIFEST_EXTENSIONS, FileSource, FolderSource, Pools, subset_classes
+from .sources import MANIFEST_EXTENSIONS, FileSource, FolderSource, PooledSource, Pools, subset_classes
 
 
 def open_pools(spec: DataSpec) -> Pools:
@@ -17,10 +17,21 @@ def open_pools(spec: DataSpec) -> Pools:
     val / test folders or manifests, or split files listing each split's images); with
     `data.select_classes`, only those classes, in that order, in every pool."""
     pools = _listed_pools(spec)
+    if not spec.official_split:
+        pools = _pooled(pools, spec.source)
     if spec.select_classes is None:
         return pools
     return Pools(*(None if pool is None else subset_classes(pool, spec.select_classes)
                    for pool in (pools.train, pools.val, pools.test)))
+
+
+def _pooled(pools: Pools, source: str) -> Pools:
+    """Every image of the official splits in one training pool, for the spec's own split to cut."""
+    parts = [pool for pool in (pools.train, pools.val, pools.test) if pool is not None]
+    if len(parts) == 1:
+        raise TransferlabError(f"data.official_split: false, but {source} has no official validation or test set "
+                               "to pool; drop official_split")
+    return Pools(train=PooledSource(f"{pools.train.name}+official", parts))
 
 
 def _listed_pools(spec: DataSpec) -> Pools:

@@ -183,6 +183,49 @@ class ArraySource(ImageSource):
         return digest.hexdigest()[:20]
 
 
+class PooledSource(ImageSource):
+    """Several sources with the same classes as one, in order: a dataset's official train / val / test pooled
+    so that `ratios` can cut all of its images (`data.official_split: false`)."""
+
+    def __init__(self, name: str, parts: list[ImageSource]):
+        kinds = {(tuple(part.classes), part.multi_label) for part in parts}
+        if len(kinds) != 1:
+            raise TransferlabError(f"{name}: its splits have different classes or kinds of labels and cannot be "
+                                   "pooled; keep official_split")
+        self.name, self.parts, self.classes = name, list(parts), list(parts[0].classes)
+        self.labels = np.concatenate([part.labels for part in parts])
+        self.notes = [note for part in parts for note in part.notes]
+        self._starts = np.cumsum([0, *(len(part) for part in parts)])
+
+    def _locate(self, index: int) -> tuple[ImageSource, int]:
+        part = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self.parts[part], int(index - self._starts[part])
+
+    def load(self, index: int) -> Image.Image:
+        part, local = self._locate(index)
+        return part.load(local)
+
+    def describe(self, index: int) -> str:
+        part, local = self._locate(index)
+        return part.describe(local)
+
+    def subset(self, name: str, indices: np.ndarray, *, labels: np.ndarray | None = None,
+               classes: list[str] | None = None) -> PooledSource:
+        """Each part's share of `indices` (given part by part, as every caller's ascending indices are)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        owner = np.searchsorted(self._starts, indices, side="right") - 1
+        if np.any(np.diff(owner) < 0):
+            raise ValueError("PooledSource.subset: give the indices part by part (e.g. ascending)")
+        labels = self.labels[indices] if labels is None else np.asarray(labels)
+        return PooledSource(name, [part.subset(part.name, indices[owner == i] - self._starts[i],
+                                               labels=labels[owner == i], classes=classes)
+                                   for i, part in enumerate(self.parts)])
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return hashlib.sha256("|".join(part.fingerprint for part in self.parts).encode()).hexdigest()[:20]
+
+
 @dataclass(frozen=True)
 class Pools:
     """What a dataset offers before splitting: a training pool, and official val / test sets if any."""

@@ -45,6 +45,7 @@ class Split:
 
 def make_splits(pools: Pools, spec: DataSpec, seed: int) -> dict[str, Split]:
     """train / val / test splits of `pools` following `spec`; the same inputs give the same indices."""
+    _check_nothing_ignored(pools, spec)
     train_pool = np.arange(len(pools.train))
     labels = pools.train.labels
     test_size, val_size = spec.test_size, spec.val_size
@@ -87,6 +88,19 @@ def make_splits(pools: Pools, spec: DataSpec, seed: int) -> dict[str, Split]:
             raise TransferlabError(f"data: the {name} split is empty ({len(pools.train)} images in the pool); "
                                    "lower val_size / test_size or add images")
     return splits
+
+
+def _check_nothing_ignored(pools: Pools, spec: DataSpec) -> None:
+    """An official (or given) validation / test set is used as it is: a split option that would cut one
+    is refused, pointing at official_split: false, rather than silently not applied."""
+    given = spec.model_fields_set
+    for pool, name, options in ((pools.test, "test", ("ratios",)), (pools.val, "validation", ("ratios", "val_size",
+                                                                                             "folds"))):
+        used = [option for option in options if option in given and getattr(spec, option) is not None]
+        if pool is not None and used:
+            raise TransferlabError(f"data.{used[0]}: {spec.source} has its own {name} set, which {used[0]} would "
+                                   "not cut; set official_split: false to pool all its images and cut them, or "
+                                   f"drop {used[0]}")
 
 
 def _stratified_take(pool: np.ndarray, labels: np.ndarray, size: int | float, seed: int, field: str) -> np.ndarray:
