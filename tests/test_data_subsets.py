@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from transferlab.config import DataSpec
 from transferlab.core.errors import TransferlabError
@@ -225,3 +226,54 @@ def test_a_split_option_an_official_validation_set_would_ignore_is_one_line(imag
 def test_official_split_false_on_a_single_pool_does_nothing_and_is_refused():
     one_line_error(DataSpec(source="digits", official_split=False), "data.official_split: false, but digits has "
                    "no official validation or test set to pool; drop official_split")
+
+
+# ---------------------------------------------------------------- one text file per tag (study 004's layout)
+
+
+@pytest.fixture
+def tagged_folder(mosaic_pools, tmp_path):
+    """80 real multi-label mosaics as grayscale PNGs im1.png … im80.png, and a tags folder written three ways."""
+    pool, shown = mosaic_pools.train, np.arange(80)
+    images, tags = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir(), tags.mkdir()
+    for number, index in enumerate(shown, start=1):
+        Image.fromarray(pool.images[index]).save(images / f"im{number}.png")  # mode L: grayscale on disk
+    names = [name.replace("/", "-") for name in pool.classes]  # T-shirt/top cannot name a file
+    for column, name in enumerate(names):
+        carriers = np.flatnonzero(pool.labels[shown, column]) + 1
+        # by number (the course's files), by name without extension, or by relative path
+        style = (lambda n: f"{n}", lambda n: f"im{n}", lambda n: f"im{n}.png")[column % 3]
+        (tags / f"{name}.txt").write_text("".join(f"{style(n)}\n" for n in carriers))
+    return images, tags, pool.labels[shown], names
+
+
+def test_tag_files_give_each_image_the_tags_whose_file_lists_it_and_none_when_unlisted(tagged_folder):
+    images, tags, truth, classes = tagged_folder
+    spec = DataSpec(source=str(images), tag_files=str(tags))
+    source = open_pools(spec).train
+    assert source.multi_label and source.classes == sorted(classes)
+    order = [int(p.stem[2:]) - 1 for p in source.paths]  # the folder's order: im1, im10, im11, ...
+    expected = truth[order][:, [classes.index(c) for c in source.classes]]
+    assert np.array_equal(source.labels, expected)
+    assert (source.labels.sum(1) == 0).any()  # empty mosaics: listed nowhere, so no tag at all
+    assert source.load(0).mode == "RGB"  # grayscale files become 3-channel
+    splits = make_splits(open_pools(spec), spec.model_copy(update={"test_size": 0.25}), seed=0)
+    assert sum(len(split) for split in splits.values()) == 80
+    ordered = DataSpec(source=str(images), tag_files=str(tags), classes=classes[::-1])
+    assert open_pools(ordered).train.classes == classes[::-1]
+
+
+def test_a_tag_line_that_names_no_image_is_one_line_or_skipped_and_reported(tagged_folder):
+    images, tags, _, classes = tagged_folder
+    with (tags / f"{classes[0]}.txt").open("a") as file:
+        file.write("im999\n")
+    spec = DataSpec(source=str(images), tag_files=str(tags))
+    message = one_line_error(spec, rf"{classes[0]}.txt, line \d+: 'im999' names no image under .*images; fix the "
+                                   "line, or pass --skip-bad")
+    assert "annotations" in message
+    skipped = open_pools(spec.model_copy(update={"skip_bad": True})).train
+    assert len(skipped) == 80 and any("'im999' names no image" in note for note in skipped.notes)
+    one_line_error(DataSpec(source=str(images), tag_files=str(tags / "missing")), "holds no <tag>.txt files")
+    one_line_error(DataSpec(source=str(images), tag_files=str(tags), classes=["Bag", "Hat"]),
+                   "data.classes: no Hat.txt in")

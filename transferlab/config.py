@@ -64,6 +64,9 @@ class DataSpec(Spec):
     splits: dict[Literal["train", "val", "test"], str] | None = Field(
         None, description="split files: {train: file, val: file, test: file}, one image path per line")
     classes: list[str] | None = Field(None, description="the class list (manifests: other labels are errors)")
+    tag_files: str | None = Field(None, description="multi-label as one text file per tag: a folder of <tag>.txt, "
+                                  "each listing the images (under source) that carry the tag; an image listed "
+                                  "nowhere has no tag")
     multi_label: bool | None = Field(None, description="None: decided by the manifest's form")
     label_separator: str = Field(" ", min_length=1, description="between labels in a manifest's labels column")
     train_size: int | None = Field(None, gt=0, description="few-shot: training images, stratified")

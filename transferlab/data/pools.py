@@ -10,6 +10,7 @@ from ..core.errors import TransferlabError
 from .builtins import BUILTINS
 from .manifests import pools_from_split_files, read_manifest
 from .sources import MANIFEST_EXTENSIONS, FileSource, FolderSource, PooledSource, Pools, subset_classes
+from .tag_files import read_tag_files
 
 
 def open_pools(spec: DataSpec) -> Pools:
@@ -40,6 +41,11 @@ def _listed_pools(spec: DataSpec) -> Pools:
             raise TransferlabError(f"data.source '{spec.source}' is a builtin dataset with its own splits; "
                                    "drop data.val / data.test / data.splits")
         return BUILTINS.create(spec.source)
+    if spec.tag_files is not None:
+        if spec.val or spec.test or spec.splits:
+            raise TransferlabError("data.tag_files: the tags cover one image folder; drop data.val / data.test / "
+                                   "data.splits (validation and test are carved from it)")
+        return Pools(train=read_tag_files(spec))
     path = Path(spec.source)
     if not path.exists():
         raise TransferlabError(f"{spec.source}: no such dataset folder or manifest, and not a builtin dataset "
