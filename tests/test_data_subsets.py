@@ -277,3 +277,19 @@ def test_a_tag_line_that_names_no_image_is_one_line_or_skipped_and_reported(tagg
     one_line_error(DataSpec(source=str(images), tag_files=str(tags / "missing")), "holds no <tag>.txt files")
     one_line_error(DataSpec(source=str(images), tag_files=str(tags), classes=["Bag", "Hat"]),
                    "data.classes: no Hat.txt in")
+
+
+def test_exclude_classes_drops_those_images_from_every_pool_and_keeps_the_order_of_the_rest(image_folder):
+    train, test = image_folder
+    full = open_pools(DataSpec(source=str(train), test=str(test)))
+    dropped = full.train.classes[1]
+    pools = open_pools(DataSpec(source=str(train), test=str(test), exclude_classes=[dropped]))
+    rest = [name for name in full.train.classes if name != dropped]
+    for pool, per_class in ((pools.train, 40), (pools.test, 20)):
+        assert pool.classes == rest and len(pool) == 2 * per_class
+        assert np.bincount(pool.labels).tolist() == [per_class, per_class]
+    assert all(dropped not in str(path.parent.name) for path in pools.train.paths)
+    one_line_error(DataSpec(source=str(train), exclude_classes=[dropped.lower() + "x"]),
+                   "data.exclude_classes: '.*' is not a class of")
+    with pytest.raises(ValueError, match="select_classes or exclude_classes, not both"):
+        DataSpec(source=str(train), select_classes=rest, exclude_classes=[dropped])

@@ -84,6 +84,8 @@ class DataSpec(Spec):
         "reproduce an imbalance by subsampling (classes not named keep all their images)")
     select_classes: list[str] | None = Field(None, min_length=2, description="use only these classes, in this "
                                              "order; images of other classes are dropped from every split")
+    exclude_classes: list[str] | None = Field(None, min_length=1, description="drop these classes' images from "
+                                              "every split (e.g. Caltech-101's BACKGROUND_Google)")
     split_seed: int = Field(0, description="seed of the test split (and of the folds), fixed across run seeds")
     skip_bad: bool = Field(False, description="skip unreadable images, bad manifest rows and empty class folders, "
                            "and list them in the record")
@@ -109,6 +111,8 @@ class DataSpec(Spec):
                 raise ValueError("ratios must be three positive numbers (train, val, test), e.g. [50, 20, 30]")
             if "test_size" in self.model_fields_set or "val_size" in self.model_fields_set:
                 raise ValueError("give ratios or val_size/test_size, not both")
+        if self.select_classes is not None and self.exclude_classes is not None:
+            raise ValueError("give select_classes or exclude_classes, not both")
         if self.folds is not None and ("val_size" in self.model_fields_set or self.ratios is not None):
             raise ValueError("with folds, validation is one fold; drop val_size / ratios' val share")
         return self

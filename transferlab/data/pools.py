@@ -7,9 +7,10 @@ from pathlib import Path
 
 from ..config import DataSpec
 from ..core.errors import TransferlabError
+from ..core.registry import did_you_mean
 from .builtins import BUILTINS
 from .manifests import pools_from_split_files, read_manifest
-from .sources import MANIFEST_EXTENSIONS, FileSource, FolderSource, PooledSource, Pools, subset_classes
+from .sources import MANIFEST_EXTENSIONS, FileSource, FolderSource, ImageSource, PooledSource, Pools, subset_classes
 from .tag_files import read_tag_files
 
 
@@ -20,10 +21,22 @@ def open_pools(spec: DataSpec) -> Pools:
     pools = _listed_pools(spec)
     if not spec.official_split:
         pools = _pooled(pools, spec.source)
-    if spec.select_classes is None:
+    kept = spec.select_classes or _all_but(pools.train, spec.exclude_classes)
+    if kept is None:
         return pools
-    return Pools(*(None if pool is None else subset_classes(pool, spec.select_classes)
+    return Pools(*(None if pool is None else subset_classes(pool, kept)
                    for pool in (pools.train, pools.val, pools.test)))
+
+
+def _all_but(source: ImageSource, excluded: list[str] | None) -> list[str] | None:
+    """The classes left after `data.exclude_classes`, in their order (None: nothing excluded)."""
+    if excluded is None:
+        return None
+    for name in excluded:
+        if name not in source.classes:
+            raise TransferlabError(f"data.exclude_classes: '{name}' is not a class of {source.name}"
+                                   f"{did_you_mean(name, source.classes)}; check the name")
+    return [name for name in source.classes if name not in excluded]
 
 
 def _pooled(pools: Pools, source: str) -> Pools:
