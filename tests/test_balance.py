@@ -11,6 +11,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torchvision.transforms import v2
 
 from transferlab.config import BackboneSpec, DataSpec
+from transferlab.core.errors import TransferlabError
 from transferlab.data import open_pools
 from transferlab.data.balance import (
     class_weights,
@@ -187,3 +188,62 @@ def test_head_with_views_tops_up_short_classes_before_encoding_its_views(source,
     head.bind(TrainingContext(backbone, torch.device("cpu"), engine="torch")).fit(x, y, x[:20], y[:20])
     assert head.selected_["train_images_per_class"] == [15, 20, 35, 40] + [0] * 6
     assert head.passes_["train"] == 2 * 110  # 2 views of the topped-up set
+
+
+# ---------------------------------------------------------------- resample: on cached features (imbalanced-learn)
+
+
+@pytest.fixture(scope="module")
+def skewed_digits():
+    """scikit-learn's digits as 64-pixel vectors, digit 0 cut to 12 training rows (the others keep ~100)."""
+    digits = open_pools(DataSpec(source="digits")).train
+    X = digits.images.reshape(len(digits), -1).astype(np.float32) / 16
+    y = digits.labels
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    train, val = order[:1000], order[1000:1400]
+    train = np.concatenate([train[y[train] != 0], train[y[train] == 0][:12]])
+    return X[train], y[train], X[val], y[val]
+
+
+@pytest.mark.parametrize("name", ["knn", "linear", "rff", "mlp"])
+def test_smote_tops_every_class_up_to_the_largest_and_the_record_counts_the_new_rows(skewed_digits, name):
+    X, y, X_val, y_val = skewed_digits
+    extra = {"mlp": {"max_epochs": 5}, "rff": {"n_components": 256, "C": [1.0], "gamma_scale": [1.0]},
+             "linear": {"C": [1.0]}}.get(name, {})
+    paradigm = create_paradigm(name, {"resample": "smote", **extra}, n_classes=10, seed=0)
+    done = paradigm.fit(X, y, X_val, y_val).selected_["resampled"]
+    counts = np.bincount(y, minlength=10)
+    assert done["added_per_class"] == (counts.max() - counts).tolist() and done["added_per_class"][0] > 80
+    assert done["rows_before"] == len(y) and done["rows_after"] == 10 * counts.max()
+    assert paradigm.predict_proba(X_val).shape == (len(y_val), 10)
+
+
+def test_smote_lifts_the_short_class_recall_and_each_method_is_seeded(skewed_digits):
+    X, y, X_val, y_val = skewed_digits
+    recall = {}
+    for resample in (None, "smote", "random-over", "svm-smote"):
+        params = {"C": [0.01]} | ({"resample": resample} if resample else {})
+        proba = create_paradigm("linear", params, n_classes=10, seed=0).fit(X, y, X_val, y_val).predict_proba(X_val)
+        recall[resample] = recall_score(y_val == 0, proba.argmax(1) == 0)
+    assert recall["smote"] > recall[None]  # 12 zeros against ~100 of every other digit
+    with pytest.raises(TransferlabError, match="adasyn failed .*ADASYN is not suited") as caught:  # no hard rows
+        create_paradigm("linear", {"resample": "adasyn"}, n_classes=10, seed=0).fit(X, y, X_val, y_val)
+    assert "\n" not in str(caught.value)
+    under = create_paradigm("knn", {"resample": "random-under"}, n_classes=10, seed=0).fit(X, y, X_val, y_val)
+    assert under.selected_["resampled"]["rows_after"] == 10 * 12
+    again = create_paradigm("knn", {"resample": "random-under"}, n_classes=10, seed=0).fit(X, y, X_val, y_val)
+    assert np.array_equal(under.model_._fit_X, again.model_._fit_X)
+
+
+def test_resample_refuses_multi_label_data_options_it_ignores_and_too_few_neighbours(skewed_digits):
+    X, y, X_val, y_val = skewed_digits
+    matrix = np.eye(10, dtype=np.uint8)[y]
+    with pytest.raises(TransferlabError, match="resample: smote needs one label per image"):
+        create_paradigm("knn", {"resample": "smote"}, n_classes=10, seed=0, multi_label=True).fit(
+            X, matrix, X_val, np.eye(10, dtype=np.uint8)[y_val])
+    with pytest.raises(ValueError, match="k_neighbors applies to smote / svm-smote / adasyn, not random-over"):
+        create_paradigm("knn", {"resample": {"method": "random-over", "k_neighbors": 3}}, n_classes=10, seed=0)
+    with pytest.raises(TransferlabError, match="resample: smote failed on these training data .*lower k_neighbors"):
+        create_paradigm("knn", {"resample": {"method": "smote", "k_neighbors": 20}}, n_classes=10, seed=0).fit(
+            X, y, X_val, y_val)

@@ -192,6 +192,30 @@ def test_min_delta_makes_a_gain_smaller_than_it_no_gain(digit_images):
     assert demanding.best_epoch == 1 and len(demanding.history) == 3  # patience 2 counted from epoch 1
 
 
+def test_oversample_classes_repeats_only_the_named_classes_images_factor_times(digit_images):
+    _, x, y = digit_images
+    images = torch.nn.functional.interpolate(x.float(), size=16).to(torch.uint8)
+    names = [str(d) for d in range(10)]  # scikit-learn's digits are named by their digit
+
+    def trained(options):
+        paradigm = create_paradigm("simple-cnn", {"epochs": 1, "image_size": 16, "augment": "none", **options},
+                                   n_classes=10, seed=0)
+        paradigm.bind(TrainingContext(None, torch.device("cpu"), classes=names))
+        return paradigm.fit(images[:200], y[:200], images[200:], y[200:])
+
+    before = np.bincount(y[:200], minlength=10)
+    after = trained({"oversample_classes": {"classes": ["3", "7"], "factor": 3}}).selected_
+    expected = before.copy()
+    expected[[3, 7]] *= 3
+    assert after["train_images_per_class"] == expected.tolist() and after["train_images"] == expected.sum()
+    with pytest.raises(TransferlabError, match="oversample_classes: 'seven' is not a class of these data"):
+        trained({"oversample_classes": {"classes": ["seven"]}})
+    with pytest.raises(ValueError, match="give oversample_to .* or oversample_classes .*, not both"):
+        TrainParams(oversample_to=50, oversample_classes={"classes": ["3"]})
+    with pytest.raises(TransferlabError, match="oversample_classes needs one label per image"):
+        TrainParams(oversample_classes={"classes": ["3"]}).check_multi_label("finetune")
+
+
 def test_a_diverging_loss_stops_with_one_line_naming_epoch_step_and_lr(digit_images):
     backbone, x, y = digit_images
     paradigm = create_paradigm("simple-cnn", {"epochs": 2, "lr": 1e12, "optimizer": "sgd", "image_size": 16},

@@ -201,7 +201,8 @@ def _encoder(spec: RunSpec, paradigm, backbone, pools: Pools, splits, device, ou
     if paradigm.input == "images":
         checkpoints = Path(out_dir) / "checkpoints" / spec.run_id
         paradigm.bind(TrainingContext(backbone, device, checkpoints=checkpoints, resume=resume,
-                                      sample_hw=_sample_hw(pools.train, splits["train"]), engine=spec.engine))
+                                      sample_hw=_sample_hw(pools.train, splits["train"]), engine=spec.engine,
+                                      classes=pools.train.classes))
         return None, f"{backbone.key if backbone else 'none'}|{paradigm.view()}"
     encoder = BackboneEncoder(backbone, device, spec.engine) if backbone else paradigm.encoder(pools.train)
     return encoder, encoder.key

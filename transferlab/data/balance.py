@@ -7,7 +7,9 @@ Three independent levers, each a small function the training loop (or a paradigm
   replacement, each with probability ∝ 1 / its class's count (multi-label: the mean inverse frequency of
   its labels, `label_frequency_sample_weights`); "undersample" draws the smallest class's
   count from every class, without replacement. Both are reproducible from (seed, epoch);
-- **offline oversampling** (`oversample`): augmented copies until every class has at least N images.
+- **offline oversampling**: augmented copies until every class has at least N images (`oversample`), or of
+  the named classes only, `factor` − 1 copies of each of their images (`oversample_classes`; study 002
+  doubled its two short species).
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import WeightedRandomSampler
 
+from ..config import Spec
+from ..core.errors import TransferlabError
+from ..core.registry import did_you_mean
 from ..core.seeding import derived_seed
 from .augment import Augment, augmented_copies
 
@@ -128,7 +134,30 @@ def oversample_plan(labels: np.ndarray, target: int) -> np.ndarray:
 def oversample(x: torch.Tensor, labels: torch.Tensor, target: int, augment: Augment,
                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, labels) with augmented copies appended until every class has at least `target` images (seeded)."""
-    plan = oversample_plan(labels.numpy(), target)
+    return _with_copies(x, labels, oversample_plan(labels.numpy(), target), augment, seed)
+
+
+class OversampleClasses(Spec):
+    """`oversample_classes: {classes: [...], factor: 2}`: every image of these classes, `factor` times."""
+
+    classes: list[str] = Field(min_length=1, description="the classes to top up, by name")
+    factor: int = Field(2, ge=2, description="each of their images appears this many times (the original and "
+                        "factor − 1 augmented copies)")
+
+
+def oversample_named(x: torch.Tensor, labels: torch.Tensor, spec: OversampleClasses, classes: list[str],
+                     augment: Augment, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, labels) with `spec.factor` − 1 augmented copies of every image of the named classes (seeded)."""
+    for name in spec.classes:
+        if name not in classes:
+            raise TransferlabError(f"oversample_classes: '{name}' is not a class of these data"
+                                   f"{did_you_mean(name, classes)}; name classes of the training set")
+    members = np.flatnonzero(np.isin(labels.numpy(), [classes.index(name) for name in spec.classes]))
+    return _with_copies(x, labels, np.tile(members, spec.factor - 1), augment, seed)
+
+
+def _with_copies(x: torch.Tensor, labels: torch.Tensor, plan: np.ndarray, augment: Augment,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not len(plan):
         return x, labels
     (copies,) = augmented_copies(x[plan], augment, 1, derived_seed(seed, "oversample"))

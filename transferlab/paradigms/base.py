@@ -23,6 +23,7 @@ from ..config import Spec, describe_validation_error
 from ..core.errors import TransferlabError
 from ..core.registry import Registry
 from ..models.modules import from_sklearn_pipeline
+from .resample import resampled
 
 
 class Paradigm(ABC):
@@ -46,6 +47,15 @@ class Paradigm(ABC):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
+
+    def resampled_training_rows(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(X, y) after the params' `resample:` (paradigms on cached features), what it did noted in
+        `selected_["resampled"]`; unchanged when the params ask for none."""
+        X, y, done = resampled(X, y, getattr(self.params, "resample", None), self.seed, self.multi_label,
+                               self.n_classes)
+        if done is not None:
+            self.selected_["resampled"] = done
+        return X, y
 
     # ---- deployment: the fitted paradigm as torch modules (transferlab/deploy saves them with the run)
     scores: ClassVar[str] = "logits"  # what the torch form outputs: logits, or "probabilities" (knn's vote)

@@ -107,7 +107,7 @@ class Head(TrainedParadigm):
     def _augmented_views(self, X: torch.Tensor, y) -> tuple[torch.Tensor, np.ndarray]:
         """K augmented copies of every training image, encoded once (seeded: the same views every rerun)."""
         images, notes = offline_training_set(Images(X, torch.as_tensor(y)), self.params, self.seed, self.n_classes,
-                                             self.name)
+                                             self.name, self.context.classes)
         self.selected_.update(notes)
         augment = make_augment(self.params.augment, tuple(X.shape[-2:])) or (lambda image: image)
         views = [self._features(view, "train")

@@ -14,14 +14,14 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..config import Spec
 from .base import FloatChoice, SklearnParadigm, as_list, pick_best, register, sklearn_proba, validation_score
+from .resample import FeatureParams
 
 C_GRID = [0.001, 0.01, 0.1, 1.0, 10.0]
 ClassWeight = Literal["none", "balanced"]
 
 
-class LinearParams(Spec):
+class LinearParams(FeatureParams):
     C: FloatChoice = Field(default_factory=lambda: list(C_GRID),
                                    description="inverse L2 strength; a list is searched on validation")
     max_iter: int = Field(300, gt=0)
@@ -66,8 +66,10 @@ class Linear(SklearnParadigm):
     Params = LinearParams
 
     def fit(self, X, y, X_val, y_val):
+        X, y = self.resampled_training_rows(X, y)
         candidates = logistic_path(X, y, X_val, y_val, self.params.C, self.params.max_iter,
                                    transformers=[StandardScaler()], class_weight=self.params.class_weight,
                                    n_classes=self.n_classes, multi_label=self.multi_label)
-        self.selected_, self.model_ = pick_best(candidates)
+        chosen, self.model_ = pick_best(candidates)
+        self.selected_.update(chosen)
         return self

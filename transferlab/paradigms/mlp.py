@@ -11,16 +11,16 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..config import Spec
 from ..core.seeding import torch_seeded
 from ..models.heads import make_head
 from ..models.modules import Head, Standardize
 from ..train.loop import Images, fit
 from ..train.params import TrainParams
 from .base import Paradigm, register
+from .resample import FeatureParams
 
 
-class MlpParams(Spec):
+class MlpParams(FeatureParams):
     hidden: int = Field(512, ge=0, description="hidden units; 0 gives a linear head")
     dropout: float = Field(0.5, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0, description="L2, decoupled (AdamW)")
@@ -45,6 +45,7 @@ class Mlp(Paradigm):
 
     def _fit(self, X, y, X_val, y_val):
         p = self.params
+        X, y = self.resampled_training_rows(X, y)
         # Standardise as StandardScaler does, except that a near-constant feature (a nearly dead ReLU) is centred
         # and scaled by at most 100× the typical feature's: dividing by its tiny std (measured: 7e-4 vs a median of
         # 0.9) blows the 1e-5 float noise between engines (ONNX Runtime vs PyTorch features) up to logit changes
@@ -60,8 +61,8 @@ class Mlp(Paradigm):
                      n_classes=self.n_classes, seed=self.seed, device=torch.device("cpu"), label=self.name)
         self.model_ = model.eval()
         self.history_ = result.history
-        self.selected_ = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                          "val_loss": round(-result.best_score, 5)}
+        self.selected_.update({"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                               "val_loss": round(-result.best_score, 5)})
         return self
 
     def _train_params(self) -> TrainParams:

@@ -11,12 +11,12 @@ from pydantic import Field
 from sklearn.kernel_approximation import RBFSampler
 from sklearn.preprocessing import StandardScaler
 
-from ..config import Spec
 from .base import FloatChoice, SklearnParadigm, as_list, pick_best, register
 from .linear import ClassWeight, logistic_path
+from .resample import FeatureParams
 
 
-class RffParams(Spec):
+class RffParams(FeatureParams):
     gamma_scale: FloatChoice = Field(default_factory=lambda: [0.5, 1.0, 2.0],
                                              description="gamma = gamma_scale / n_features")
     C: FloatChoice = Field(default_factory=lambda: [0.1, 1.0, 10.0])
@@ -31,6 +31,7 @@ class Rff(SklearnParadigm):
     Params = RffParams
 
     def fit(self, X, y, X_val, y_val):
+        X, y = self.resampled_training_rows(X, y)
         candidates = []
         for scale in as_list(self.params.gamma_scale):
             sampler = RBFSampler(gamma=scale / X.shape[1], n_components=self.params.n_components,
@@ -39,5 +40,6 @@ class Rff(SklearnParadigm):
                                         transformers=[StandardScaler(), sampler], tag={"gamma_scale": scale},
                                         class_weight=self.params.class_weight, n_classes=self.n_classes,
                                         multi_label=self.multi_label)
-        self.selected_, self.model_ = pick_best(candidates)
+        chosen, self.model_ = pick_best(candidates)
+        self.selected_.update(chosen)
         return self

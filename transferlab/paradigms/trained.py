@@ -35,6 +35,7 @@ class TrainingContext:
     sample_hw: tuple[int, int] | None = None  # (H, W) of a training image as stored (BiT's resolution rule)
     run_key: str = ""  # identifies the run; a checkpoint written under another key is not resumed
     engine: str = "auto"  # for frozen parts run without autograd (head): see engines.select_engine
+    classes: list[str] | None = None  # the class names (what oversample_classes refers to)
 
 
 class TrainedParadigm(Paradigm):
@@ -82,7 +83,7 @@ class TrainedParadigm(Paradigm):
                    Images(X_val, torch.as_tensor(y_val)), p, n_classes=self.n_classes, seed=self.seed,
                    device=self.context.device, checkpoints=folder, resume=self.context.resume,
                    label=f"{self.name}{' ' + phase if phase else ''}", epochs=epochs, penalty=penalty,
-                   augment=augment, run_key=self.context.run_key)
+                   augment=augment, run_key=self.context.run_key, classes=self.context.classes)
         epochs_run = len(result.history) - result.resumed_from
         self.count_passes("train", X, epochs_run)
         self.count_passes("val", X_val, epochs_run)

@@ -31,7 +31,7 @@ from ..core.paths import atomic_write
 from ..core.progress import progress_bar
 from ..core.seeding import seeded_generator, torch_seeded
 from ..data.augment import augment_batch, augmented_copies, make_augment
-from ..data.balance import class_counts, epoch_length, oversample, sampled_order
+from ..data.balance import class_counts, epoch_length, oversample, oversample_named, sampled_order
 from .hooks import epoch_done
 from .optim import make_loss, make_optimizer, make_schedule, steps_per_epoch_only
 from .params import TrainParams
@@ -62,21 +62,27 @@ class TrainResult:
     notes: dict[str, Any] = field(default_factory=dict)  # what balancing did that params do not show
 
 
-def offline_training_set(train: Images, p: TrainParams, seed: int, n_classes: int,
-                         label: str = "train") -> tuple[Images, dict[str, Any]]:
+def offline_training_set(train: Images, p: TrainParams, seed: int, n_classes: int, label: str = "train",
+                         classes: list[str] | None = None) -> tuple[Images, dict[str, Any]]:
     """The training set after the offline steps, and notes on what they did.
 
-    First `oversample_to` (augmented copies until every class has N images; the run's preset, or light if
-    none), then `augment_copies` (N augmented copies of every image). Both are seeded by the run seed
-    alone, so every rank and every rerun builds the same set.
+    First `oversample_to` (augmented copies until every class has N images) or `oversample_classes` (the
+    named classes' images `factor` times; `classes` are the names), with the run's preset or light if none;
+    then `augment_copies` (N augmented copies of every image). All are seeded by the run seed alone, so
+    every rank and every rerun builds the same set.
     """
-    if p.oversample_to is None and not p.augment_copies:
+    if p.oversample_to is None and p.oversample_classes is None and not p.augment_copies:
         return train, {}
-    _require_images(train.x, "oversample_to and augment_copies need", label)
+    _require_images(train.x, "oversample_to, oversample_classes and augment_copies need", label)
     size = tuple(train.x.shape[-2:])
     x, y, notes = train.x, train.y, {}
+    topping_up = make_augment(p.augment, size) or make_augment("light", size)
     if p.oversample_to is not None:
-        x, y = oversample(x, y, p.oversample_to, make_augment(p.augment, size) or make_augment("light", size), seed)
+        x, y = oversample(x, y, p.oversample_to, topping_up, seed)
+    if p.oversample_classes is not None:
+        x, y = oversample_named(x, y, p.oversample_classes, list(classes or map(str, range(n_classes))),
+                                topping_up, seed)
+    if p.oversample_to is not None or p.oversample_classes is not None:
         notes["train_images_per_class"] = class_counts(y.numpy(), n_classes)
     if p.augment_copies:
         x = torch.cat([x, *augmented_copies(x, make_augment(p.augment, size), p.augment_copies, seed)])
@@ -94,7 +100,7 @@ def _require_images(x: torch.Tensor, what: str, label: str) -> None:
 def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: TrainParams, *, n_classes: int,
         seed: int, device: torch.device, checkpoints: Path | None = None, resume: bool = False,
         label: str = "train", epochs: int | None = None, penalty=None, augment=None,
-        run_key: str = "") -> TrainResult:
+        run_key: str = "", classes: list[str] | None = None) -> TrainResult:
     """Train `model` (its trainable parameters, in `groups`) and leave it holding the best epoch's weights
     (the last epoch's with `p.restore_best` false).
 
@@ -105,20 +111,20 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
     `penalty()`, if given, is added to the training loss (e.g. an L1 term on a head's weights); `augment`,
     if given, replaces the `p.augment` preset online (per-image, uint8 in, uint8 out; offline
     copies still use the preset). `run_key` is stored with every checkpoint; `resume` refuses a checkpoint
-    written under another key.
+    written under another key. `classes` names the classes (what `oversample_classes` refers to).
     """
     with torch_seeded(seed + rank()):  # augmentation, MixUp and dropout; under torchrun each rank draws its own
         return _fit(model, groups, train, val, p, n_classes=n_classes, seed=seed, device=device,
                     checkpoints=checkpoints, resume=resume, label=label, epochs=epochs, penalty=penalty,
-                    augment=augment, run_key=run_key)
+                    augment=augment, run_key=run_key, classes=classes)
 
 
 def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes, seed, device, checkpoints, resume,
-         label, epochs, penalty, augment, run_key) -> TrainResult:
+         label, epochs, penalty, augment, run_key, classes) -> TrainResult:
     epochs = epochs or p.epochs
     if train.multi_label:
         p.check_multi_label(label)
-    train, notes = offline_training_set(train, p, seed, n_classes, label)
+    train, notes = offline_training_set(train, p, seed, n_classes, label, classes)
     if p.cutmix:
         _require_images(train.x, "cutmix needs", label)
     # channels_last: the fast convolution layout on GPU and on CPU alike (2× per training step, measured).

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from ..config import Spec
 from ..core.errors import TransferlabError
 from ..data.augment import AugmentSpec, check_augment
-from ..data.balance import ClassWeights, Sampler
+from ..data.balance import ClassWeights, OversampleClasses, Sampler
 from .optim import LOSSES, OPTIMIZERS, SCHEDULES
 
 Optimizer = Literal[tuple(OPTIMIZERS)]  # sgd, adam, adamw, rmsprop, amsgrad
@@ -85,6 +85,9 @@ class TrainParams(Spec):
                              "undersample (the smallest class's count from every class; single-label only)")
     oversample_to: int | None = Field(None, gt=0, description="offline: augmented copies until every class has "
                                       "this many images (the augment preset, light if none; single-label only)")
+    oversample_classes: OversampleClasses | None = Field(None, description="offline: {classes: [...], factor: "
+                                                         "2} — each image of these classes appears factor times "
+                                                         "(augmented copies; single-label only)")
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
     patience: int | None = Field(None, gt=0, description="early stopping: epochs without a better val score")
     min_delta: float = Field(0.0, ge=0, description="best epoch and early stopping: a gain in the monitored figure "
@@ -130,6 +133,9 @@ class TrainParams(Spec):
 
     @model_validator(mode="after")
     def _consistent_balance_and_augmentation(self):
+        if self.oversample_to is not None and self.oversample_classes is not None:
+            raise ValueError("give oversample_to (every class up to N) or oversample_classes (named classes × "
+                             "factor), not both")
         if self.augment_copies and self.augment == "none":
             raise ValueError("augment_copies needs an augmentation; set augment (e.g. light) or drop augment_copies")
         if "effective_beta" in self.model_fields_set and self.class_weights != "effective":
@@ -147,9 +153,10 @@ class TrainParams(Spec):
         if self.sampler == "undersample":
             raise TransferlabError(f"{label}: sampler: undersample needs one label per image, but these data are "
                                    "multi-label; use sampler: weighted or class_weights: balanced")
-        if self.oversample_to is not None:
-            raise TransferlabError(f"{label}: oversample_to needs one label per image, but these data are "
-                                   "multi-label; use sampler: weighted or class_weights: balanced")
+        for option in ("oversample_to", "oversample_classes"):
+            if getattr(self, option) is not None:
+                raise TransferlabError(f"{label}: {option} needs one label per image, but these data are "
+                                       "multi-label; use sampler: weighted or class_weights: balanced")
 
     def loss_for(self, multi_label: bool) -> str:
         """The loss that trains: `loss` as given, except that an unset loss on multi-label data means bce
@@ -163,7 +170,7 @@ class TrainParams(Spec):
         """Does training see exactly the given images, unchanged, every epoch? (Then what a frozen bottom
         computes from them can be cached.)"""
         return (self.augment == "none" and not self.mixup and not self.cutmix and not self.augment_copies
-                and self.oversample_to is None)
+                and self.oversample_to is None and self.oversample_classes is None)
 
 
 class FromScratchParams(TrainParams):
