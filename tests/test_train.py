@@ -19,8 +19,11 @@ from transferlab.core.errors import TransferlabError
 from transferlab.data import open_pools
 from transferlab.data.decode import decode_images
 from transferlab.models import load_backbone
+from transferlab.models.backbones import create_model
 from transferlab.paradigms import create_paradigm
+from transferlab.paradigms.finetune import FinetuneParams
 from transferlab.paradigms.trained import TrainingContext
+from transferlab.train.freeze import layers_with_weights, trainable_by_plan
 from transferlab.train.loop import Images, fit
 from transferlab.train.optim import make_optimizer, make_schedule
 from transferlab.train.params import TrainParams
@@ -216,6 +219,57 @@ def test_oversample_classes_repeats_only_the_named_classes_images_factor_times(d
         TrainParams(oversample_classes={"classes": ["3"]}).check_multi_label("finetune")
 
 
+def plan_of(model, **plan):
+    return trainable_by_plan(model, FinetuneParams(unfreeze=plan).plan)
+
+
+def test_unfreeze_plans_count_layers_as_keras_does_and_match_globs_on_timm_and_torchvision_nets():
+    resnet = create_model("resnet18", num_classes=5)
+    layers = layers_with_weights(resnet)  # conv1, bn1, layer1.0.conv1, ... , fc
+    assert layers[:2] == ["conv1", "bn1"] and layers[-3:] == ["layer4.1.conv2", "layer4.1.bn2", "fc"]
+    assert {n.rpartition(".")[0] for n in plan_of(resnet, last_layers=3)} == set(layers[-3:])
+    assert {n.rpartition(".")[0] for n in plan_of(resnet, first_layers=2, last_layers=1)} == {"conv1", "bn1", "fc"}
+    assert {n.split(".")[0] for n in plan_of(resnet, modules=["layer4.*"])} == {"layer4", "fc"}  # + the new head
+    assert plan_of(resnet, last_layers=0) == {"fc.weight", "fc.bias"}
+    stage = FinetuneParams(from_stage=-1).plan  # the shorthand is the plan spelled out
+    assert trainable_by_plan(resnet, stage) == plan_of(resnet, stage=-1)
+    alexnet = create_model("torchvision/alexnet", num_classes=5)  # 001's "conv only": its FC layers stay frozen
+    conv_only = plan_of(alexnet, frozen=["classifier.*"])
+    assert {n.rpartition(".")[0] for n in conv_only} == {"features.0", "features.3", "features.6", "features.8",
+                                                           "features.10", "classifier.6"}
+
+
+def test_a_plan_that_cannot_apply_is_one_line():
+    resnet = create_model("resnet18", num_classes=5)
+    assert len(layers_with_weights(resnet)) == 41  # 20 convolutions, 20 BatchNorms, fc
+    with pytest.raises(TransferlabError, match=r"unfreeze.modules: 'layer9\.\*' matches no parameter of ResNet"):
+        plan_of(resnet, modules=["layer9.*"])
+    with pytest.raises(TransferlabError, match=r"first_layers \+ last_layers = 900, but ResNet has 41 layers"):
+        plan_of(resnet, first_layers=450, last_layers=450)
+    with pytest.raises(ValueError, match=r"give one of unfreeze, from_stage, from_fraction \(found unfreeze, "
+                                         r"from_stage\)"):
+        FinetuneParams(unfreeze={"last_layers": 2}, from_stage=-1)
+    with pytest.raises(ValueError, match=r"give one of stage, fraction, last_layers, modules, frozen \(found "
+                                         r"last_layers, modules\)"):
+        FinetuneParams(unfreeze={"last_layers": 2, "modules": ["fc"]})
+    with pytest.raises(ValueError, match="first_layers goes with last_layers"):
+        FinetuneParams(unfreeze={"first_layers": 2})
+
+
+def test_finetune_with_a_layer_count_plan_trains_exactly_those_layers(digit_images):
+    backbone, x, y = digit_images
+    paradigm = create_paradigm("finetune", {"epochs": 1, "augment": "none", "unfreeze": {"last_layers": 4}},
+                               n_classes=10, seed=0)
+    paradigm.bind(TrainingContext(backbone, torch.device("cpu"))).fit(x[:200], y[:200], x[200:], y[200:])
+    before, after = backbone.model.state_dict(), paradigm.model_.model.state_dict()
+    trained = set(layers_with_weights(paradigm.model_.model)[-4:])  # conv_head, bn2, classifier and one before
+    for name, value in after.items():
+        module = name.rpartition(".")[0]
+        if module.startswith("classifier") or "running" in name or "num_batches" in name:
+            continue
+        assert torch.equal(value, before[name]) == (module not in trained), name
+
+
 def test_a_diverging_loss_stops_with_one_line_naming_epoch_step_and_lr(digit_images):
     backbone, x, y = digit_images
     paradigm = create_paradigm("simple-cnn", {"epochs": 2, "lr": 1e12, "optimizer": "sgd", "image_size": 16},
@@ -227,7 +281,6 @@ def test_a_diverging_loss_stops_with_one_line_naming_epoch_step_and_lr(digit_ima
 
 
 def test_resume_continues_nothing_once_finished_and_refuses_another_runs_checkpoint(digit_images, tmp_path):
-    from transferlab.train.loop import Images, fit
     from transferlab.train.optim import param_groups
 
     _, x, y = digit_images

@@ -1,24 +1,26 @@
-"""Fine-tuning: the backbone's weights change. `finetune` starts from the pretrained weights, `scratch`
-from a random initialisation of the same architecture (what pretraining buys): timm's own, or the Glorot /
-He schemes reference studies name (`init`).
+"""Fine-tuning: the backbone's weights change. `finetune` starts from the pretrained weights, `scratch` from a
+random initialisation of the same architecture (what pretraining buys): timm's own, or the Glorot / He schemes
+reference studies name (`init`).
 
-finetune options: unfreeze `from_stage: k` (timm feature stages, -1 = the last), `from_fraction: f`, or
-all (neither given); `lr_decay`: each stage toward the input trains at lr × lr_decay^distance;
-`head_epochs: N`: fastai's `fine_tune` — N epochs on the new head alone (one-cycle, pct_start 0.99), then
-unfreeze with the base lr halved, spread over the stages from lr/100 to lr unless `lr_decay` is given.
-BatchNorm layers of frozen stages keep their ImageNet statistics. The new head always fits n_classes.
+finetune options: `unfreeze:` a plan (train/freeze.py: all, a timm feature stage, a fraction or a Keras-style
+count of layers, globs to train or to keep frozen; `from_stage` / `from_fraction` are shorthands); `lr_decay`:
+each stage toward the input trains at lr × lr_decay^distance; `head_epochs: N`: fastai's `fine_tune` — N
+epochs on the new head alone (one-cycle, pct_start 0.99), then unfreeze with the base lr halved, spread over
+the stages from lr/100 to lr unless `lr_decay` is given. BatchNorm layers of frozen stages keep their ImageNet
+statistics. The new head always fits n_classes.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from torch import nn
 
+from ..config import describe_validation_error
 from ..core.seeding import torch_seeded
 from ..models.backbones import Normalized, create_model
-from ..train.freeze import classifier_names, layer_groups, set_trainable, trainable_from_fraction, trainable_from_stage
+from ..train.freeze import Unfreeze, UnfreezePlan, classifier_names, layer_groups, set_trainable, trainable_by_plan
 from ..train.params import FromScratchParams, TrainParams
 from ..train.partial import activations, split_at_first_trainable_block
 from .base import register
@@ -28,17 +30,45 @@ FASTAI_LR_SPREAD = 100  # fine_tune's slice(base_lr / lr_mult, base_lr), lr_mult
 
 
 class FinetuneParams(TrainParams):
-    from_stage: int | None = Field(None, description="unfreeze from this timm feature stage (-1: the last)")
-    from_fraction: float | None = Field(None, gt=0, le=1, description="unfreeze the last fraction of layers")
+    unfreeze: Unfreeze = Field("all", description="which layers train: all, {stage: k}, {fraction: f}, "
+                               "{last_layers: N}, {first_layers: M, last_layers: N}, {modules: [glob, ...]} or "
+                               "{frozen: [glob, ...]}; the new classifier always trains")
+    from_stage: int | None = Field(None, description="shorthand for unfreeze: {stage: k} (-1: the last stage)")
+    from_fraction: float | None = Field(None, gt=0, le=1, description="shorthand for unfreeze: {fraction: f}")
     head_epochs: int = Field(0, ge=0, description="two-phase: epochs on the frozen backbone first")
     lr_decay: float | None = Field(None, gt=0, le=1, description="per-stage lr factor toward the input")
     cache_activations: bool = Field(True, description="with augment: none, run the frozen stages only once")
 
+    @field_validator("unfreeze", mode="before")
+    @classmethod
+    def _a_plan(cls, value: Any) -> Any:
+        """One message for a wrong plan (a union would report each of its branches)."""
+        if value == "all" or isinstance(value, UnfreezePlan):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"'all' or a plan such as {{last_layers: 14}}, not {value!r}")
+        try:
+            return UnfreezePlan.model_validate(value)
+        except ValidationError as exc:
+            raise ValueError(describe_validation_error(exc)) from None
+
     @model_validator(mode="after")
     def _one_cut(self):
-        if self.from_stage is not None and self.from_fraction is not None:
-            raise ValueError("give from_stage or from_fraction, not both")
+        given = [name for name in ("from_stage", "from_fraction") if getattr(self, name) is not None]
+        if "unfreeze" in self.model_fields_set:
+            given.insert(0, "unfreeze")
+        if len(given) > 1:
+            raise ValueError(f"give one of unfreeze, from_stage, from_fraction (found {', '.join(given)})")
         return self
+
+    @property
+    def plan(self) -> Unfreeze:
+        """The unfreeze plan, the shorthands spelled out."""
+        if self.from_stage is not None:
+            return UnfreezePlan(stage=self.from_stage)
+        if self.from_fraction is not None:
+            return UnfreezePlan(fraction=self.from_fraction)
+        return self.unfreeze
 
 
 @register
@@ -53,12 +83,7 @@ class Finetune(TrainedParadigm):
             return backbone.with_normalization(backbone.with_new_head(self.n_classes))
 
     def trainable(self, net) -> set[str]:
-        p = self.params
-        if p.from_stage is not None:
-            return trainable_from_stage(net, p.from_stage)
-        if p.from_fraction is not None:
-            return trainable_from_fraction(net, p.from_fraction)
-        return {name for name, _ in net.named_parameters()}
+        return trainable_by_plan(net, self.params.plan)
 
     def fit(self, X, y, X_val, y_val):
         p = self.params
