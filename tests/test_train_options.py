@@ -16,6 +16,8 @@ from transferlab.config import BackboneSpec, DataSpec
 from transferlab.data import open_pools
 from transferlab.data.decode import decode_images
 from transferlab.models import load_backbone
+from transferlab.models.modules import SimpleCnnModel
+from transferlab.models.small_cnn import simple_cnn
 from transferlab.paradigms import create_paradigm
 from transferlab.paradigms.trained import TrainingContext
 from transferlab.train import hyperrule
@@ -112,3 +114,49 @@ def test_bit_with_max_epochs_1_trains_one_epoch_of_the_scaled_schedule(image_fol
     assert len(paradigm.history_) == 1 and paradigm.selected_["best_epoch"] == 1
     assert paradigm.history_[0]["lr"] == pytest.approx(rule["lr"] * 1e-3)  # all three decays happened in epoch 1
     assert paradigm.final_params()["max_epochs"] == 1  # the refit on train + val is capped too
+
+
+# ---------------------------------------------------------------- simple-cnn and small-resnet as study 002 built them
+
+
+def conv_params(c_in, c_out, k):  # bias-free convolution + BatchNorm's scale and shift
+    return c_in * c_out * k * k + 2 * c_out
+
+
+def test_simple_cnn_blocks_and_dense_layers_are_the_network_the_params_describe():
+    vgg_like = simple_cnn([16, 32, 64], 8, 0.3, kernel=3, convs_per_block=2, dense=[64])  # 002: < 140 000
+    expected = (conv_params(3, 16, 3) + conv_params(16, 16, 3) + conv_params(16, 32, 3) + conv_params(32, 32, 3)
+                + conv_params(32, 64, 3) + conv_params(64, 64, 3) + 64 * 64 + 64 + 64 * 8 + 8)
+    assert sum(p.numel() for p in vgg_like.parameters()) == expected < 140_000
+    resnet_like = simple_cnn([16, 32], 8, 0.3, residual=True, pool="avg", kernel=5)
+    shortcuts = conv_params(3, 16, 1) + conv_params(16, 32, 1)  # 1×1 projections where the width changes
+    assert sum(p.numel() for p in resnet_like.parameters()) == (conv_params(3, 16, 5) + conv_params(16, 16, 5)
+                                                                + conv_params(16, 32, 5) + conv_params(32, 32, 5)
+                                                                + shortcuts + 32 * 8 + 8)
+    assert any(isinstance(m, torch.nn.AvgPool2d) for m in resnet_like.modules())
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert resnet_like(images.float()).shape == (2, 8)
+    legacy = SimpleCnnModel([8, 16], 3, 0.1)  # a model saved before the architecture options: the default blocks
+    assert legacy.config["architecture"] == {} and sum(isinstance(m, torch.nn.Conv2d) for m in legacy.modules()) == 4
+
+
+def test_simple_cnn_l2_penalises_the_dense_weights_and_bad_shapes_are_refused(image_folder):
+    pools = open_pools(DataSpec(source=str(image_folder[0])))
+    idx = np.arange(len(pools.train))
+    x, _, _ = decode_images(pools.train, idx, create_paradigm("simple-cnn", {"image_size": 16}, n_classes=3,
+                                                                seed=0).view())
+    y = pools.train.labels
+
+    def dense_norm(l2):
+        paradigm = create_paradigm("simple-cnn", {"image_size": 16, "widths": [8, 16], "dense": [32], "l2": l2,
+                                                  "epochs": 6, "batch_size": 8, "augment": "none"}, n_classes=3,
+                                   seed=0)
+        paradigm.bind(TrainingContext(None, torch.device("cpu"))).fit(x[::2], y[::2], x[1::2], y[1::2])
+        return sum(float(m.weight.detach().pow(2).sum()) for m in paradigm.model_.modules()
+                   if isinstance(m, torch.nn.Linear))
+
+    assert dense_norm(1.0) < 0.8 * dense_norm(0.0)
+    with pytest.raises(ValueError, match="5 blocks halve the image 5 times, more than image_size 16 allows"):
+        create_paradigm("simple-cnn", {"image_size": 16, "widths": [8, 8, 8, 8, 8]}, n_classes=3, seed=0)
+    with pytest.raises(ValueError, match="small-resnet has skip connections by definition"):
+        create_paradigm("small-resnet", {"residual": False}, n_classes=3, seed=0)

@@ -76,10 +76,14 @@ class TimmModel(nn.Module):
 
 @rebuildable
 class SimpleCnnModel(nn.Module):
-    def __init__(self, widths: list[int], num_classes: int, dropout: float):
+    """simple-cnn / small-resnet (models/small_cnn.py); `architecture` is simple_cnn's keywords (a model saved
+    before they existed has none: the default VGG-style blocks)."""
+
+    def __init__(self, widths: list[int], num_classes: int, dropout: float, architecture: dict[str, Any] | None = None):
         super().__init__()
-        self.config = {"widths": list(widths), "num_classes": num_classes, "dropout": dropout}
-        self.net = Normalized(simple_cnn(widths, num_classes, dropout), MEAN, STD)
+        self.config = {"widths": list(widths), "num_classes": num_classes, "dropout": dropout,
+                       "architecture": dict(architecture or {})}
+        self.net = Normalized(simple_cnn(widths, num_classes, dropout, **(architecture or {})), MEAN, STD)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
