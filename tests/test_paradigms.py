@@ -260,7 +260,8 @@ def test_unknown_or_out_of_range_params_are_rejected_with_the_allowed_keys():
         create_paradigm("mlp", {"hiden": 3}, n_classes=2, seed=0)
     with pytest.raises(ValueError, match="metric"):
         create_paradigm("knn", {"metric": "manhattan-ish"}, n_classes=2, seed=0)
-    with pytest.raises(ValueError, match="from_stage or from_fraction, not both"):
+    with pytest.raises(ValueError, match=r"give one of unfreeze, from_stage, from_fraction \(found from_stage, "
+                                         r"from_fraction\)"):
         create_paradigm("finetune", {"from_stage": 1, "from_fraction": 0.5}, n_classes=2, seed=0)
     with pytest.raises(ValueError, match="BiT-HyperRule decides epochs, lr for bit"):  # never silently overridden
         create_paradigm("bit", {"lr": 0.1, "epochs": 3, "batch_size": 16}, n_classes=2, seed=0)
