@@ -70,15 +70,10 @@ class SimpleCnn(TrainedParadigm):
     def view(self):
         return make_view(self.deploy_view(None))[0]
 
-    def fit(self, X, y, X_val, y_val):
-        model = self.build_model()
-        p, weights = self.params, dense_weights(model)
-        penalty = (lambda: p.l2 * sum(w.pow(2).sum() for w in weights)) if p.l2 else None
-        self.record_history("", self.train_phase(model, [(list(model.parameters()), p.lr)], X, y, X_val, y_val,
-                                                 penalty=penalty))
-        self.selected_["parameters"] = sum(q.numel() for q in model.parameters())
-        self.model_ = model.eval()
-        return self
+    def penalty(self, model):
+        """`l2` × the squared dense weights (Keras's kernel_regularizer), or None without `l2`."""
+        l2, weights = self.params.l2, dense_weights(model)
+        return (lambda: l2 * sum(w.pow(2).sum() for w in weights)) if l2 else None
 
     def deploy_steps(self):
         p = self.params

@@ -66,9 +66,14 @@ class TrainedParadigm(Paradigm):
         """Default: build the model and train every layer (scratch, simple-cnn); finetune overrides."""
         model = self.build_model()
         self.record_history("", self.train_phase(model, [(list(model.parameters()), self.params.lr)],
-                                                 X, y, X_val, y_val))
+                                                 X, y, X_val, y_val, penalty=self.penalty(model)))
+        self.selected_["parameters"] = sum(q.numel() for q in model.parameters())
         self.model_ = model.eval()
         return self
+
+    def penalty(self, model: nn.Module):
+        """A term added to the training loss, as `() → tensor` (simple-cnn's L2 on its dense layers); None."""
+        return None
 
     def train_phase(self, model: nn.Module, groups: list[tuple[list[nn.Parameter], float]], X, y, X_val, y_val,
                     *, params=None, phase: str = "", epochs: int | None = None, penalty=None,
