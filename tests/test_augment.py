@@ -156,7 +156,7 @@ def test_a_run_with_augmentation_mixup_and_cutmix_resumes_exactly_after_a_crash(
                 raise KeyboardInterrupt
             return 0.0
 
-        model = create_paradigm("simple-cnn", {"image_size": 16}, n_classes=10, seed=0).build_model()
+        model = create_paradigm("simple-cnn", {"image_size": 16}, n_classes=10, seed=0).build_model((16, 16))
         return fit(model, param_groups([(list(model.parameters()), p.lr)], 0.0), train, val, p, n_classes=10,
                    seed=0, device=torch.device("cpu"), checkpoints=folder, resume=resume, penalty=penalty)
 

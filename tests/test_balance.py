@@ -117,7 +117,7 @@ def test_balancing_in_the_loop_is_reported_in_its_notes(imbalanced_images):
     x, y = imbalanced_images
     p = TrainParams(epochs=1, sampler="undersample", oversample_to=20, class_weights="effective", augment="none",
                     lr=0.01, optimizer="adamw", batch_size=100)
-    model = create_paradigm("simple-cnn", {"image_size": 16}, n_classes=10, seed=0).build_model()
+    model = create_paradigm("simple-cnn", {"image_size": 16}, n_classes=10, seed=0).build_model((16, 16))
     result = fit(model, param_groups([(list(model.parameters()), p.lr)], 0.0), Images(x, y), Images(x[:50], y[:50]),
                  p, n_classes=10, seed=0, device=torch.device("cpu"))
     assert result.notes["train_images_per_class"][0] == 20 and result.notes["images_per_epoch"] == 200

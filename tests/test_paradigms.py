@@ -255,7 +255,7 @@ def test_hyper_parameters_are_chosen_on_validation_from_the_given_grid(digits):
 
 
 def test_unknown_or_out_of_range_params_are_rejected_with_the_allowed_keys():
-    with pytest.raises(ValueError, match=r"unknown key 'hiden' \(did you mean 'hidden'\?\); allowed: resample, "
+    with pytest.raises(ValueError, match=r"unknown key 'hiden' \(did you mean 'hidden'\?\); allowed: head, resample, "
                                          "hidden"):
         create_paradigm("mlp", {"hiden": 3}, n_classes=2, seed=0)
     with pytest.raises(ValueError, match="metric"):

@@ -108,9 +108,9 @@ def test_head_and_linear_fit_on_alexnet_fc7_features(alexnet, garments):
     x, y, x_val, y_val = garments
     head = create_paradigm("head", {"epochs": 3, "views": 1, "augment": "none"}, n_classes=3, seed=0)
     head.bind(TrainingContext(alexnet, torch.device("cpu"), engine="torch")).fit(x, y, x_val, y_val)
-    assert head.model_.head[-1].in_features == 4096 and head.predict_proba(x_val).shape == (18, 3)
+    assert head.model_.head.dense[-1].in_features == 4096 and head.predict_proba(x_val).shape == (18, 3)
     (module,), frozen_features = head.deploy_steps()
-    assert frozen_features and module.config["features"] == 4096
+    assert frozen_features and module.config["in_shape"] == [4096]
     with torch.no_grad():
         encode = alexnet.feature_model()
         features = [encode(images).numpy() for images in (x, x_val)]

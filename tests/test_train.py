@@ -290,7 +290,7 @@ def test_resume_continues_nothing_once_finished_and_refuses_another_runs_checkpo
 
     def go(key, resume):
         torch.manual_seed(0)
-        model = create_paradigm("simple-cnn", {"image_size": 16}, n_classes=10, seed=0).build_model()
+        model = create_paradigm("simple-cnn", {"image_size": 16}, n_classes=10, seed=0).build_model((16, 16))
         return fit(model, param_groups([(list(model.parameters()), p.lr)], 0.0), train, val, p, n_classes=10,
                    seed=0, device=torch.device("cpu"), checkpoints=tmp_path, resume=resume, run_key=key)
 
@@ -360,7 +360,7 @@ def test_restore_best_false_keeps_the_last_epochs_weights_after_the_same_trainin
         p = TrainParams(epochs=8, lr=0.02, optimizer="adamw", augment="none", schedule="constant",
                         restore_best=restore_best)
         torch.manual_seed(0)
-        model = create_paradigm("simple-cnn", {"image_size": 16}, n_classes=10, seed=0).build_model()
+        model = create_paradigm("simple-cnn", {"image_size": 16}, n_classes=10, seed=0).build_model((16, 16))
         result = fit(model, param_groups([(list(model.parameters()), p.lr)], 0.0), train, val, p, n_classes=10,
                      seed=0, device=torch.device("cpu"))
         val_loss, _ = evaluate(model, val, make_loss(p, train.y.numpy(), 10), p.batch_size, torch.device("cpu"))

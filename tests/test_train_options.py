@@ -32,7 +32,7 @@ def backbone():
 
 def scratch_net(backbone, init, seed=0):
     paradigm = create_paradigm("scratch", {"init": init}, n_classes=3, seed=seed)
-    return paradigm.bind(TrainingContext(backbone, torch.device("cpu"))).build_model().model
+    return paradigm.bind(TrainingContext(backbone, torch.device("cpu"))).build_model((SMALL_SIZE, SMALL_SIZE)).model
 
 
 def glorot_std(weight):

@@ -173,6 +173,9 @@ class ParadigmSpec(Spec):
     label: str | None = None
     backbones: list[str] | None = Field(None, min_length=1, description="only on these study backbones (names "
                                         "or labels); default: every backbone")
+    features_from: str | None = Field(None, description="a feature paradigm on the network another row of the "
+                                      "study trained (that row's label: a finetune or scratch row listed before "
+                                      "this one), same backbone, seed and data, instead of the pretrained one")
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -181,7 +184,7 @@ class ParadigmSpec(Spec):
         if isinstance(data, str):
             return {"name": data}
         if isinstance(data, dict) and "params" not in data:
-            reserved = {"name", "label", "backbones"}
+            reserved = {"name", "label", "backbones", "features_from"}
             params = {k: v for k, v in data.items() if k not in reserved}
             return {**{k: v for k, v in data.items() if k in reserved}, "params": params}
         return data
@@ -190,10 +193,10 @@ class ParadigmSpec(Spec):
     def row_label(self) -> str:
         if self.label:
             return self.label
-        if not self.params:
-            return self.name
-        inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(self.params.items()))
-        return f"{self.name}({inner})"
+        base = self.name
+        if self.params:
+            base += "(" + ",".join(f"{k}={_short(v)}" for k, v in sorted(self.params.items())) + ")"
+        return f"{base} on {self.features_from}" if self.features_from else base
 
 
 def _short(value: Any) -> str:
@@ -227,6 +230,8 @@ class RunSpec(Spec):
                         "train + val before the one test score")
     reference: Reference | None = Field(None, description="set by the study on the reference rows it adds "
                                         "(what transfer buys); shown apart in the leaderboard")
+    features_source: RunSpec | None = Field(None, description="set by the study on a `features_from` row: the "
+                                            "cell whose trained network gives this one its features")
 
     @property
     def run_id(self) -> str:

@@ -57,11 +57,13 @@ class PixelEncoder(Encoder):
 
 
 class BackboneEncoder(Encoder):
-    """Pooled features of a frozen backbone; the engine is built on first use, so a cache hit costs nothing."""
+    """Pooled features (or feature maps) of a frozen backbone; the engine is built on first use, so a cache hit
+    costs nothing."""
 
-    def __init__(self, backbone: Backbone, device: torch.device, engine: str):
+    def __init__(self, backbone: Backbone, device: torch.device, engine: str, feature_map: bool = False):
         self.backbone, self.device, self.requested_engine = backbone, device, engine
-        self.key = backbone.key
+        self.feature_map = feature_map  # the last feature map, unpooled (a head with a pool of its own)
+        self.key = backbone.key + ("-map" if feature_map else "")
         self.transform = backbone.eval_transform()
         self.engine: str | None = None  # the engine actually used, once built
         self._encode: EncodeFn | None = None
@@ -69,7 +71,7 @@ class BackboneEncoder(Encoder):
     def encode(self, batch: torch.Tensor) -> np.ndarray:
         if self._encode is None:
             engine = select_engine(self.requested_engine, self.device)
-            self._encode, self.engine = make_encoder(self.backbone.feature_model(),
+            self._encode, self.engine = make_encoder(self.backbone.feature_model(self.feature_map),
                                                      tuple(self.backbone.data_config["input_size"]),
                                                      self.device, engine, cache_key=self.key)
         return self._encode(batch)

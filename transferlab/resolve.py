@@ -88,11 +88,14 @@ def expand(spec: StudySpec, is_multi_label=None) -> list[RunSpec]:
     cells = []
     for data in spec.datasets:
         for seed in spec.seeds:
+            block: list[RunSpec] = []  # this dataset and seed: where a features_from row finds its source
             for paradigm in spec.paradigms:
                 for backbone in backbones_of(spec, paradigm):
                     cell = base_cell(spec, data, backbone, paradigm, seed)
                     cell = apply_overrides(spec, cell, data, backbone, paradigm)
-                    cells.append(resolved(RunSpec, cell, f"study '{spec.name}', cell {len(cells) + 1}"))
+                    cell = resolved(RunSpec, cell, f"study '{spec.name}', cell {len(cells) + len(block) + 1}")
+                    block.append(with_features_source(spec, cell, block) if paradigm.features_from else cell)
+            cells += block
             for cell in reference_cells(spec, data, seed, is_multi_label(data)):
                 # A reference row anchors the grid rows of its dataset: it takes their data-wide overrides
                 # (e.g. a train_size), never those that select a backbone or paradigm.
@@ -108,6 +111,32 @@ def expand(spec: StudySpec, is_multi_label=None) -> list[RunSpec]:
                                    "distinct `name:`s or the paradigms distinct `label:`s")
         seen[cell.run_id] = cell
     return list(seen.values())  # a cell listed twice runs (and counts as a seed) once
+
+
+def with_features_source(spec: StudySpec, cell: RunSpec, earlier: list[RunSpec]) -> RunSpec:
+    """A `features_from` cell with its source: the cell of the named row on the same dataset, seed and backbone,
+    listed before it (the study trains it first), which must train the backbone network on the same data."""
+    wanted, paradigm = cell.paradigm.features_from, cell.paradigm
+    where = f"study '{spec.name}', paradigm {paradigm.row_label}: features_from"
+    if get_paradigm_class(paradigm.name).input != "features":
+        raise TransferlabError(f"{where}: {paradigm.name} is not a feature paradigm; features_from applies to "
+                               "paradigms on cached features (knn, linear, rff, mlp)")
+    rows = [p for p in spec.paradigms if p.row_label == wanted]
+    if not rows:
+        raise TransferlabError(f"{where}: no row is labelled '{wanted}' (rows: "
+                               f"{', '.join(p.row_label for p in spec.paradigms)})")
+    if not get_paradigm_class(rows[0].name).trains_backbone:
+        raise TransferlabError(f"{where}: row '{wanted}' is {rows[0].name}, which trains no backbone network; name "
+                               "a finetune or scratch row")
+    found = [c for c in earlier if c.paradigm.row_label == wanted and c.backbone == cell.backbone]
+    if not found:
+        raise TransferlabError(f"{where}: row '{wanted}' has no cell on backbone {cell.backbone.label} listed before "
+                               "this row; list it first, on the same backbones")
+    source = found[0]
+    if source.data != cell.data or source.final != cell.final:
+        raise TransferlabError(f"{where}: row '{wanted}' is split or refitted differently on {cell.data.label} "
+                               "(its overrides differ); give both rows the same data and final settings")
+    return cell.model_copy(update={"features_source": source})
 
 
 def backbones_of(spec: StudySpec, paradigm: ParadigmSpec) -> list[BackboneSpec | None]:
@@ -154,6 +183,7 @@ def base_cell(spec: StudySpec, data, backbone, paradigm, seed: int, reference: s
         "data": data.model_dump(exclude_defaults=True),
         "backbone": backbone.model_dump(exclude_defaults=True) if backbone else None,
         "paradigm": {"name": paradigm.name, **({"label": paradigm.label} if paradigm.label else {}),
+                     **({"features_from": paradigm.features_from} if paradigm.features_from else {}),
                      **paradigm.params},
         "seed": seed, **{field: getattr(spec, field) for field in STUDY_WIDE_FIELDS},
         "reference": reference or (paradigm.name if paradigm.name in LABEL_AND_PIXEL_REFERENCES else None),

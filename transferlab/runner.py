@@ -26,7 +26,7 @@ from .engines import resolve_device
 from .evaluate import headline_metrics, image_outcomes, predicted_labels, score, tune_thresholds
 from .features import BackboneEncoder, Encoder, FeatureStore
 from .gallery import mistakes
-from .model_file import save_run_model
+from .model_file import save_run_model, trained_backbone
 from .models import Backbone, forward_cost, load_backbone
 from .paradigms import Paradigm, create_paradigm
 from .paradigms.trained import TrainingContext
@@ -137,7 +137,7 @@ def prepare(spec: RunSpec, out_dir: str | Path, pools: Pools | None, device: tor
     classes, multi_label = pools.train.classes, pools.train.multi_label
     paradigm = create_paradigm(spec.paradigm.name, spec.paradigm.params, n_classes=len(classes), seed=spec.seed,
                                multi_label=multi_label)
-    backbone = _backbone(spec) if paradigm.needs_backbone else None
+    backbone = _backbone(spec, out_dir) if paradigm.needs_backbone else None
     encoder, input_key = _encoder(spec, paradigm, backbone, pools, splits, device, out_dir, resume)
     key = cell_key(spec, pools, f"{input_key}|{paradigm.params.model_dump_json()}")  # resolved: YAML files read
     if paradigm.input == "images":
@@ -188,10 +188,27 @@ def _rounded(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in timings.items()}
 
 
-def _backbone(spec: RunSpec) -> Backbone:
-    """The run's backbone; random init is seeded by `init_seed` when given (the untrained reference row)."""
+def _backbone(spec: RunSpec, out_dir: str | Path) -> Backbone:
+    """The run's backbone; random init is seeded by `init_seed` when given (the untrained reference row);
+    `features_from`: the network its source run trained."""
+    if spec.paradigm.features_from:
+        return _trained_backbone(spec, out_dir)
     init_seed = spec.backbone.init_seed
     return load_backbone(spec.backbone, seed=spec.seed if init_seed is None else init_seed)
+
+
+def _trained_backbone(spec: RunSpec, out_dir: str | Path) -> Backbone:
+    source = spec.features_source
+    row = f"{spec.paradigm.row_label}: features_from {spec.paradigm.features_from}"
+    if source is None:
+        raise TransferlabError(f"{row}: a features_from row runs inside its study, after the row it names; run "
+                               "the study (a search trial cannot chain rows)")
+    path = record_path(out_dir, source.run_id)
+    record = read_record(path)
+    if record is None:
+        raise TransferlabError(f"{row}: {path} is missing — the study trains {source.run_id} first; run the "
+                               "whole study")
+    return trained_backbone(record, path)
 
 
 def _encoder(spec: RunSpec, paradigm, backbone, pools: Pools, splits, device, out_dir, resume):

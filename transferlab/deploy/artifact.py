@@ -19,17 +19,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from ..config import BackboneSpec, DataSpec
+from ..config import BackboneSpec, DataSpec, RunSpec
 from ..core.errors import TransferlabError
 from ..data import Split, make_splits, open_pools
 from ..data.decode import decode_images
 from ..data.views import make_view
+from ..model_file import load_pipeline, trained_backbone
 from ..models import load_backbone
-from ..models.backbones import file_sha256
-from ..models.modules import Pipeline, TimmModel, build
+from ..models.backbones import Backbone
+from ..models.modules import Pipeline, TimmModel
 from ..record import is_multi_label
 
 DEFAULT_RUNS = Path("runs")  # where run ids are looked up: every study folder under it
@@ -130,38 +130,37 @@ def load_run(ref: str | Path, runs: str | Path = DEFAULT_RUNS) -> RunModel:
     and a frozen backbone's weights must hash to what the run used."""
     path = find_record(ref, runs)
     record = read_run(path)
-    entry = record.get("model")
-    if not entry:
-        reason = ("a reference row has no model" if record.get("reference") else
-                  "it was recorded before models were saved; rerun it with --force")
-        raise TransferlabError(f"{path}: run {record['run_id']} has no saved model ({reason})")
-    file = path.parent.parent / entry["file"]
-    if not file.is_file():
-        raise TransferlabError(f"{path}: its model file {file} is missing; rerun the run with --force")
-    if file_sha256(file) != entry["sha256"]:
-        raise TransferlabError(f"{file}: sha256 differs from its run record — the file was changed or damaged; "
-                               "rerun the run with --force")
-    pipeline = build(entry["pipeline"])
-    pipeline.load_state_dict(load_file(str(file)))
+    entry = record["model"] if record.get("model") else {}
+    pipeline = load_pipeline(record, path)
     if pipeline.frozen_features:  # one pipeline, image → scores: the backbone's features first
-        pipeline = Pipeline([_frozen_features(record, path), *pipeline.steps])
+        pipeline = Pipeline([_frozen_features(record, path, pipeline.needs_feature_map), *pipeline.steps])
     view, input_size = make_view(entry["view"])
     return RunModel(record, pipeline.eval(), view, input_size, path)
 
 
-def _frozen_features(record: dict[str, Any], path: Path) -> nn.Module:
-    spec = BackboneSpec.model_validate(record["spec"]["backbone"])
-    seed = record["seed"] if spec.init_seed is None else spec.init_seed
-    backbone = load_backbone(spec, seed=seed)
+def _frozen_features(record: dict[str, Any], path: Path, feature_map: bool) -> nn.Module:
+    backbone = _frozen_backbone(record, path)
     expected = record["backbone"]["weights"]["sha256"]
     if backbone.weights.sha256 != expected:
-        raise TransferlabError(f"{path}: backbone {spec.name} weights ({backbone.weights.source} "
+        raise TransferlabError(f"{path}: backbone {backbone.name} weights ({backbone.weights.source} "
                                f"{backbone.weights.detail}) hash to {backbone.weights.sha256[:12]}…, not the run's "
                                f"{expected[:12]}…; the weights changed since the run: rerun it with --force")
     config = backbone.data_config
-    features = TimmModel(spec.name, 0, config["mean"], config["std"])  # timm's num_classes=0: pooled features
-    features.net.load_state_dict(backbone.feature_model().state_dict())
+    # timm's num_classes=0: pooled features; feature_map: the last map, for a head that pools it itself
+    features = TimmModel(backbone.name, 0, config["mean"], config["std"], feature_map=feature_map)
+    features.net.load_state_dict(backbone.feature_model(feature_map).state_dict())
     return features
+
+
+def _frozen_backbone(record: dict[str, Any], path: Path) -> Backbone:
+    """The backbone the run's features came from: its weight source's, or (features_from) the network that
+    another run of the study trained, from that run's model file."""
+    if record["backbone"]["weights"]["source"] == "trained":
+        source = RunSpec.model_validate(record["spec"]).features_source
+        source_path = path.parent / f"{source.run_id}.json"
+        return trained_backbone(read_run(source_path), source_path)
+    spec = BackboneSpec.model_validate(record["spec"]["backbone"])
+    return load_backbone(spec, seed=record["seed"] if spec.init_seed is None else spec.init_seed)
 
 
 # ---------------------------------------------------------------- the run's own images

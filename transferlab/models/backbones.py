@@ -76,10 +76,14 @@ class Backbone:
     weights: WeightsInfo
     data_config: dict[str, Any]  # timm: input_size, interpolation, mean, std, crop_pct, crop_mode
 
-    def feature_model(self) -> torch.nn.Module:
-        """uint8 images → pooled pre-logit features (a copy, classifier removed with timm's `reset_classifier(0)`)."""
+    def feature_model(self, feature_map: bool = False) -> torch.nn.Module:
+        """uint8 images → pooled pre-logit features (a copy, classifier removed with timm's `reset_classifier(0)`);
+        `feature_map`: the last feature map, unpooled (`global_pool=""`), for a head that pools itself."""
         model = copy.deepcopy(self.model)
-        model.reset_classifier(0)
+        if feature_map:
+            model.reset_classifier(0, global_pool="")
+        else:
+            model.reset_classifier(0)
         return self.with_normalization(model)
 
     def with_new_head(self, n_classes: int) -> torch.nn.Module:

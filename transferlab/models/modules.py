@@ -22,7 +22,7 @@ from torch import nn
 
 from ..core.registry import Registry
 from .backbones import Normalized, create_model
-from .heads import make_head
+from .heads import ClassifierHead, HeadSpec, attach_head, make_head, strip_classifier
 from .small_cnn import MEAN, STD, simple_cnn
 
 NEVER = -1e4  # the logit of a class the fitted model cannot predict (softmax / sigmoid give exactly 0)
@@ -55,6 +55,11 @@ class Pipeline(nn.Module):
         self.frozen_features = frozen_features
         self.config = {"steps": [describe(m) for m in modules], "frozen_features": frozen_features}
 
+    @property
+    def needs_feature_map(self) -> bool:
+        """Do the frozen features have to be the backbone's last feature map (a head that pools itself)?"""
+        return self.frozen_features and getattr(self.steps[0], "needs_feature_map", False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for step in self.steps:
             x = step(x)
@@ -63,12 +68,24 @@ class Pipeline(nn.Module):
 
 @rebuildable
 class TimmModel(nn.Module):
-    """A timm architecture behind uint8 → normalised input (the layout of `Backbone.with_normalization`)."""
+    """A timm architecture behind uint8 → normalised input (the layout of `Backbone.with_normalization`).
 
-    def __init__(self, name: str, num_classes: int, mean: list[float], std: list[float]):
+    `head`: {spec, in_shape} of a `HeadSpec` head in the classifier's place (none: timm's own classifier);
+    `feature_map`: with num_classes 0, the last feature map instead of pooled features (a head that pools)."""
+
+    def __init__(self, name: str, num_classes: int, mean: list[float], std: list[float],
+                 head: dict[str, Any] | None = None, feature_map: bool = False):
         super().__init__()
-        self.config = {"name": name, "num_classes": num_classes, "mean": list(mean), "std": list(std)}
-        self.net = Normalized(create_model(name, num_classes), mean, std)
+        self.config = {"name": name, "num_classes": num_classes, "mean": list(mean), "std": list(std),
+                       **({"head": head} if head else {}), **({"feature_map": True} if feature_map else {})}
+        net = create_model(name, num_classes)
+        if feature_map:
+            net.reset_classifier(0, global_pool="")
+        if head:
+            spec = HeadSpec.model_validate(head["spec"])
+            strip_classifier(net, spec)
+            attach_head(net, spec, num_classes, tuple(head["in_shape"]))
+        self.net = Normalized(net, mean, std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -136,12 +153,30 @@ class RandomFourier(nn.Module):
 
 @rebuildable
 class Head(nn.Module):
-    """The new head of `mlp` / `head` (models/heads.make_head)."""
+    """The head of `mlp` / `head` models saved before head specs (models/heads.make_head); new ones are `SpecHead`."""
 
     def __init__(self, features: int, classes: int, hidden: int, dropout: float):
         super().__init__()
         self.config = {"features": features, "classes": classes, "hidden": hidden, "dropout": dropout}
         self.net = make_head(features, classes, hidden=hidden, dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@rebuildable
+class SpecHead(nn.Module):
+    """A `HeadSpec` head (models/heads.py) on frozen features: pooled (`head`, `mlp`) or a feature map (`head`
+    with a pool of its own)."""
+
+    def __init__(self, in_shape: list[int], classes: int, spec: dict[str, Any]):
+        super().__init__()
+        self.config = {"in_shape": list(in_shape), "classes": classes, "spec": dict(spec)}
+        self.net = ClassifierHead(HeadSpec.model_validate(spec), tuple(in_shape), classes)
+
+    @property
+    def needs_feature_map(self) -> bool:
+        return self.net.spec.needs_feature_map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -31,6 +31,7 @@ class Paradigm(ABC):
     Params: ClassVar[type[Spec]]  # the hyper-parameters, with their defaults
     needs_backbone: ClassVar[bool] = True  # False: the paradigm brings its own `encoder(source)` / `view()`
     input: ClassVar[str] = "features"  # "features": X is N × D vectors; "images": X is N×3×H×W uint8 images
+    trains_backbone: ClassVar[bool] = False  # its saved model is the whole trained backbone (features_from can use it)
     epoch_fields: ClassVar[tuple[str, ...]] = ()  # the params that count training epochs (what a cap caps)
 
     def __init__(self, params: Spec, *, n_classes: int, seed: int, multi_label: bool = False):

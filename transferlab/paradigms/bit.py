@@ -11,6 +11,7 @@ An `augment` the user writes runs after the rule's random crop, at the crop size
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -19,6 +20,7 @@ from torchvision.transforms import v2
 
 from ..data.augment import make_augment
 from ..data.views import make_view
+from ..models.heads import ClassifierHead, WithHead
 from ..train.hyperrule import decide
 from ..train.params import TrainParams
 from .base import register
@@ -29,7 +31,7 @@ RULED = {"optimizer", "momentum", "nesterov", "lr", "epochs", "schedule", "warmu
          "mixup"}
 
 
-class BitParams(TrainParams):
+class BitParams(TrainParams, WithHead):
     batch_size: int = Field(64, gt=0, description="the rule's lr scales with it (0.003 at 512)")
     max_resolution: int | None = Field(128, ge=16, description="cap on the rule's crop size (CPU budgets)")
     max_epochs: int | None = Field(None, gt=0, description="cap on the rule's schedule (CPU budgets): a longer "
@@ -77,11 +79,14 @@ class Bit(TrainedParadigm):
             "milestones": [s / rule["steps"] for s in rule["decay_steps"]], "gamma": 0.1,
             "mixup": rule["mixup_alpha"]})
         backbone = self.context.backbone
-        net = backbone.with_new_head(self.n_classes)
-        for tensor in net.get_classifier().parameters():
+        self.crop_ = rule["crop"]
+        net = self.with_new_head(copy.deepcopy(backbone.model), (self.crop_, self.crop_))
+        classifier = net.get_classifier()
+        if isinstance(classifier, ClassifierHead):  # a head spec: its last layer is the classifier
+            classifier = classifier.dense[-1]
+        for tensor in classifier.parameters():
             torch.nn.init.zeros_(tensor)  # BiT's zero-initialised head
         self.model_ = backbone.with_normalization(net)
-        self.crop_ = rule["crop"]
         augment = v2.Compose([v2.RandomCrop(self.crop_), self._augment_at_crop()])
         self.record_history("", self.train_phase(self.model_, [(list(net.parameters()), p.lr)], X, y,
                                                  self._center(X_val), y_val, params=p, augment=augment))

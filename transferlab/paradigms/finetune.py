@@ -12,6 +12,7 @@ statistics. The new head always fits n_classes.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -20,6 +21,7 @@ from torch import nn
 from ..config import describe_validation_error
 from ..core.seeding import torch_seeded
 from ..models.backbones import Normalized, create_model
+from ..models.heads import WithHead
 from ..train.freeze import Unfreeze, UnfreezePlan, classifier_names, layer_groups, set_trainable, trainable_by_plan
 from ..train.params import FromScratchParams, TrainParams
 from ..train.partial import activations, split_at_first_trainable_block
@@ -29,7 +31,7 @@ from .trained import TrainedParadigm
 FASTAI_LR_SPREAD = 100  # fine_tune's slice(base_lr / lr_mult, base_lr), lr_mult = 100
 
 
-class FinetuneParams(TrainParams):
+class FinetuneParams(TrainParams, WithHead):
     unfreeze: Unfreeze = Field("all", description="which layers train: all, {stage: k}, {fraction: f}, "
                                "{last_layers: N}, {first_layers: M, last_layers: N}, {modules: [glob, ...]} or "
                                "{frozen: [glob, ...]}; the new classifier always trains")
@@ -75,19 +77,20 @@ class FinetuneParams(TrainParams):
 class Finetune(TrainedParadigm):
     name = "finetune"
     Params = FinetuneParams
+    trains_backbone = True
     epoch_fields = ("epochs", "head_epochs")
 
-    def build_model(self) -> Normalized:
+    def build_model(self, input_hw: tuple[int, int]) -> Normalized:
         backbone = self.context.backbone
         with torch_seeded(self.seed):  # the new head's initialisation
-            return backbone.with_normalization(backbone.with_new_head(self.n_classes))
+            return backbone.with_normalization(self.with_new_head(copy.deepcopy(backbone.model), input_hw))
 
     def trainable(self, net) -> set[str]:
         return trainable_by_plan(net, self.params.plan)
 
     def fit(self, X, y, X_val, y_val):
         p = self.params
-        model = self.build_model()
+        model = self.build_model(tuple(X.shape[-2:]))
         net = model.model
         lr, decay = p.lr, p.lr_decay
         if p.head_epochs:
@@ -129,7 +132,7 @@ class Finetune(TrainedParadigm):
         return {"head_epochs": self.selected_["head_best_epoch"], "epochs": self.selected_["finetune_best_epoch"]}
 
 
-class ScratchParams(FromScratchParams):
+class ScratchParams(FromScratchParams, WithHead):
     init: Literal["default", "glorot", "he"] = Field(
         "default", description="default: timm's own initialisation of the architecture; glorot: Keras's default, "
         "Glorot/Xavier-uniform on every convolution and linear weight, zero biases; he: Kaiming-normal (fan_out, "
@@ -161,10 +164,13 @@ class Scratch(TrainedParadigm):
 
     name = "scratch"
     Params = ScratchParams
+    trains_backbone = True
 
-    def build_model(self) -> Normalized:
+    def build_model(self, input_hw: tuple[int, int]) -> Normalized:
         backbone = self.context.backbone
         with torch_seeded(self.seed):  # timm's init and `init` both draw from it: one seed, one start (refit too)
             net = create_model(backbone.name, self.n_classes)  # timm or torchvision, by name
             initialize(net, self.params.init)
+            if self.params.head is not None:  # the head's own init: `head.init`
+                net = self.with_new_head(net, input_hw)
         return backbone.with_normalization(net)

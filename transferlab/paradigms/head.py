@@ -1,4 +1,5 @@
-"""`head`: a new head (linear, or an MLP with dropout and L1/L2) on a frozen backbone, with augmentation.
+"""`head`: a new head (`head:` a HeadSpec: pooling, dense layers, dropout, L1/L2) on a frozen backbone, with
+augmentation.
 
 The frozen backbone runs without autograd through the same engine as feature extraction (ONNX Runtime
 on CPU), so an epoch costs one fast forward pass per image and a backward pass through the head alone.
@@ -17,25 +18,30 @@ from torch import nn
 from ..core.seeding import torch_seeded
 from ..data.augment import augmented_copies, make_augment
 from ..features import BackboneEncoder
-from ..models.heads import make_head
-from ..models.modules import Head as HeadModule
+from ..models.heads import ClassifierHead, HeadSpec, WithHead, check_one_head_form, shorthand_head
+from ..models.modules import SpecHead
 from ..train.loop import Images, offline_training_set
 from ..train.params import Optimizer, TrainParams
 from .base import register
 from .trained import TrainedParadigm
 
 
-class HeadParams(TrainParams):
-    hidden: int = Field(0, ge=0, description="0: a linear head; else one hidden layer of this width")
-    dropout: float = Field(0.2, ge=0, lt=1)
-    l1: float = Field(0.0, ge=0, description="L1 penalty on the head's weights (L2 is weight_decay)")
+class HeadParams(TrainParams, WithHead):
+    hidden: int = Field(0, ge=0, description="shorthand for head: {hidden: [N]}; 0: a linear head")
+    dropout: float = Field(0.2, ge=0, lt=1, description="shorthand for head: {dropout: p}")
+    l1: float = Field(0.0, ge=0, description="shorthand for head: {l1: λ}, the L1 penalty on the head's weights")
     views: int = Field(0, ge=0, description="0: augment online every epoch; K: K augmented views encoded once")
     optimizer: Optimizer = "adamw"
     lr: float = Field(1e-3, gt=0)
     epochs: int = Field(15, gt=0)
 
+    @property
+    def head_spec(self) -> HeadSpec:
+        return shorthand_head(self, self.hidden, self.dropout, self.l1)
+
     @model_validator(mode="after")
     def _no_mixing(self):
+        check_one_head_form(self, ("hidden", "dropout", "l1"))
         if self.mixup or self.cutmix:  # the frozen engine takes uint8 images; blended images are not that
             raise ValueError("mixup and cutmix are not available for head; use finetune, or views: K for "
                              "augmentation")
@@ -47,8 +53,8 @@ class HeadParams(TrainParams):
 class FrozenThenHead(nn.Module):
     """uint8 images → frozen features (no autograd, fast engine) → trainable head.
 
-    Also takes features already encoded (N×D): validation images never change, so they are encoded once
-    rather than at every epoch's evaluation.
+    Also takes features already encoded (float, N×D or N×C×H×W): validation images never change, so they are
+    encoded once rather than at every epoch's evaluation.
     """
 
     def __init__(self, encode, head: nn.Module):
@@ -56,7 +62,7 @@ class FrozenThenHead(nn.Module):
         self.encode, self.head = encode, head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim == 2:
+        if images.dtype != torch.uint8:
             features = images
         else:
             with torch.no_grad():
@@ -70,24 +76,22 @@ class Head(TrainedParadigm):
     Params = HeadParams
 
     def fit(self, X, y, X_val, y_val):
-        p, backbone = self.params, self.context.backbone
-        device = self.context.device
-        encoder = BackboneEncoder(backbone, device, self.context.engine)  # the engine a feature paradigm gets
+        p, spec = self.params, self.params.head_spec
+        # the engine a feature paradigm gets; the last feature map when the head pools it itself
+        encoder = BackboneEncoder(self.context.backbone, self.context.device, self.context.engine,
+                                  feature_map=spec.needs_feature_map)
         self.encode_ = encoder.encode
-        with torch_seeded(self.seed):  # the new head's initialisation
-            head = make_head(backbone.model.num_features, self.n_classes, hidden=p.hidden, dropout=p.dropout)
-        weights = [m.weight for m in head if isinstance(m, nn.Linear)]
-        penalty = (lambda: p.l1 * sum(w.abs().sum() for w in weights)) if p.l1 else None
         val_features = self._features(X_val)
+        with torch_seeded(self.seed):  # the new head's initialisation
+            head = ClassifierHead(spec, tuple(val_features.shape[1:]), self.n_classes)
         if p.views:
             X, y = self._augmented_views(X, y)
             offline_done = {"augment": "none", "oversample_to": None}  # done above, on the images
             result = self.train_phase(head, [(list(head.parameters()), p.lr)], X, y, val_features, y_val,
-                                      params=p.model_copy(update=offline_done), penalty=penalty)
+                                      params=p.model_copy(update=offline_done))
         else:
             model = FrozenThenHead(self.encode_, head)
-            result = self.train_phase(model, [(list(head.parameters()), p.lr)], X, y, val_features, y_val,
-                                      penalty=penalty)
+            result = self.train_phase(model, [(list(head.parameters()), p.lr)], X, y, val_features, y_val)
         self.record_history("", result)
         self.selected_["engine"] = self.engine_ = encoder.engine
         self.model_ = FrozenThenHead(self.encode_, head.eval())
@@ -95,8 +99,8 @@ class Head(TrainedParadigm):
 
     def deploy_steps(self):
         """The frozen backbone's features → the trained head (the backbone's own weights complete it)."""
-        p, head = self.params, self.model_.head
-        module = HeadModule(self.context.backbone.model.num_features, self.n_classes, p.hidden, p.dropout)
+        head = self.model_.head
+        module = SpecHead(list(head.in_shape), self.n_classes, head.spec.model_dump(mode="json"))
         module.net.load_state_dict(head.state_dict())
         return [module.eval()], True
 

@@ -1,5 +1,5 @@
-"""A new MLP head trained on cached features by the one training loop (train/loop.py): dropout, L2, early
-stopping on the validation loss.
+"""A new MLP head (`head:` a HeadSpec on pooled features) trained on cached features by the one training loop
+(train/loop.py): dropout, L2, early stopping on the validation loss.
 
 Cross-entropy over softmax for single-label data; binary cross-entropy per label (independent sigmoids)
 for multi-label data.
@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..core.seeding import torch_seeded
-from ..models.heads import make_head
-from ..models.modules import Head, Standardize
+from ..models.heads import ClassifierHead, HeadSpec, WithHead, check_one_head_form, shorthand_head
+from ..models.modules import SpecHead, Standardize
 from ..train.loop import Images, fit
 from ..train.params import TrainParams
 from .base import Paradigm, register
 from .resample import FeatureParams
 
 
-class MlpParams(FeatureParams):
-    hidden: int = Field(512, ge=0, description="hidden units; 0 gives a linear head")
-    dropout: float = Field(0.5, ge=0, lt=1)
+class MlpParams(FeatureParams, WithHead):
+    hidden: int = Field(512, ge=0, description="shorthand for head: {hidden: [N]}; 0 gives a linear head")
+    dropout: float = Field(0.5, ge=0, lt=1, description="shorthand for head: {dropout: p}")
     weight_decay: float = Field(1e-4, ge=0, description="L2, decoupled (AdamW)")
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, gt=0)
@@ -31,6 +31,18 @@ class MlpParams(FeatureParams):
                                  "(none: run max_epochs)")
     restore_best: bool = Field(True, description="keep the best validation epoch's weights; false keeps the last "
                                "epoch's (the `final` retraining on train + val)")
+
+    @model_validator(mode="after")
+    def _pooled_features(self):
+        check_one_head_form(self, ("hidden", "dropout"))
+        if self.head is not None and self.head.needs_feature_map:
+            raise ValueError(f"head.pool: {self.head.pool} needs a feature map, but mlp trains on pooled cached "
+                             "features; use pool: avg, or the head paradigm (it pools the frozen feature map)")
+        return self
+
+    @property
+    def head_spec(self) -> HeadSpec:
+        return shorthand_head(self, self.hidden, self.dropout)
 
 
 @register
@@ -53,12 +65,13 @@ class Mlp(Paradigm):
         std = X.std(0)
         floor = max(1e-8, 1e-2 * float(np.median(std)))
         self.mean_, self.std_ = X.mean(0), np.maximum(std, floor)
-        model = make_head(X.shape[1], self.n_classes, hidden=p.hidden, dropout=p.dropout)
+        model = ClassifierHead(p.head_spec, (X.shape[1],), self.n_classes)
         # The one training loop, on whole feature tensors: constant lr, early stopping on the validation loss.
         # Weight decay acts on every parameter, biases too: the L2 this paradigm has always documented.
         groups = [{"params": list(model.parameters()), "lr": p.lr, "weight_decay": p.weight_decay}]
         result = fit(model, groups, self._images(X, y), self._images(X_val, y_val), self._train_params(),
-                     n_classes=self.n_classes, seed=self.seed, device=torch.device("cpu"), label=self.name)
+                     n_classes=self.n_classes, seed=self.seed, device=torch.device("cpu"), label=self.name,
+                     penalty=model.penalty if p.head_spec.l1 or p.head_spec.l2 else None)
         self.model_ = model.eval()
         self.history_ = result.history
         self.selected_.update({"best_epoch": result.best_epoch, "epochs_run": len(result.history),
@@ -81,8 +94,7 @@ class Mlp(Paradigm):
                 "restore_best": False}
 
     def deploy_steps(self):
-        p = self.params
-        head = Head(len(self.mean_), self.n_classes, p.hidden, p.dropout)
+        head = SpecHead([len(self.mean_)], self.n_classes, self.params.head_spec.model_dump(mode="json"))
         head.net.load_state_dict(self.model_.state_dict())
         return [Standardize(len(self.mean_), self.mean_, self.std_), head.eval()], True
 

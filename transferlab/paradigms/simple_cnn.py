@@ -85,7 +85,7 @@ class SimpleCnn(TrainedParadigm):
         size = self.params.image_size
         return {"steps": [["resize", size], ["center_crop", size]]}
 
-    def build_model(self) -> Normalized:
+    def build_model(self, input_hw) -> Normalized:
         with torch_seeded(self.seed):  # timm-free: torch's default init
             net = simple_cnn(self.params.widths, self.n_classes, self.params.dropout, **architecture(self.params))
         return Normalized(net, mean=MEAN, std=STD)

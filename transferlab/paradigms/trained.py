@@ -20,6 +20,7 @@ from torch import nn
 
 from ..core.errors import TransferlabError
 from ..models.backbones import Backbone
+from ..models.heads import ClassifierHead, head_penalty, with_head
 from ..models.modules import TimmModel
 from ..train.loop import Images, TrainResult, fit, predict_logits
 from ..train.optim import param_groups
@@ -58,27 +59,39 @@ class TrainedParadigm(Paradigm):
         """PIL image → uint8 tensor: the backbone's pretrained geometry by default."""
         return self.context.backbone.eval_transform()
 
-    def build_model(self) -> nn.Module:
-        """uint8 images → logits over n_classes."""
+    def build_model(self, input_hw: tuple[int, int]) -> nn.Module:
+        """uint8 images of `input_hw` → logits over n_classes."""
         raise NotImplementedError
 
     def fit(self, X, y, X_val, y_val):
         """Default: build the model and train every layer (scratch, simple-cnn); finetune overrides."""
-        model = self.build_model()
+        model = self.build_model(tuple(X.shape[-2:]))
         self.record_history("", self.train_phase(model, [(list(model.parameters()), self.params.lr)],
-                                                 X, y, X_val, y_val, penalty=self.penalty(model)))
+                                                 X, y, X_val, y_val))
         self.selected_["parameters"] = sum(q.numel() for q in model.parameters())
         self.model_ = model.eval()
         return self
 
     def penalty(self, model: nn.Module):
-        """A term added to the training loss, as `() → tensor` (simple-cnn's L2 on its dense layers); None."""
-        return None
+        """A term added to the training loss, as `() → tensor`: the L1/L2 of a `head:` spec's dense layers
+        (simple-cnn: the L2 on its own dense layers); None."""
+        return head_penalty(model)
+
+    def with_new_head(self, net: nn.Module, input_hw: tuple[int, int]) -> nn.Module:
+        """`net` (a copy, changed in place) with a new head for n_classes: the `head:` spec's, sized by a dry run
+        at `input_hw`, or timm's `reset_classifier` (one linear layer) when none is given. Draws from torch's
+        global RNG: seed it around the call."""
+        spec = getattr(self.params, "head", None)
+        if spec is None:
+            net.reset_classifier(self.n_classes)
+            return net
+        return with_head(net, spec, self.n_classes, input_hw)
 
     def train_phase(self, model: nn.Module, groups: list[tuple[list[nn.Parameter], float]], X, y, X_val, y_val,
                     *, params=None, phase: str = "", epochs: int | None = None, penalty=None,
                     augment=None) -> TrainResult:
         p = params or self.params
+        penalty = penalty or self.penalty(model)
         if (np.ndim(y) == 2) != self.multi_label:  # the loss and predict_proba must agree on what labels are
             form = "an N × C 0/1 matrix" if np.ndim(y) == 2 else "one per image"
             raise TransferlabError(f"{self.name}: the labels are {form}, but the paradigm was created with "
@@ -110,7 +123,9 @@ class TrainedParadigm(Paradigm):
     def deploy_steps(self):
         """The whole trained model: a timm architecture behind its normalisation (finetune, scratch, bit)."""
         config = self.context.backbone.data_config
-        model = TimmModel(self.context.backbone.name, self.n_classes, config["mean"], config["std"])
+        heads = [m for m in self.model_.modules() if isinstance(m, ClassifierHead)]
+        head = {"spec": heads[0].spec.model_dump(mode="json"), "in_shape": list(heads[0].in_shape)} if heads else None
+        model = TimmModel(self.context.backbone.name, self.n_classes, config["mean"], config["std"], head=head)
         model.net.load_state_dict(self.model_.state_dict())
         return [model.eval()], False
 
