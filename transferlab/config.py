@@ -279,8 +279,9 @@ class SpaceParam(Spec):
         if self.choices is not None:
             if ranged or self.log or self.step is not None:
                 raise ValueError("give choices (a list) or a range (low, high), not both")
-            if any(not isinstance(c, str | int | float | bool) and c is not None for c in self.choices):
-                raise ValueError("choices must be strings, numbers or booleans (Optuna stores them as such)")
+            if any(not isinstance(c, str | int | float | bool | list | dict) and c is not None for c in self.choices):
+                raise ValueError("choices must be strings, numbers, booleans, or lists / mappings (a head's hidden "
+                                 "layers: [[256], [512, 128]])")
             return self
         if self.low is None or self.high is None:
             raise ValueError("a range needs both low and high (or give a list of choices)")

@@ -40,10 +40,16 @@ class Dimension:
     def active(self, values: dict[str, Any]) -> bool:
         return all(key in values and values[key] in allowed for key, allowed in self.when.items())
 
+    @property
+    def choices(self) -> list[Any] | None:
+        """The choices as Optuna stores them: a list or mapping choice (a head's `hidden: [256, 128]`) as its JSON
+        text, which `trial_spec` reads back."""
+        return None if self.param.choices is None else [encoded_choice(c) for c in self.param.choices]
+
     def distribution(self):
         p = self.param
         if p.choices is not None:
-            return optuna.distributions.CategoricalDistribution(p.choices)
+            return optuna.distributions.CategoricalDistribution(self.choices)
         if p.is_int:
             return optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
         return optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
@@ -51,7 +57,7 @@ class Dimension:
     def suggest(self, trial) -> Any:
         p, d = self.param, self.distribution()
         if p.choices is not None:
-            return trial.suggest_categorical(self.path, p.choices)
+            return trial.suggest_categorical(self.path, self.choices)
         if p.is_int:
             return trial.suggest_int(self.path, d.low, d.high, step=d.step, log=d.log)
         return trial.suggest_float(self.path, d.low, d.high, step=d.step, log=d.log)
@@ -59,7 +65,7 @@ class Dimension:
     def grid_values(self) -> list[Any]:
         p = self.param
         if p.choices is not None:
-            return list(p.choices)
+            return list(self.choices)
         if p.is_int:
             return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
         if p.step is None:
@@ -67,6 +73,19 @@ class Dimension:
                                    "of values")
         count = int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
         return [round(p.low + i * p.step, 12) for i in range(count)]
+
+
+def encoded_choice(choice: Any) -> Any:
+    return json.dumps(choice) if isinstance(choice, list | dict) else choice
+
+
+def decoded_value(spec: StudySpec, path: str, value: Any) -> Any:
+    """A trial's value as the run takes it: a list / mapping choice back from its JSON text."""
+    param = spec.search.space.get(path) if spec.search else None
+    if isinstance(value, str) and param is not None and param.choices and \
+            any(isinstance(c, list | dict) for c in param.choices):
+        return json.loads(value)
+    return value
 
 
 def parse_space(spec: StudySpec) -> list[Dimension]:
@@ -128,6 +147,7 @@ def _check_path(spec: StudySpec, dim: Dimension, by_path: dict[str, Dimension]) 
         if dim.param.choices is None:
             raise TransferlabError(f"{where}: give a list of {head} names")
     elif head == "paradigm" and field:
+        field = field.partition(".")[0]  # paradigm.head.dropout: the paradigm's `head`
         names = {resolve_paradigm(spec, c, where).name for c in _paradigm_choices(spec, dim, by_path)}
         lacking = sorted(n for n in names if field not in get_paradigm_class(n).Params.model_fields)
         if len(lacking) == len(names):
@@ -222,14 +242,34 @@ def trial_spec(spec: StudySpec, values: dict[str, Any], *, seed: int, label: str
     cell = apply_overrides(spec, base_cell(spec, data, backbone, paradigm, seed), data, backbone, paradigm)
     for path, value in values.items():
         head, _, field = path.partition(".")
+        value = decoded_value(spec, path, value)
         if not field:
             if head not in ("paradigm", "backbone"):
                 cell[head] = value
         elif cell.get(head) is not None:  # backbone.* of a paradigm that uses none does not apply
-            cell[head] = {**cell[head], field: value}
+            cell[head] = placed(cell[head], field.split("."), value, f"study '{spec.name}': search.space.{path}")
     if label:
         cell["paradigm"] = {**cell["paradigm"], "label": label}
     return resolved(RunSpec, cell, f"study '{spec.name}', search trial {json.dumps(values, default=str)}")
+
+
+def placed(container: dict[str, Any], keys: list[str], value: Any, where: str) -> dict[str, Any]:
+    """`container` with `value` at the nested `keys`: `head.dropout` inside a mapping, `betas.0` an item of a
+    list the spec gives."""
+    key, rest = keys[0], keys[1:]
+    if not rest:
+        return {**container, key: value}
+    current = container.get(key)
+    if rest[0].isdigit() and len(rest) == 1:
+        if not isinstance(current, list | tuple) or int(rest[0]) >= len(current):
+            raise TransferlabError(f"{where}: an item of {key} is searched, but the run has no {key} list with item "
+                                   f"{rest[0]}; give {key} in the paradigm's spec, e.g. {key}: [0.9, 0.999]")
+        items = list(current)
+        items[int(rest[0])] = value
+        return {**container, key: items}
+    if current is not None and not isinstance(current, dict):
+        raise TransferlabError(f"{where}: {key} is {current!r}, not a mapping with a {rest[0]}")
+    return {**container, key: placed(current or {}, rest, value, where)}
 
 
 def grid_points(dims: list[Dimension]) -> list[dict[str, Any]]:
