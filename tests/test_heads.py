@@ -31,6 +31,14 @@ def test_the_dense_layers_follow_the_spec_in_order():
     assert [m.out_features for m in head.dense if isinstance(m, nn.Linear)] == [16, 8, 5]
     assert head.dense[2].p == 0.3
     assert [type(m).__name__ for m in ClassifierHead(HeadSpec(dropout=0.2), (32,), 5).dense] == ["Dropout", "Linear"]
+    per_layer = ClassifierHead(HeadSpec(hidden=[16, 8], dropout=[0.1, 0.4]), (32,), 5)
+    assert [m.p for m in per_layer.dense if isinstance(m, nn.Dropout)] == [0.1, 0.4]
+    with pytest.raises(ValueError, match=r"dropout: a list gives one rate per hidden layer \(2\), not 1"):
+        HeadSpec(hidden=[16, 8], dropout=[0.1])
+    with pytest.raises(ValueError, match=r"dropout rates are in \[0, 1\)"):
+        HeadSpec(dropout=1.5)
+    zeros = ClassifierHead(HeadSpec(hidden=[4], init="zeros"), (8,), 3)  # BiT's zero-initialised head
+    assert all(torch.count_nonzero(q) == 0 for q in zeros.parameters())
 
 
 @pytest.mark.parametrize(("pool", "features"), [("max", 12), ("max-flatten", 12 * 2 * 3), ("flatten", 12 * 5 * 7)])

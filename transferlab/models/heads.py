@@ -16,7 +16,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..config import Spec
@@ -33,13 +33,30 @@ class HeadSpec(Spec):
                        "last feature map; max-flatten: MaxPool2D(2) then Flatten (Keras); flatten: the whole map")
     hidden: list[int] = Field(default_factory=list, description="units of each hidden dense layer, input to output")
     activation: Literal[tuple(ACTIVATIONS)] = Field("relu", description="after each hidden dense layer")
-    dropout: float = Field(0.0, ge=0, lt=1, description="after each hidden layer; before the classifier when "
-                           "there is none")
+    dropout: float | list[float] = Field(0.0, description="after each hidden layer (a list: one rate per hidden "
+                                         "layer); before the classifier when there is none")
     l1: float = Field(0.0, ge=0, description="L1 penalty on the dense layers' weights, added to the loss")
     l2: float = Field(0.0, ge=0, description="L2 penalty (λ·Σw², Keras's kernel_regularizer) on the dense "
                       "layers' weights, added to the loss")
-    init: Literal["default", "glorot", "he"] = Field("default", description="the dense layers' weights: torch's "
-                                                     "default, Glorot-uniform (Keras's) or He-normal; biases 0")
+    init: Literal["default", "glorot", "he", "zeros"] = Field("default", description="the dense layers' weights: "
+                                                              "torch's default, Glorot-uniform (Keras's), He-normal, or "
+                                                              "zeros (BiT's head); biases 0")
+
+    @model_validator(mode="after")
+    def _rates(self):
+        rates = self.dropout if isinstance(self.dropout, list) else [self.dropout]
+        if any(not 0 <= rate < 1 for rate in rates):
+            raise ValueError(f"dropout rates are in [0, 1), not {self.dropout}")
+        if isinstance(self.dropout, list) and len(self.dropout) != len(self.hidden):
+            raise ValueError(f"dropout: a list gives one rate per hidden layer ({len(self.hidden)}), not "
+                             f"{len(self.dropout)}; or give one rate for all")
+        return self
+
+    def rates(self) -> list[float]:
+        """The dropout after each hidden layer (with none: the one before the classifier)."""
+        if isinstance(self.dropout, list):
+            return self.dropout
+        return [self.dropout] * max(1, len(self.hidden))
 
     @property
     def needs_feature_map(self) -> bool:
@@ -98,11 +115,11 @@ def dense_layers(n_in: int, n_classes: int, spec: HeadSpec) -> nn.Sequential:
     """(dense → activation → dropout) per hidden layer, then the classifier; with no hidden layer, dropout →
     classifier. Layers are drawn from torch's global RNG in order (seed it around the call)."""
     layers: list[nn.Module] = []
-    for units in spec.hidden:
-        layers += [nn.Linear(n_in, units), ACTIVATIONS[spec.activation](), nn.Dropout(spec.dropout)]
+    for units, rate in zip(spec.hidden, spec.rates(), strict=False):
+        layers += [nn.Linear(n_in, units), ACTIVATIONS[spec.activation](), nn.Dropout(rate)]
         n_in = units
     if not spec.hidden:
-        layers.append(nn.Dropout(spec.dropout))
+        layers.append(nn.Dropout(spec.rates()[0]))
     head = nn.Sequential(*layers, nn.Linear(n_in, n_classes))
     initialize_dense(head, spec.init)
     return head
@@ -113,7 +130,9 @@ def initialize_dense(head: nn.Module, init: str) -> None:
         return
     for module in head.modules():
         if isinstance(module, nn.Linear):
-            if init == "glorot":
+            if init == "zeros":
+                nn.init.zeros_(module.weight)
+            elif init == "glorot":
                 nn.init.xavier_uniform_(module.weight)
             else:  # Keras's he_normal: fan-in, for ReLU
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
