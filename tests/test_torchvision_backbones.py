@@ -60,6 +60,18 @@ def test_torchvision_names_are_checked_and_unknown_ones_get_close_matches():
     assert "torchvision/vgg16_bn" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_weights_version_is_named_as_timm_names_its_tags():
+    """`torchvision/resnet50.IMAGENET1K_V1`: the 2017 weights and their view (resize 256), not DEFAULT's V2 (232)."""
+    v1 = load_backbone(BackboneSpec(name="torchvision/resnet50.IMAGENET1K_V1", weights="random"))
+    default = load_backbone(BackboneSpec(name="torchvision/resnet50", weights="random"))
+    assert v1.model.pretrained_cfg["tag"] == "ResNet50_Weights.IMAGENET1K_V1"
+    assert v1.data_config["crop_pct"] == pytest.approx(224 / 256)
+    assert default.data_config["crop_pct"] == pytest.approx(224 / 232)
+    with pytest.raises(TransferlabError, match=r"torchvision/resnet50.V9: torchvision has no weights V9 for resnet50 "
+                                               r"\(it has IMAGENET1K_V1, IMAGENET1K_V2"):
+        check_model_name("torchvision/resnet50.V9")
+
+
 def test_alexnet_gives_fc7_features_and_timm_stages(alexnet, garments):
     model = alexnet.model
     assert model.num_features == 4096 and model.default_cfg["classifier"] == "classifier.6"

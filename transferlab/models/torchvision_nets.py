@@ -44,7 +44,14 @@ def is_torchvision(name: str) -> bool:
 
 
 def architecture(name: str) -> str:
-    return name.removeprefix(PREFIX)
+    """`torchvision/resnet50.IMAGENET1K_V1` → resnet50."""
+    return name.removeprefix(PREFIX).partition(".")[0]
+
+
+def weights_tag(name: str) -> str | None:
+    """`torchvision/resnet50.IMAGENET1K_V1` → IMAGENET1K_V1: a weights version, as timm names its tags (none:
+    torchvision's DEFAULT)."""
+    return name.removeprefix(PREFIX).partition(".")[2] or None
 
 
 def model_names() -> list[str]:
@@ -56,6 +63,9 @@ def check_name(name: str) -> None:
     """Unknown `torchvision/<model>` → one line with the closest names."""
     names = model_names()
     if architecture(name) in names:
+        if weights_tag(name) and default_weights(name) is None:  # an unknown tag is refused by default_weights
+            raise TransferlabError(f"{name}: torchvision has no pretrained weights for {architecture(name)}; drop "
+                                   f".{weights_tag(name)}")
         return
     close = difflib.get_close_matches(architecture(name), names, n=3, cutoff=0.6)
     hint = (f"; did you mean {', '.join(PREFIX + c for c in close)}?" if close
@@ -64,11 +74,19 @@ def check_name(name: str) -> None:
 
 
 def default_weights(name: str):
-    """torchvision's DEFAULT pretrained weights (a WeightsEnum member) of the model, or None if it has none."""
+    """The model's pretrained weights (a WeightsEnum member): the version its name gives, else torchvision's
+    DEFAULT; None if it has none."""
     try:
-        return torchvision.models.get_model_weights(architecture(name)).DEFAULT
+        versions = torchvision.models.get_model_weights(architecture(name))
     except (ValueError, AttributeError):
         return None
+    tag = weights_tag(name)
+    if tag is None:
+        return versions.DEFAULT
+    if tag not in versions.__members__:
+        raise TransferlabError(f"{name}: torchvision has no weights {tag} for {architecture(name)} (it has "
+                               f"{', '.join(versions.__members__)}); write {PREFIX}{architecture(name)}.<one of them>")
+    return versions[tag]
 
 
 def weights_cached(weights) -> bool:
