@@ -24,7 +24,7 @@ from ..models.backbones import Normalized, create_model
 from ..models.heads import WithHead
 from ..train.freeze import Unfreeze, UnfreezePlan, classifier_names, layer_groups, set_trainable, trainable_by_plan
 from ..train.params import FromScratchParams, TrainParams
-from ..train.partial import activations, split_at_first_trainable_block
+from ..train.partial import activations, split_at_frozen_prefix
 from .base import register
 from .trained import TrainedParadigm
 
@@ -108,7 +108,7 @@ class Finetune(TrainedParadigm):
         self.selected_["stage_lrs"] = [lr_ for _, lr_ in rates]  # input → output
         # Exact only when the bottom sees the same input every epoch: no augmentation, MixUp, CutMix or copies.
         cacheable = p.fixed_inputs and p.cache_activations
-        split = split_at_first_trainable_block(net) if cacheable else None
+        split = split_at_frozen_prefix(net, tuple(X.shape[-2:])) if cacheable else None
         if split is None:
             result = self.train_phase(model, rates, X, y, X_val, y_val, phase=phase)
         else:  # the frozen bottom runs once; epochs train the top (net's own modules) on its cached output
@@ -119,7 +119,7 @@ class Finetune(TrainedParadigm):
             self.count_passes("val", X_val)
             result = self.train_phase(top, rates, activations(bottom, X, batch, device), y,
                                       activations(bottom, X_val, batch, device), y_val, phase=phase)
-            self.selected_["cached_activations_from_block"] = top.first
+            self.selected_["cached_activations_from"] = top.first  # the first module that trains
         self.record_history(phase, result)
         self.selected_["trainable_parameters"] = sum(q.numel() for q in net.parameters() if q.requires_grad)
         self.model_ = model.eval()
