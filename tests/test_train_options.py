@@ -17,7 +17,7 @@ from transferlab.data import open_pools
 from transferlab.data.decode import decode_images
 from transferlab.models import load_backbone
 from transferlab.models.modules import SimpleCnnModel
-from transferlab.models.small_cnn import simple_cnn
+from transferlab.models.small_cnn import architecture, simple_cnn
 from transferlab.paradigms import create_paradigm
 from transferlab.paradigms.trained import TrainingContext
 from transferlab.train import hyperrule
@@ -136,6 +136,20 @@ def test_simple_cnn_blocks_and_dense_layers_are_the_network_the_params_describe(
     assert any(isinstance(m, torch.nn.AvgPool2d) for m in resnet_like.modules())
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     assert resnet_like(images.float()).shape == (2, 8)
+    # 004's simple ConvNet: 2, 2, 3 convolutions per block, no BatchNorm (biased convolutions), the map flattened
+    plain = simple_cnn([8, 16, 32], 14, 0.5, convs_per_block=[2, 2, 3], batch_norm=False, top="flatten",
+                       image_size=32, dense=[100])
+    convs = [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 7 and all(c.bias is not None for c in convs)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert plain[-4].in_features == 32 * 4 * 4  # 32 px halved three times: a 4×4 map of 32 channels
+    assert plain(torch.zeros(2, 3, 32, 32)).shape == (2, 14)
+    model = SimpleCnnModel([8, 16, 32], 14, 0.5, architecture(create_paradigm("simple-cnn", {
+        "image_size": 32, "widths": [8, 16, 32], "convs_per_block": [2, 2, 3], "batch_norm": False, "top": "flatten",
+        "dense": [100]}, n_classes=14, seed=0).params))  # saved and rebuilt from its config alone
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
+    with pytest.raises(ValueError, match=r"convs_per_block: 2 numbers for 3 blocks \(widths\)"):
+        create_paradigm("simple-cnn", {"widths": [8, 16, 32], "convs_per_block": [2, 2]}, n_classes=3, seed=0)
     legacy = SimpleCnnModel([8, 16], 3, 0.1)  # a model saved before the architecture options: the default blocks
     assert legacy.config["architecture"] == {} and sum(isinstance(m, torch.nn.Conv2d) for m in legacy.modules()) == 4
 

@@ -38,9 +38,9 @@ class HeadSpec(Spec):
     l1: float = Field(0.0, ge=0, description="L1 penalty on the dense layers' weights, added to the loss")
     l2: float = Field(0.0, ge=0, description="L2 penalty (λ·Σw², Keras's kernel_regularizer) on the dense "
                       "layers' weights, added to the loss")
-    init: Literal["default", "glorot", "he", "zeros"] = Field("default", description="the dense layers' weights: "
-                                                              "torch's default, Glorot-uniform (Keras's), He-normal, or "
-                                                              "zeros (BiT's head); biases 0")
+    init: Literal["default", "glorot", "he", "zeros"] = Field(
+        "default", description="the dense layers' weights: torch's default, Glorot-uniform (Keras's), He-normal, or "
+        "zeros (BiT's head); biases 0")
 
     @model_validator(mode="after")
     def _rates(self):

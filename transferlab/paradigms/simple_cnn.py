@@ -29,7 +29,12 @@ class SimpleCnnParams(FromScratchParams):
     image_size: int = Field(64, ge=16)
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1, description="channels of "
                               "each block (each block ends in a 2×2 pool)")
-    convs_per_block: int = Field(2, ge=1, description="conv-BN-ReLU layers per block")
+    convs_per_block: int | list[int] = Field(2, description="conv-BN-ReLU layers per block: one number, or one "
+                                             "per block (e.g. [2, 2, 3, 3, 3])")
+    batch_norm: bool = Field(True, description="BatchNorm after each convolution (false: conv with bias → ReLU, "
+                             "as a plain Keras Conv2D stack)")
+    top: Literal["avg", "flatten"] = Field("avg", description="after the blocks: global average pooling, or "
+                                           "Flatten of the last map (Keras's Flatten; many more dense weights)")
     kernel: int = Field(3, ge=1, description="convolution kernel size (odd: the padding keeps the size)")
     pool: Literal["max", "avg"] = Field("max", description="the 2×2 pooling that ends each block")
     dense: list[int] = Field(default_factory=list, description="hidden dense layers after global average "
@@ -46,6 +51,12 @@ class SimpleCnnParams(FromScratchParams):
         if 2 ** len(self.widths) > self.image_size:
             raise ValueError(f"{len(self.widths)} blocks halve the image {len(self.widths)} times, more than "
                              f"image_size {self.image_size} allows; use fewer widths or a larger image_size")
+        convs = self.convs_per_block if isinstance(self.convs_per_block, list) else [self.convs_per_block]
+        if any(n < 1 for n in convs):
+            raise ValueError(f"convs_per_block: every block needs at least one convolution, not {self.convs_per_block}")
+        if isinstance(self.convs_per_block, list) and len(self.convs_per_block) != len(self.widths):
+            raise ValueError(f"convs_per_block: {len(self.convs_per_block)} numbers for {len(self.widths)} blocks "
+                             "(widths); give one per block, or one number for all")
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel {self.kernel}: use an odd size (the padding keeps the image size)")
         return self
