@@ -44,3 +44,12 @@ def test_a_nested_path_that_cannot_apply_is_refused_in_one_line():
         parse_space(validated(StudySpec, {"name": "s", "datasets": ["digits"], "backbones": ["tf_efficientnet_lite0"],
                                           "paradigms": ["knn"], "search": {"space": {"paradigm.head.dropout": [0.1]}}},
                               "t"))
+
+
+def test_a_condition_on_a_list_choice():
+    """A per-layer dropout searched only where the head has two hidden layers."""
+    spec = study({"paradigm.head.hidden": [[128], [256, 128]],
+                  "paradigm.head.dropout": {"low": 0.0, "high": 0.5, "when": {"paradigm.head.hidden": [[128]]}}})
+    dropout = next(d for d in parse_space(spec) if d.path == "paradigm.head.dropout")
+    assert dropout.active({"paradigm.head.hidden": "[128]"})
+    assert not dropout.active({"paradigm.head.hidden": "[256, 128]"})

@@ -35,7 +35,10 @@ class Dimension:
 
     @property
     def when(self) -> dict[str, tuple]:
-        return {k: tuple(v) if isinstance(v, list) else (v,) for k, v in self.param.when.items()}
+        """{dimension: the values it must take}, as Optuna stores them (a list choice as its JSON text: a condition
+        on `paradigm.head.hidden` lists its lists, `[[128], [256, 128]]`)."""
+        return {k: tuple(encoded_choice(c) for c in v) if isinstance(v, list) else (encoded_choice(v),)
+                for k, v in self.param.when.items()}
 
     def active(self, values: dict[str, Any]) -> bool:
         return all(key in values and values[key] in allowed for key, allowed in self.when.items())
@@ -135,7 +138,7 @@ def _check_path(spec: StudySpec, dim: Dimension, by_path: dict[str, Dimension]) 
         if other is None or other.param.choices is None:
             raise TransferlabError(f"{where}: when: {key} must name another categorical dimension of the space "
                                    f"(declared: {', '.join(p for p, d in by_path.items() if d.param.choices)})")
-        unknown = [v for v in allowed if v not in other.param.choices]
+        unknown = [v for v in allowed if v not in other.choices]
         if unknown:
             raise TransferlabError(f"{where}: when: {key} = {unknown[0]!r} is not one of its choices "
                                    f"{other.param.choices}")
