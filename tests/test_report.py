@@ -190,3 +190,29 @@ def test_records_of_the_previous_format_still_render(single_label, tmp_path):
     html = build_report(study).read_text()
     assert len(parsed(html).with_class("lb-row")) == 6 and ">Learning curves<" in html
     assert "The record keeps no example images" in html
+
+
+def test_a_trained_row_below_its_backbones_linear_probe_is_flagged_with_what_to_try():
+    from transferlab.report.html import below_linear_probe
+
+    def record(run_id, paradigm, engine, bn=None):
+        return {"run_id": run_id, "spec": {"paradigm": {"name": paradigm}}, "backbone": {"engine": engine},
+                "selected": {"bn": {"policy": bn}} if bn else {}}
+
+    by_id = {r["run_id"]: r for r in [
+        record("lin", "linear", "onnx"), record("ft", "finetune", "torch (training)", bn="train"),
+        record("ft2", "finetune", "torch (training)", bn="frozen"), record("sc", "scratch", "torch (training)"),
+        record("hd", "head", "torch (training)"), record("ft-b", "finetune", "torch (training)"),
+        record("unt", "linear", "onnx")]}
+    rows = [{"backbone": "b", "run_ids": ["lin"], "accuracy_mean": 0.89},
+            {"backbone": "b", "run_ids": ["ft"], "accuracy_mean": 0.52},
+            {"backbone": "b", "run_ids": ["ft2"], "accuracy_mean": 0.88},
+            {"backbone": "b", "run_ids": ["sc"], "accuracy_mean": 0.30},  # from scratch: expected below
+            {"backbone": "b", "run_ids": ["hd"], "accuracy_mean": 0.91},  # above: fine
+            {"backbone": "other", "run_ids": ["ft-b"], "accuracy_mean": 0.10},  # no probe on its backbone
+            {"backbone": "b (random init)", "run_ids": ["unt"], "accuracy_mean": 0.5, "reference": "untrained"}]
+    warnings = below_linear_probe(rows, by_id, "accuracy")
+    assert [w is not None for w in warnings] == [False, True, True, False, False, False, False]
+    assert warnings[1].startswith("below the frozen linear probe on this backbone (0.520 < 0.890)")
+    assert "BatchNorm statistics on small data (they trained here)" in warnings[1] and "bn: frozen" in warnings[1]
+    assert "(they trained here)" not in warnings[2]

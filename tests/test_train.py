@@ -119,7 +119,8 @@ def digit_images():
 
 def test_finetune_from_the_last_stage_leaves_earlier_stages_and_their_bn_statistics_untouched(digit_images):
     backbone, x, y = digit_images
-    paradigm = create_paradigm("finetune", {"epochs": 1, "from_stage": -1, "augment": "none"}, n_classes=10, seed=0)
+    paradigm = create_paradigm("finetune", {"epochs": 1, "from_stage": -1, "augment": "none", "bn": "train"},
+                               n_classes=10, seed=0)
     paradigm.bind(TrainingContext(backbone, torch.device("cpu"))).fit(x[:200], y[:200], x[200:], y[200:])
     before, after = backbone.model.state_dict(), paradigm.model_.model.state_dict()
     assert torch.equal(before["blocks.4.0.conv_pw.weight"], after["blocks.4.0.conv_pw.weight"])
@@ -170,6 +171,34 @@ def test_bn_frozen_keeps_every_pretrained_statistic_while_the_scales_and_shifts_
     assert all(torch.equal(frozen[k], pretrained[k]) for k in statistics)
     assert not torch.equal(frozen["bn1.weight"], pretrained["bn1.weight"])  # the affine parameters still train
     assert sum(not torch.equal(trained[k], pretrained[k]) for k in statistics) == len(statistics)
+
+
+def test_bn_auto_freezes_the_statistics_of_a_short_epoch_and_the_record_says_why(digit_images):
+    """200 images in batches of 32 are 7 batches an epoch: auto keeps the pretrained statistics; batches of 4
+    (50 an epoch) train them. bn_affine: false freezes the scale and shift too."""
+    backbone, x, y = digit_images
+    pretrained = backbone.model.state_dict()
+
+    def fitted(**params):
+        paradigm = create_paradigm("finetune", {"epochs": 1, "augment": "none", **params}, n_classes=10, seed=0)
+        paradigm.bind(TrainingContext(backbone, torch.device("cpu"))).fit(x[:200], y[:200], x[200:], y[200:])
+        return paradigm.selected_["bn"], paradigm.model_.model.state_dict()
+
+    (short, state), (long, trained) = fitted(), fitted(batch_size=4)
+    assert short == {"policy": "frozen", "affine": True, "why": "auto: 7 batches per epoch (< 50); running "
+                     "statistics of so few batches would drift from the pretrained ones"}
+    assert torch.equal(state["bn1.running_mean"], pretrained["bn1.running_mean"])
+    assert not torch.equal(state["bn1.weight"], pretrained["bn1.weight"])  # the scale still trains
+    assert long["policy"] == "train" and long["why"].startswith("auto: 50 batches per epoch")
+    assert not torch.equal(trained["bn1.running_mean"], pretrained["bn1.running_mean"])
+    (fixed, still) = fitted(bn="frozen", bn_affine=False)
+    assert fixed == {"policy": "frozen", "affine": False, "why": "bn: frozen"}
+    assert torch.equal(still["bn1.weight"], pretrained["bn1.weight"]) and torch.equal(still["bn1.bias"],
+                                                                                      pretrained["bn1.bias"])
+    with pytest.raises(ValueError, match="bn_affine applies when BatchNorm statistics are frozen"):
+        create_paradigm("finetune", {"bn": "train", "bn_affine": False}, n_classes=10, seed=0)
+    with pytest.raises(ValueError, match="bn_affine applies to frozen pretrained statistics"):
+        create_paradigm("scratch", {"bn_affine": False}, n_classes=10, seed=0)
 
 
 def test_a_network_from_scratch_refuses_frozen_batchnorm_statistics_in_one_line():

@@ -114,6 +114,8 @@ def dataset_context(name: str, rows: list[dict[str, Any]], records: list[dict[st
     multi_label = any(is_multi_label(r) for r in records)
     metrics, primary = list(headline_metrics(multi_label)), primary_metric(multi_label)
     table = leaderboard_rows(rows, by_id, metrics)
+    for shown, warning in zip(table, below_linear_probe(rows, by_id, primary), strict=True):
+        shown["warning"] = warning
     best = best_run(rows, by_id, primary)
     points = [{"label": shown["label"], "score": _float(row.get(f"{primary}_mean")), "fit_s": shown["fit_s"] or 0.0,
                "gflops": shown["gflops"], "reference": bool(shown["reference"])}
@@ -150,6 +152,35 @@ def leaderboard_rows(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]
             "gflops": _float(row["gflops"]),
         })
     return shown
+
+
+FROM_SCRATCH = ("scratch", "simple-cnn", "small-resnet")  # no pretrained weights to lose to a probe
+TRY = ("bn: frozen", "optimizer: adamw, lr: 3.0e-4", "epochs: 20", "head_epochs: 3")
+
+
+def below_linear_probe(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], primary: str) -> list[str | None]:
+    """Per row, a warning when a weight-training row of a pretrained backbone ends below the frozen `linear` row
+    of the same backbone: that is far more often a broken recipe (BatchNorm statistics on small data, the
+    learning rate, too few epochs) than a finding about fine-tuning, and a reader must not take it for one."""
+    def runs(row):
+        return [by_id[i] for i in row.get("run_ids", []) if i in by_id]
+
+    probes = {row["backbone"]: _float(row.get(f"{primary}_mean")) for row in rows
+              if not row.get("reference") and any(r["spec"]["paradigm"]["name"] == "linear" for r in runs(row))}
+    warnings = []
+    for row in rows:
+        records, score, probe = runs(row), _float(row.get(f"{primary}_mean")), probes.get(row["backbone"])
+        trained = records and all((r.get("backbone") or {}).get("engine") == "torch (training)" and
+                                  r["spec"]["paradigm"]["name"] not in FROM_SCRATCH for r in records)
+        if row.get("reference") or not trained or score is None or probe is None or score >= probe:
+            warnings.append(None)
+            continue
+        bn = {(r.get("selected") or {}).get("bn", {}).get("policy") for r in records} - {None}
+        warnings.append(f"below the frozen linear probe on this backbone ({score:.3f} < {probe:.3f}): more likely "
+                        f"a recipe problem than a finding. Likely causes: BatchNorm statistics on small data"
+                        f"{' (they trained here)' if bn == {'train'} else ''}, the learning rate, too few epochs; "
+                        f"try {', '.join(TRY)}")
+    return warnings
 
 
 def metric_cell(row: dict[str, Any], metric: str) -> dict[str, str]:

@@ -134,6 +134,7 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
     if p.sampler != "none":
         notes["images_per_epoch"] = per_epoch
     steps = math.ceil(math.ceil(per_epoch / shards) / p.batch_size)
+    bn = _batchnorm_policy(model, p, steps, notes)
     optimizer = make_optimizer(groups, p)
     # Under torchrun the forward of training goes through DDP (gradients averaged across ranks); evaluation
     # uses the plain model, whose weights are the same on every rank.
@@ -162,7 +163,8 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
         for epoch in range(result.resumed_from, result.resumed_from + remaining):
             started = time.perf_counter()
             train_loss, train_score = _train_epoch(trained, optimizer, schedule, train_loss_fn, train, p, augment,
-                                                   seed, epoch, device, f"{label} · epoch {epoch + 1}/{epochs}", bar)
+                                                   seed, epoch, device, f"{label} · epoch {epoch + 1}/{epochs}", bar,
+                                                   bn)
             val_loss, val_score = _agreed(evaluate(model, val, loss_fn, p.batch_size, device), device)
             result.history.append({"epoch": epoch + 1, "train_loss": train_loss, f"train_{metric}": train_score,
                                    "val_loss": val_loss, f"val_{metric}": val_score,
@@ -206,9 +208,9 @@ def _monitored(entry: dict[str, Any], p: TrainParams, metric: str) -> float:
 
 
 def _train_epoch(model, optimizer, schedule, loss_fn, data: Images, p: TrainParams, augment, seed: int, epoch: int,
-                 device: torch.device, label: str, bar) -> tuple[float, float]:
+                 device: torch.device, label: str, bar, bn: str) -> tuple[float, float]:
     order = epoch_order(len(data), seed, epoch, labels=data.y, sampler=p.sampler)
-    set_train_mode(model, p.bn)
+    set_train_mode(model, bn)
     total_loss, counts, seen = 0.0, None, 0
     short = "f1" if data.multi_label else "acc"
     autocast = device.type == "cuda" and p.amp
@@ -332,6 +334,20 @@ def _mix(x: torch.Tensor, mixup: float, cutmix: float):
     lam = float(weights[0, 0])  # one λ per batch: every image keeps the same share of itself
     partner = (weights - torch.diag(torch.diagonal(weights))).argmax(1)
     return mixed, (lam, partner)
+
+
+def _batchnorm_policy(model: nn.Module, p: TrainParams, batches_per_epoch: int, notes: dict[str, Any]) -> str:
+    """train | frozen for this fit (`bn: auto` by the batches per epoch); a model with BatchNorm layers records
+    which and why in `notes`. Frozen statistics with `bn_affine: false` freeze the scale and shift too."""
+    policy, why = p.bn_policy(batches_per_epoch)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        notes["bn"] = {"policy": policy, "why": why, "affine": p.bn_affine or policy == "train"}
+    if policy == "frozen" and not p.bn_affine:
+        for norm in norms:
+            for q in norm.parameters(recurse=False):
+                q.requires_grad = False
+    return policy
 
 
 def set_train_mode(model: nn.Module, bn: str = "train") -> None:

@@ -22,6 +22,9 @@ Loss = Literal[tuple(LOSSES)]  # ce, bce, mse
 
 
 ADAM_FAMILY = ("adam", "adamw", "amsgrad")
+# bn: auto freezes BatchNorm statistics below this many batches per epoch. Evidence (examples/defaults.yaml):
+# see docs/concepts.md, "How the defaults were chosen".
+BN_AUTO_BATCHES = 50
 CYCLING_MOMENTUM = ("onecycle", "cyclic")  # schedules that set the momentum (Adam's β1) themselves
 # option → (the choice it belongs to, the values of that choice that use it); anything else would ignore it
 APPLIES_TO = {
@@ -104,10 +107,13 @@ class TrainParams(Spec):
     mixup: float = Field(0.0, ge=0, description="MixUp alpha (0: off)")
     cutmix: float = Field(0.0, ge=0, description="CutMix alpha (0: off); with mixup too, each batch takes one "
                           "of them with probability 0.5")
-    bn: Literal["train", "frozen"] = Field("train", description="BatchNorm statistics while training: train "
-                                          "updates them in every layer that trains (a frozen layer keeps its "
-                                          "own); frozen keeps every layer's pretrained statistics (its scale and "
-                                          "shift still train)")
+    bn: Literal["auto", "train", "frozen"] = Field(
+        "auto", description="BatchNorm statistics while training: train updates them in every layer that trains "
+        "(a frozen layer keeps its own); frozen keeps every layer's pretrained statistics; auto: frozen when an "
+        f"epoch has fewer than {BN_AUTO_BATCHES} batches (running statistics of a few batches drift from what the "
+        "network computes), train otherwise. The record says which ran and why")
+    bn_affine: bool = Field(True, description="with frozen statistics: BatchNorm's scale and shift still train "
+                            "(false freezes them too)")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
 
     @field_validator("augment", mode="before")
@@ -138,6 +144,9 @@ class TrainParams(Spec):
                              "factor), not both")
         if self.augment_copies and self.augment == "none":
             raise ValueError("augment_copies needs an augmentation; set augment (e.g. light) or drop augment_copies")
+        if "bn_affine" in self.model_fields_set and self.bn == "train":
+            raise ValueError("bn_affine applies when BatchNorm statistics are frozen (bn: frozen or auto), not with "
+                             "bn: train; drop bn_affine or set bn")
         if "effective_beta" in self.model_fields_set and self.class_weights != "effective":
             raise ValueError("effective_beta applies to class_weights: effective only; set that or drop it")
         if self.class_weights != "none" and self.loss == "mse":
@@ -157,6 +166,15 @@ class TrainParams(Spec):
             if getattr(self, option) is not None:
                 raise TransferlabError(f"{label}: {option} needs one label per image, but these data are "
                                        "multi-label; use sampler: weighted or class_weights: balanced")
+
+    def bn_policy(self, batches_per_epoch: int) -> tuple[str, str]:
+        """(train | frozen, why): what `bn` means for a training of this many batches per epoch."""
+        if self.bn != "auto":
+            return self.bn, f"bn: {self.bn}"
+        if batches_per_epoch < BN_AUTO_BATCHES:
+            return "frozen", (f"auto: {batches_per_epoch} batches per epoch (< {BN_AUTO_BATCHES}); running statistics "
+                              "of so few batches would drift from the pretrained ones")
+        return "train", f"auto: {batches_per_epoch} batches per epoch (≥ {BN_AUTO_BATCHES})"
 
     def loss_for(self, multi_label: bool) -> str:
         """The loss that trains: `loss` as given, except that an unset loss on multi-label data means bce
@@ -181,4 +199,10 @@ class FromScratchParams(TrainParams):
         if self.bn == "frozen":
             raise ValueError("bn: frozen keeps pretrained BatchNorm statistics, but this network starts from random "
                              "weights and has none; drop bn (it trains them)")
+        if "bn_affine" in self.model_fields_set:
+            raise ValueError("bn_affine applies to frozen pretrained statistics, and this network starts from random "
+                             "weights; drop bn_affine")
         return self
+
+    def bn_policy(self, batches_per_epoch: int) -> tuple[str, str]:
+        return "train", "a network from random weights learns its BatchNorm statistics"
