@@ -197,7 +197,7 @@ def test_a_trained_row_below_its_backbones_linear_probe_is_flagged_with_what_to_
 
     def record(run_id, paradigm, engine, bn=None):
         return {"run_id": run_id, "spec": {"paradigm": {"name": paradigm}}, "backbone": {"engine": engine},
-                "selected": {"bn": {"policy": bn}} if bn else {}}
+                "selected": {"batchnorm": {"policy": bn}} if bn else {}}
 
     by_id = {r["run_id"]: r for r in [
         record("lin", "linear", "onnx"), record("ft", "finetune", "torch (training)", bn="train"),

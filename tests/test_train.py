@@ -182,7 +182,7 @@ def test_bn_auto_freezes_the_statistics_of_a_short_epoch_and_the_record_says_why
     def fitted(**params):
         paradigm = create_paradigm("finetune", {"epochs": 1, "augment": "none", **params}, n_classes=10, seed=0)
         paradigm.bind(TrainingContext(backbone, torch.device("cpu"))).fit(x[:200], y[:200], x[200:], y[200:])
-        return paradigm.selected_["bn"], paradigm.model_.model.state_dict()
+        return paradigm.selected_["batchnorm"], paradigm.model_.model.state_dict()
 
     (short, state), (long, trained) = fitted(), fitted(batch_size=4)
     assert short == {"policy": "frozen", "affine": True, "why": "auto: 7 batches per epoch (< 50); running "

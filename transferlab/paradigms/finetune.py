@@ -7,7 +7,8 @@ count of layers, globs to train or to keep frozen; `from_stage` / `from_fraction
 each stage toward the input trains at lr × lr_decay^distance; `head_epochs: N`: fastai's `fine_tune` — N
 epochs on the new head alone (one-cycle, pct_start 0.99), then unfreeze with the base lr halved, spread over
 the stages from lr/100 to lr unless `lr_decay` is given. BatchNorm layers of frozen stages keep their ImageNet
-statistics. The new head always fits n_classes.
+statistics. The new head always fits n_classes. Defaults: AdamW at 3e-4 with `bn: auto` (chosen by
+examples/defaults.yaml, see docs/concepts.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..core.seeding import torch_seeded
 from ..models.backbones import Normalized, create_model
 from ..models.heads import WithHead
 from ..train.freeze import Unfreeze, UnfreezePlan, classifier_names, layer_groups, set_trainable, trainable_by_plan
-from ..train.params import FromScratchParams, TrainParams
+from ..train.params import FromScratchParams, Optimizer, TrainParams
 from ..train.partial import activations, split_at_frozen_prefix
 from .base import register
 from .trained import TrainedParadigm
@@ -40,6 +41,10 @@ class FinetuneParams(TrainParams, WithHead):
     head_epochs: int = Field(0, ge=0, description="two-phase: epochs on the frozen backbone first")
     lr_decay: float | None = Field(None, gt=0, le=1, description="per-stage lr factor toward the input")
     cache_activations: bool = Field(True, description="with augment: none, run the frozen stages only once")
+    # examples/defaults.yaml: AdamW at 3e-4 had the best mean validation rank of the recipes tried (2.0, SGD at
+    # 0.01 4.2) and beat the frozen linear probe on every dataset there (docs/concepts.md).
+    optimizer: Optimizer = "adamw"
+    lr: float = Field(3e-4, gt=0)
 
     @field_validator("unfreeze", mode="before")
     @classmethod

@@ -175,7 +175,7 @@ def below_linear_probe(rows: list[dict[str, Any]], by_id: dict[str, dict[str, An
         if row.get("reference") or not trained or score is None or probe is None or score >= probe:
             warnings.append(None)
             continue
-        bn = {(r.get("selected") or {}).get("bn", {}).get("policy") for r in records} - {None}
+        bn = {(r.get("selected") or {}).get("batchnorm", {}).get("policy") for r in records} - {None}
         warnings.append(f"below the frozen linear probe on this backbone ({score:.3f} < {probe:.3f}): more likely "
                         f"a recipe problem than a finding. Likely causes: BatchNorm statistics on small data"
                         f"{' (they trained here)' if bn == {'train'} else ''}, the learning rate, too few epochs; "

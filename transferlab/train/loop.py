@@ -342,7 +342,7 @@ def _batchnorm_policy(model: nn.Module, p: TrainParams, batches_per_epoch: int, 
     policy, why = p.bn_policy(batches_per_epoch)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if norms:
-        notes["bn"] = {"policy": policy, "why": why, "affine": p.bn_affine or policy == "train"}
+        notes["batchnorm"] = {"policy": policy, "why": why, "affine": p.bn_affine or policy == "train"}
     if policy == "frozen" and not p.bn_affine:
         for norm in norms:
             for q in norm.parameters(recurse=False):
