@@ -29,7 +29,7 @@ from transferlab.paradigms.base import NotDeployable, validate_params
 from transferlab.paradigms.trained import TrainingContext
 
 FAST = {"mlp": {"max_epochs": 30}, "rff": {"n_components": 512},
-        "finetune": {"epochs": 2, "optimizer": "sgd", "lr": 0.05, "augment": "none", "from_stage": -1},
+        "finetune": {"epochs": 2, "optimizer": "sgd", "lr": 0.05, "bn": "train", "augment": "none", "from_stage": -1},
         "scratch": {"epochs": 2, "lr": 0.05, "augment": "none"},
         "simple-cnn": {"epochs": 4, "image_size": 16, "augment": "none"},
         "small-resnet": {"epochs": 4, "image_size": 16, "augment": "none"},
