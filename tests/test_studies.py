@@ -142,24 +142,30 @@ def run_mini(name: str, tmp_path: Path) -> Path:
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_flowers102_miniature(tmp_path):
+    """000's orderings: fine-tuning on the augmented set (its best kind of training) beats the same net from
+    scratch, the head on the original set and the untrained network; every row trains long enough to learn."""
     board = leaderboard(run_mini("flowers102-paradigms", tmp_path))
     scratch = best(board, "scratch")
-    for transfer in ("knn", "head", "finetune-last-stage"):  # transfer beats training the same net from scratch
-        assert best(board, transfer) > scratch + 0.1, (transfer, board)
-    # pretrained features beat the same network's untrained ones
-    assert best(board, "knn") > best(board, "linear-untrained", backbone="tf_efficientnet_lite0@64 (") + 0.1
-    assert best(board, "bit") > best(board, "majority") + 0.05  # a few BiT steps learn something (not the rule's 500)
+    assert scratch > best(board, "majority") + 0.05, board  # 12 epochs from random weights learn something
+    assert best(board, "finetune-augmented") > scratch + 0.1, board
+    assert best(board, "finetune-augmented") > best(board, "head-original") + 0.1, board
+    assert best(board, "finetune-augmented") > best(board, "linear-untrained",
+                                                    backbone="tf_efficientnet_lite0@64 (") + 0.1
+    assert best(board, "bit-as-reported") > best(board, "majority") + 0.2, board
 
 
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_caltech101_miniature(tmp_path):
+    """001's orderings: the transferred classifiers (AlexNet's FC layers, VGG-16, the ResNets) beat AlexNet from
+    scratch by far, and the transferred AlexNet stand-in beats the same network untrained."""
     out = run_mini("caltech101-alexnet", tmp_path)
     board = leaderboard(out)
-    scratch = max(best(board, "alexnet-scratch"), best(board, "alexnet-scratch-searched"))
-    assert best(board, "classifier-only") > scratch + 0.2, board  # transfer beats AlexNet from scratch
-    assert best(board, "classifier-only", backbone="for torchvision/alexnet") > best(  # and the same net untrained
-        board, "linear-untrained", backbone="tf_efficientnet_lite0@64 (")
+    scratch = max(best(board, p) for p in ("alexnet-scratch", "alexnet-scratch-tuned", "alexnet-scratch-searched"))
+    for transfer in ("ft-fc", "vgg-fc", "resnet-fc"):
+        assert best(board, transfer) > scratch + 0.2, (transfer, board)
+    assert best(board, "ft-fc", backbone="for torchvision/alexnet") > best(
+        board, "linear-untrained", backbone="tf_efficientnet_lite0@64 (") + 0.1
     summary = json.loads(next((out / "search").glob("*.json")).read_text())
     assert summary["sampler"] == "grid" and summary["counts"]["complete"] == 2  # the whole (mini) grid
 
@@ -167,23 +173,37 @@ def test_caltech101_miniature(tmp_path):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_leaves_miniature(tmp_path):
+    """002's last step: the quasi-SVM on the fine-tuned network beats that network's own head; every trained
+    row learns; SVM-SMOTE's synthesised rows (the two short classes only) and the chains are in the records."""
     out = run_mini("leaves-imbalanced", tmp_path)
     board = leaderboard(out)
-    transfer = max(best(board, p, "macro_f1_mean") for p in ("class-weights", "two-phase", "quasi-svm", "head"))
-    assert transfer > best(board, "small-cnn-scratch", "macro_f1_mean") + 0.1, board
-    assert best(board, "quasi-svm", "macro_f1_mean") > best(board, "majority", "macro_f1_mean") + 0.3
-    for balanced in ("oversampled", "class-weights"):  # balancing the classes pays on imbalanced data
-        assert best(board, balanced, "macro_f1_mean") > best(board, "unbalanced", "macro_f1_mean") + 0.1
-    record = json.loads(next((out / "runs").glob("*class-weights*seed0.json")).read_text())
-    assert len(record["metrics"]["per_class"]) == 8  # per-class F1 of the eight classes
+    assert best(board, "qsvm", "macro_f1_mean") > best(board, "inception-ft-6m", "macro_f1_mean") + 0.05, board
+    majority = best(board, "majority", "macro_f1_mean")
+    for row in ("scratch-cnn", "scratch-resnet", "vgg19-two-phase", "inception-ft", "inception-ft-6m",
+                "inception-ft-online", "inception-ft-class-weights", "inception-ft-keras-cv", "inception-ft-expdecay",
+                "svm-smote", "qsvm", "qsvm-final", "head-searched"):
+        assert best(board, row, "macro_f1_mean") > majority + 0.3, (row, board)
+    runs = {path.name.split("__")[2]: json.loads(path.read_text()) for path in (out / "runs").glob("*.json")}
+    added = runs["svm-smote"]["selected"]["resampled"]["added_per_class"]
+    classes = runs["svm-smote"]["classes"]
+    assert {classes[i] for i, n in enumerate(added) if n} == {"T-shirt/top", "Sandal"}  # species 1 and 6's places
+    for chained, source in (("qsvm", "inception-ft-6m"), ("qsvm-final", "inception-ft-6m-final")):
+        assert runs[chained]["backbone"]["weights"] == {"source": "trained", "detail": f"run {runs[source]['run_id']}",
+                                                        "sha256": runs[source]["model"]["sha256"]}
+    assert len(runs["inception-ft-class-weights"]["metrics"]["per_class"]) == 8  # per-class F1 of the 8 classes
 
 
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_flowers_heads_miniature(tmp_path):
+    """003's orderings: ImageNet weights against the same networks Glorot-initialised (its §4.4: 0.97 against
+    0.22), for the frozen heads and for the whole fine-tuned network; the winner pruned to 80 % of its head."""
     out = run_mini("flowers-heads", tmp_path)
     board = leaderboard(out)
-    assert best(board, "dense-head") > best(board, "glorot-scratch") + 0.1, board
+    glorot = max(best(board, "glorot-single"), best(board, "glorot-extended"))
+    heads = max(best(board, label) for label in ("e1-lr1e-3-u128", "e1-lr1e-3-u256", "e1-lr1e-3-u512"))
+    assert heads > glorot + 0.2, board
+    assert best(board, "ft-all-single") > glorot + 0.1, board
     pruned = json.loads(next((out / "deploy").glob("*/prune.json")).read_text())
     assert pruned["scope"] == "head" and abs(pruned["results"][0]["reached"] - 0.8) < 0.01
     assert "prun" in (out / "report.html").read_text().lower()
@@ -192,12 +212,16 @@ def test_flowers_heads_miniature(tmp_path):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_multilabel_miniature(tmp_path):
+    """004's multi-label rows: Adam, AMSGrad and RMSprop beat predicting no tag and the untrained probe; BCE
+    beats MSE under plain SGD (004 §3). (The SGD rows with a cyclic lr stay at the label frequencies here: see
+    the study page.)"""
     board = leaderboard(run_mini("multilabel-14", tmp_path))
     negative = best(board, "all-negative", "micro_f1_mean")
-    assert negative == 0.0
-    for paradigm in ("adam-bce", "adam-bce-per-class", "sgd-bce", "adam-mse"):  # tuned thresholds beat no tag at all
-        assert best(board, paradigm, "micro_f1_mean") > negative + 0.2, board
-    assert best(board, "linear-untrained", "micro_f1_mean") > negative + 0.2  # the untrained sanity row
+    untrained = best(board, "linear-untrained", "micro_f1_mean")
+    assert negative == 0.0 and untrained > negative + 0.2
+    for paradigm in ("adam", "rmsprop", "amsgrad"):
+        assert best(board, paradigm, "micro_f1_mean") > untrained + 0.1, (paradigm, board)
+    assert best(board, "sgd-bce", "micro_f1_mean") > best(board, "sgd-mse", "micro_f1_mean") + 0.1, board
 
 
 def test_the_winner_is_chosen_on_validation_and_a_failed_prune_is_skipped(finished_study, monkeypatch):
