@@ -118,7 +118,7 @@ def headed_study(image_folder, tmp_path_factory):
             "paradigms": [
                 {"name": "head", "label": "head-map", "epochs": 3, "augment": "none",
                  "head": {"pool": "max-flatten", "hidden": [16], "dropout": 0.1, "l2": 1e-3}},
-                {"name": "finetune", "label": "ft-head", "epochs": 3, "augment": "none",
+                {"name": "finetune", "label": "ft-head", "epochs": 3, "augment": "none", "lr": 3.0e-3,
                  "unfreeze": {"last_layers": 3}, "head": {"pool": "max", "hidden": [8], "activation": "elu",
                                                           "init": "glorot", "l1": 1e-4}},
                 {"name": "mlp", "label": "mlp-head", "max_epochs": 20, "head": {"hidden": [32, 16],
