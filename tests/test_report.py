@@ -216,3 +216,45 @@ def test_a_trained_row_below_its_backbones_linear_probe_is_flagged_with_what_to_
     assert warnings[1].startswith("below the frozen linear probe on this backbone (0.520 < 0.890)")
     assert "BatchNorm statistics on small data (they trained here)" in warnings[1] and "bn: frozen" in warnings[1]
     assert "(they trained here)" not in warnings[2]
+
+
+HOSTILE_LABELS = ["<script>document.body.dataset.pwned='script'</script>alert(1)",
+                  "R&D <b>x</b>", "<img src=x onerror=\"document.body.dataset.pwned='img'\">", "it's \"quoted\""]
+
+
+@pytest.fixture(scope="module")
+def hostile_manifest(image_folder, tmp_path_factory):
+    """A manifest of real Fashion-MNIST PNGs whose labels are markup, ampersands and quotes."""
+    import csv
+
+    root = tmp_path_factory.mktemp("hostile")
+    files = sorted(image_folder[0].rglob("*.png"))[:120]
+    with open(root / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        for i, path in enumerate(files):
+            shutil.copy(path, root / f"{i:03d}.png")
+            writer.writerow([f"{i:03d}.png", HOSTILE_LABELS[i % len(HOSTILE_LABELS)]])
+    return root / "labels.csv"
+
+
+def test_labels_are_text_in_the_report_and_the_inspect_page_never_markup(hostile_manifest, tmp_path):
+    """Class names from a user's manifest cannot inject markup or script: in Chromium nothing they carry runs,
+    and each shows as the text it is."""
+    import transferlab
+    from transferlab import api
+
+    out = tmp_path / "study"
+    transferlab.study({"name": "hostile", "datasets": [{"source": str(hostile_manifest), "name": "hostile"}],
+                       "paradigms": ["pixels"], "seeds": [0]}, out)
+    api.inspect(str(hostile_manifest), out=tmp_path / "inspect", augment=())
+    for page in (out / "report.html", tmp_path / "inspect" / "inspect.html"):
+        html = page.read_text()
+        assert "<script>document" not in html and "<b>x</b>" not in html and "<img src=x" not in html
+        dom = rendered(page, tmp_path / page.stem)
+        body = re.search(r"<body[^>]*>", dom).group(0)
+        assert "pwned" not in body, (page.name, body)  # neither the script nor the onerror handler ran
+        text = re.sub(r"<[^>]+>", "", dom)
+        text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+        for label in HOSTILE_LABELS:
+            assert label in text, (page.name, label)  # shown as text, exactly

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader
 
 from ..core.errors import TransferlabError
 from ..evaluate import headline_metrics, primary_metric
@@ -71,7 +71,9 @@ def build_report(study_dir: str | Path) -> Path:
     """Write `study_dir/report.html` from the study's run records alone; return its path."""
     study_dir = Path(study_dir)
     records = load_records(study_dir)
-    env = Environment(loader=PackageLoader("transferlab", "report"), autoescape=select_autoescape())
+    # autoescape on for every value: class names, paths and notes come from users (select_autoescape() would
+    # not match *.html.j2 and left it off)
+    env = Environment(loader=PackageLoader("transferlab", "report"), autoescape=True)
     env.filters.update(num=fmt_number, run_href=run_href, compact=compact_json)
     html = env.get_template("report.html.j2").render(**report_context(records, study_dir))
     path = study_dir / "report.html"

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader
 from PIL import Image, ImageOps
 from torchvision.transforms.v2.functional import pil_to_tensor
 
@@ -45,7 +45,9 @@ def render_page(summary: dict[str, Any], scans: dict[str, SplitScan], pairs: lis
                 seed: int) -> str:
     splits = summary["splits"]
     samples = _samples(scans["train"], seed)
-    env = Environment(loader=PackageLoader("transferlab", "report"), autoescape=select_autoescape())
+    # autoescape on for every value: class names, paths and notes come from users (select_autoescape() would
+    # not match *.html.j2 and left it off)
+    env = Environment(loader=PackageLoader("transferlab", "report"), autoescape=True)
     return env.get_template("inspect.html.j2").render(
         s=summary,
         counts=data_uri(plots.class_counts({n: s["per_class"] for n, s in splits.items()})),
