@@ -201,6 +201,54 @@ def test_bn_auto_freezes_the_statistics_of_a_short_epoch_and_the_record_says_why
         create_paradigm("scratch", {"bn_affine": False}, n_classes=10, seed=0)
 
 
+def test_recompute_batchnorm_sets_exact_statistics_of_the_layers_that_train_only():
+    """PreciseBN: the statistics of a BatchNorm that trains become the exact mean / variance of its input over
+    the images (not a running average), with dropout off; a frozen BatchNorm keeps its own."""
+    from transferlab.train.loop import recompute_batchnorm
+
+    torch.manual_seed(0)
+    frozen, trained = nn.BatchNorm2d(3), nn.BatchNorm2d(4)
+    frozen.requires_grad_(False)
+    frozen.running_mean.fill_(0.5)
+    conv = nn.Conv2d(3, 4, 3)
+    model = nn.Sequential(frozen, nn.Dropout(0.9), conv, trained, nn.Flatten())
+    x = torch.rand(40, 3, 8, 8) * 4  # equal batches: the average of batch means is the mean
+    recompute_batchnorm(model, x, batch_size=10, device=torch.device("cpu"))
+    with torch.no_grad():
+        inputs = conv(frozen.eval()(x))  # what the trained BatchNorm sees, dropout off
+    assert torch.allclose(trained.running_mean, inputs.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(trained.running_var, inputs.var((0, 2, 3)), rtol=2e-2)  # per-batch unbiased, averaged
+    assert torch.equal(frozen.running_mean, torch.full((3,), 0.5)) and trained.momentum == 0.1
+
+
+def test_a_network_from_scratch_on_few_batches_is_evaluated_with_recomputed_statistics(digit_images):
+    """simple-cnn on 7 batches an epoch (bn_recompute: auto) ends with its statistics recomputed over the
+    training images, says so in the record, and scores well above the same fit judged with running averages."""
+    from transferlab.train.loop import recompute_batchnorm
+
+    _, x, y = digit_images
+
+    def fitted(**params):
+        paradigm = create_paradigm("simple-cnn", {"epochs": 3, "image_size": 16, "augment": "none", "lr": 0.05,
+                                                  "restore_best": False, **params}, n_classes=10, seed=0)
+        paradigm.bind(TrainingContext(None, torch.device("cpu"))).fit(x[:200], y[:200], x[200:], y[200:])
+        return paradigm
+
+    precise, running = fitted(), fitted(bn_recompute=False)
+    assert precise.selected_["batchnorm"]["recomputed"] == "over the training images before each evaluation"
+    assert "recomputed" not in running.selected_["batchnorm"]
+    norm = next(m for m in precise.model_.modules() if isinstance(m, nn.BatchNorm2d))
+    after_fit = norm.running_mean.clone()
+    recompute_batchnorm(precise.model_, x[:200], 32, torch.device("cpu"))
+    assert torch.allclose(norm.running_mean, after_fit, atol=1e-5)  # already the exact statistics
+    accuracy = {name: (p.predict_proba(x[200:]).argmax(1) == y[200:]).mean() for name, p in
+                (("precise", precise), ("running", running))}
+    assert accuracy["precise"] > accuracy["running"] + 0.1, accuracy
+    with pytest.raises(ValueError, match="bn_recompute recomputes the statistics of BatchNorm layers that train, "
+                                         "and bn: frozen trains none"):
+        create_paradigm("finetune", {"bn": "frozen", "bn_recompute": True}, n_classes=10, seed=0)
+
+
 def test_a_network_from_scratch_refuses_frozen_batchnorm_statistics_in_one_line():
     for name in ("scratch", "simple-cnn"):
         with pytest.raises(ValueError, match="bn: frozen keeps pretrained BatchNorm statistics, but this "

@@ -135,6 +135,9 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
         notes["images_per_epoch"] = per_epoch
     steps = math.ceil(math.ceil(per_epoch / shards) / p.batch_size)
     bn = _batchnorm_policy(model, p, steps, notes)
+    recompute = bn == "train" and p.recompute_bn(steps) and "batchnorm" in notes
+    if recompute:
+        notes["batchnorm"]["recomputed"] = "over the training images before each evaluation"
     optimizer = make_optimizer(groups, p)
     # Under torchrun the forward of training goes through DDP (gradients averaged across ranks); evaluation
     # uses the plain model, whose weights are the same on every rank.
@@ -165,6 +168,8 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
             train_loss, train_score = _train_epoch(trained, optimizer, schedule, train_loss_fn, train, p, augment,
                                                    seed, epoch, device, f"{label} · epoch {epoch + 1}/{epochs}", bar,
                                                    bn)
+            if recompute:
+                recompute_batchnorm(model, train.x, p.batch_size, device)
             val_loss, val_score = _agreed(evaluate(model, val, loss_fn, p.batch_size, device), device)
             result.history.append({"epoch": epoch + 1, "train_loss": train_loss, f"train_{metric}": train_score,
                                    "val_loss": val_loss, f"val_{metric}": val_score,
@@ -348,6 +353,27 @@ def _batchnorm_policy(model: nn.Module, p: TrainParams, batches_per_epoch: int, 
             for q in norm.parameters(recurse=False):
                 q.requires_grad = False
     return policy
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """PreciseBN: replace the running statistics of the BatchNorm layers that train by their exact average over
+    `x` under the current weights. By hand rather than torch's swa_utils.update_bn, which resets every
+    BatchNorm (frozen pretrained ones too) and runs the whole model in train mode (dropout on)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and any(q.requires_grad for q in m.parameters(recurse=False))]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches that follow
+        m.train()
+    for chunk in x.split(batch_size):
+        model(_to_device(chunk, device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
 
 
 def set_train_mode(model: nn.Module, bn: str = "train") -> None:

@@ -114,6 +114,11 @@ class TrainParams(Spec):
         "network computes), train otherwise. The record says which ran and why")
     bn_affine: bool = Field(True, description="with frozen statistics: BatchNorm's scale and shift still train "
                             "(false freezes them too)")
+    bn_recompute: Literal["auto"] | bool = Field(
+        "auto", description="before each evaluation, recompute the running statistics of the BatchNorm layers that "
+        "train, over the training images with the current weights (PreciseBN), instead of the running averages of "
+        f"past batches; auto: when an epoch has fewer than {BN_AUTO_BATCHES} batches, where those averages lag "
+        "weights that change fast (a network from random weights on a few hundred images)")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
 
     @field_validator("augment", mode="before")
@@ -144,6 +149,9 @@ class TrainParams(Spec):
                              "factor), not both")
         if self.augment_copies and self.augment == "none":
             raise ValueError("augment_copies needs an augmentation; set augment (e.g. light) or drop augment_copies")
+        if self.bn_recompute is True and self.bn == "frozen":
+            raise ValueError("bn_recompute recomputes the statistics of BatchNorm layers that train, and bn: frozen "
+                             "trains none; drop bn_recompute or set bn: train")
         if "bn_affine" in self.model_fields_set and self.bn == "train":
             raise ValueError("bn_affine applies when BatchNorm statistics are frozen (bn: frozen or auto), not with "
                              "bn: train; drop bn_affine or set bn")
@@ -175,6 +183,12 @@ class TrainParams(Spec):
             return "frozen", (f"auto: {batches_per_epoch} batches per epoch (< {BN_AUTO_BATCHES}); running statistics "
                               "of so few batches would drift from the pretrained ones")
         return "train", f"auto: {batches_per_epoch} batches per epoch (≥ {BN_AUTO_BATCHES})"
+
+    def recompute_bn(self, batches_per_epoch: int) -> bool:
+        """Recompute the training BatchNorm layers' statistics before each evaluation (`bn_recompute`)?"""
+        if self.bn_recompute == "auto":
+            return batches_per_epoch < BN_AUTO_BATCHES
+        return self.bn_recompute
 
     def loss_for(self, multi_label: bool) -> str:
         """The loss that trains: `loss` as given, except that an unset loss on multi-label data means bce
