@@ -99,3 +99,43 @@ def test_bad_folders_fail_with_one_line_naming_the_path(tmp_path, copy_folder, c
     with pytest.raises(TransferlabError, match=message) as err:
         open_pools(DataSpec(source=source, test=str(test) if test else None))
     assert "\n" not in str(err.value)
+
+
+def test_file_and_class_names_that_are_not_utf8_run_end_to_end(copy_folder, tmp_path):
+    """Latin-1 names (bytes that are not UTF-8, as old archives hold them) are images like any other: the
+    fingerprint, a run, its record and report, and inspect all work; pages show such bytes as \\xNN."""
+    import shutil
+
+    import transferlab
+    from transferlab import api
+
+    root = os.fsencode(copy_folder)
+    victim = next(copy_folder.glob("Trouser/*.png"))
+    latin = os.path.join(root, b"Trouser", b"caf\xe9-" + os.fsencode(victim.name))
+    os.rename(os.fsencode(victim), latin)
+    os.rename(os.path.join(root, b"Sneaker"), os.path.join(root, b"Sneaker-\xe9t\xe9"))
+    source = FolderSource(copy_folder)
+    assert "Sneaker-\\xe9t\\xe9" in source.classes  # shown as the escapes of its bytes
+    assert latin in [os.fsencode(p) for p in source.paths] and len(source.fingerprint) == 20
+    records = transferlab.study({"name": "latin1", "datasets": [{"source": str(copy_folder), "name": "latin1"}],
+                                 "paradigms": ["pixels"], "seeds": [0], "references": False}, tmp_path / "out")
+    assert len(records) == 1 and (tmp_path / "out" / "report.html").is_file()
+    with open(os.path.join(root, b"Trouser", b"broken-\xe9.png"), "wb") as f:  # listed by name as unreadable
+        f.write(b"not a png")
+    summary = api.inspect(str(copy_folder), out=tmp_path / "inspect", augment=())
+    assert sum(s["unreadable"] for s in summary["splits"].values()) == 1
+    assert "broken-\\xe9.png" in (tmp_path / "inspect" / "inspect.html").read_text()
+
+
+def test_atomic_write_keeps_the_old_file_and_no_temporary_when_the_write_fails(tmp_path):
+    from transferlab.core.paths import atomic_write, atomic_write_text
+
+    target = atomic_write_text(tmp_path / "leaderboard.csv", "old\n")
+
+    def half_then_fail(tmp):
+        tmp.write_text("half a fi")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half_then_fail)
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["leaderboard.csv"]

@@ -207,10 +207,20 @@ def test_an_export_that_fails_parity_is_refused_and_removed(linear_run, tmp_path
         module = load_bundle(path)
         return lambda images: module(images).detach().numpy() + 3e-4  # a runtime that is slightly off
 
+    model = load_run(linear_run[0])
     monkeypatch.setitem(export_module.LOADERS, "safetensors", drifting)
     with pytest.raises(TransferlabError, match=r"failed its parity check: max \|Δscore\| 3\.0\de-04"):
-        export_model(load_run(linear_run[0]), "safetensors", tmp_path)
+        export_model(model, "safetensors", tmp_path)
     assert not list(tmp_path.iterdir())
+    # a re-export that fails leaves the last good export and its card exactly as they were
+    monkeypatch.undo()
+    good = export_model(model, "safetensors", tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"model.safetensors", "model.json"} and good["parity"]["passed"]
+    monkeypatch.setitem(export_module.LOADERS, "safetensors", drifting)
+    with pytest.raises(TransferlabError, match="failed its parity check"):
+        export_model(model, "safetensors", tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 # ---------------------------------------------------------------- safety and bad input

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from .core.paths import atomic_write
 from .evaluate import headline_metrics, primary_metric
 from .record import is_multi_label
 from .stats import interval95, paired_comparison
@@ -105,12 +106,15 @@ def csv_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_leaderboard_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=csv_columns(rows), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) and not np.isnan(v) else
-                                 "" if isinstance(v, float) or v is None else v) for k, v in row.items()})
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=csv_columns(rows), extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) and not np.isnan(v) else
+                                     "" if isinstance(v, float) or v is None else v) for k, v in row.items()})
+
+    atomic_write(Path(path), write)
 
 
 def format_mean_std(row: dict[str, Any], metric: str) -> str:

@@ -18,11 +18,18 @@ import numpy as np
 from PIL import Image
 
 from ..core.errors import TransferlabError
+from ..core.paths import name_bytes, printable
 from ..core.registry import did_you_mean
 from .images import DEFAULT_MAX_PIXELS, UnreadableImage, open_image  # noqa: F401 - re-exported
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MANIFEST_EXTENSIONS = (".csv", ".parquet")
+
+
+def class_name(folder_name: str) -> str:
+    """The class a folder name stands for: itself, with bytes that are not UTF-8 shown as \\xNN escapes (the
+    folder is still found by its own name)."""
+    return printable(folder_name)
 
 
 class ImageSource(ABC):
@@ -95,14 +102,14 @@ class FileSource(ImageSource):
     def fingerprint(self) -> str:
         # Path, size and mtime of every file (what make and rsync trust): re-reading every byte on each
         # run would cost as much as decoding, and any edit to a file changes its mtime.
-        digest = hashlib.sha256("\n".join(self.classes).encode())
+        digest = hashlib.sha256(name_bytes("\n".join(self.classes)))
         digest.update(f"max_pixels={self.max_pixels}".encode())  # what is refused as a bomb is remembered as bad
         for path, label in zip(self.paths, self.labels, strict=True):
             stat = path.stat()
             where = path.relative_to(self.root) if path.is_relative_to(self.root) else path
             # ctime too: a chmod that makes an unreadable file readable must not leave it remembered as bad
-            digest.update(f"{where}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{np.asarray(label).tobytes().hex()}\n"
-                          .encode())
+            digest.update(name_bytes(f"{where}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|"
+                                     f"{np.asarray(label).tobytes().hex()}\n"))
         return digest.hexdigest()[:20]
 
 
@@ -120,7 +127,8 @@ class FolderSource(FileSource):
         if not root.is_dir():
             raise TransferlabError(f"{root}: no such dataset folder; give a folder laid out as "
                                    "root/<class>/<image>")
-        found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        folders = {class_name(d.name): d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+        found = sorted(folders)
         if not found:
             raise TransferlabError(f"{root}: no class folders inside; lay images out as root/<class>/<image>")
         if classes is not None:
@@ -131,7 +139,7 @@ class FolderSource(FileSource):
         classes = list(classes) if classes is not None else found
         paths, labels, notes = [], [], []
         for label, cls in enumerate(classes):
-            folder = root / cls
+            folder = root / folders.get(cls, cls)
             if not folder.is_dir():
                 if imposed_by_training:
                     continue  # a val/test folder may lack a class
@@ -179,7 +187,7 @@ class ArraySource(ImageSource):
     def fingerprint(self) -> str:
         digest = hashlib.sha256(np.ascontiguousarray(self.images).data)
         digest.update(self.labels.tobytes())
-        digest.update("\n".join(self.classes).encode())
+        digest.update(name_bytes("\n".join(self.classes)))
         return digest.hexdigest()[:20]
 
 

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,19 @@ def export_model(model: RunModel, fmt: str, out: str | Path | None = None, *,
     folder = Path(out) if out else default_export_dir(model)
     path = folder / FILE_NAMES[fmt]
     images, _ = decoded_split(model, "test", limit=parity_images)
-    WRITERS[fmt](model, path)
-    parity = check_parity(model, LOADERS[fmt](path, model), images)
-    if not parity["passed"]:
-        path.unlink(missing_ok=True)
+    # The export is checked under a name of its own and only then takes the place of the last good one: a
+    # failed re-export leaves the previous file and its card as they were.
+    candidate = path.with_name(f".candidate.{path.name}")
+    try:
+        WRITERS[fmt](model, candidate)
+        parity = check_parity(model, LOADERS[fmt](candidate, model), images)
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+    if parity["passed"]:
+        os.replace(candidate, path)
+    else:
+        candidate.unlink(missing_ok=True)
         raise TransferlabError(f"{fmt} export of {model.record['run_id']} failed its parity check: max |Δscore| "
                                f"{parity['max_abs_diff']:.2e} (limit {PARITY_MAX_DIFF:g}), top-1 agreement "
                                f"{parity['top1_agreement']:.1%} on {parity['images']} test images; nothing exported")

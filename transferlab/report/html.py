@@ -17,6 +17,7 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader
 
 from ..core.errors import TransferlabError
+from ..core.paths import atomic_write_text
 from ..evaluate import headline_metrics, primary_metric
 from ..leaderboard import compare_best, comparison_text, leaderboard, row_label
 from ..record import is_multi_label
@@ -76,9 +77,7 @@ def build_report(study_dir: str | Path) -> Path:
     env = Environment(loader=PackageLoader("transferlab", "report"), autoescape=True)
     env.filters.update(num=fmt_number, run_href=run_href, compact=compact_json)
     html = env.get_template("report.html.j2").render(**report_context(records, study_dir))
-    path = study_dir / "report.html"
-    path.write_text(html)
-    return path
+    return atomic_write_text(study_dir / "report.html", html)
 
 
 def report_context(records: list[dict[str, Any]], study_dir: Path) -> dict[str, Any]:

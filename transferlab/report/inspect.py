@@ -13,7 +13,7 @@ from jinja2 import Environment, PackageLoader
 from PIL import Image, ImageOps
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from ..core.paths import atomic_write
+from ..core.paths import atomic_write_text
 from ..data.augment import check_augment, make_augment
 from ..inspect import (
     Inspection,
@@ -38,7 +38,7 @@ UNREADABLE_SHOWN = 200
 def write_page(inspection: Inspection, out: str | Path, augment: tuple[str, ...], seed: int) -> Path:
     """OUT/inspect.html: one self-contained page drawn from the analysis."""
     page = render_page(inspection.summary, inspection.scans, inspection.pairs, augment, seed)
-    return atomic_write(Path(out) / "inspect.html", lambda tmp: tmp.write_text(page))
+    return atomic_write_text(Path(out) / "inspect.html", page)
 
 
 def render_page(summary: dict[str, Any], scans: dict[str, SplitScan], pairs: list[Pair], augment: tuple[str, ...],
