@@ -468,3 +468,53 @@ def test_final_params_fix_the_best_epoch_and_the_refit_trains_exactly_that_many(
     both = torch.cat([train.x, val.x]), torch.cat([train.y, val.y])
     refit.bind(TrainingContext(None, torch.device("cpu"))).fit(*both, val.x, val.y)
     assert len(refit.history_) == final["epochs"] == refit.selected_["best_epoch"]
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL at one point of a checkpoint write."""
+
+
+@pytest.mark.parametrize("kill_after", ["last weights", "best weights"])
+def test_a_kill_between_the_checkpoint_writes_resumes_exactly_like_an_uninterrupted_run(digit_images, tmp_path,
+                                                                                        monkeypatch, kill_after):
+    """Killed after an epoch's weights (its last weights, or a new best's) are on disk and before its last.pt
+    is: resume goes on from the previous epoch's complete checkpoint and ends with the history, best epoch and
+    weights of a straight run (the old two-file checkpoint paired new weights with the old state)."""
+    from transferlab.train import loop
+    from transferlab.train.optim import param_groups
+
+    train, val = small_digits(digit_images)
+    p = TrainParams(epochs=6, lr=0.003, optimizer="adamw", augment="light", schedule="cosine", bn="train")
+
+    def go(folder, resume=False):
+        torch.manual_seed(0)
+        model = create_paradigm("simple-cnn", {"image_size": 16}, n_classes=10, seed=0).build_model((16, 16))
+        result = loop.fit(model, param_groups([(list(model.parameters()), p.lr)], 0.0), train, val, p,
+                          n_classes=10, seed=0, device=torch.device("cpu"), checkpoints=folder, resume=resume,
+                          run_key="k")
+        return result, model.state_dict()
+
+    straight, straight_weights = go(tmp_path / "straight")
+    real_write = loop.atomic_write
+    written: list[str] = []
+
+    def dying(path, write):
+        previous = written[-1] if written else ""
+        written.append(path.name)
+        if kill_after == "last weights" and path.name == "last.pt" and previous == "last-3.safetensors":
+            raise Killed
+        if kill_after == "best weights" and path.name.startswith("last-") and previous.startswith("best-") \
+                and int(previous.split("-")[1].split(".")[0]) >= 3:
+            raise Killed
+        return real_write(path, write)
+
+    monkeypatch.setattr(loop, "atomic_write", dying)
+    with pytest.raises(Killed):
+        go(tmp_path / "killed")
+    monkeypatch.undo()
+    killed_in = int(written[-2].split("-")[1].split(".")[0])  # the epoch whose weights were the last write
+    resumed, resumed_weights = go(tmp_path / "killed", resume=True)
+    assert resumed.resumed_from == killed_in - 1
+    strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in r.history] for r in (resumed, straight)]
+    assert strip[0] == strip[1] and resumed.best_epoch == straight.best_epoch
+    assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in straight_weights)

@@ -183,7 +183,8 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
                 if p.restore_best:  # only then is the best epoch's state needed again
                     best_state = copy.deepcopy(model.state_dict())
                     if checkpoints and is_main():
-                        atomic_write(checkpoints / "best.safetensors", lambda path: save_model(model, str(path)))
+                        atomic_write(checkpoints / _weights_file("best", epoch + 1),
+                                     lambda path: save_model(model, str(path)))
             else:
                 stale += 1
             finished = epoch + 1 == epochs or bool(p.patience and stale >= p.patience)
@@ -410,20 +411,37 @@ def evaluate(model, data: Images, loss_fn, batch_size: int, device: torch.device
 # ---------------------------------------------------------------- checkpoints
 
 
+# A checkpoint is last.pt (optimizer, schedule, RNG, history) naming the weight files of its own epoch
+# (last-<epoch>.safetensors, best-<epoch>.safetensors). Weights are written first, under a new name, then
+# last.pt; only then are older weight files removed. A kill at any point leaves a last.pt whose files exist and
+# belong to it: resume never pairs one epoch's weights with another epoch's optimizer, RNG or history.
+
+
+def _weights_file(kind: str, epoch: int) -> str:
+    return f"{kind}-{epoch}.safetensors"
+
+
 def _save(folder: Path, model, optimizer, schedule, result: TrainResult, stale: int, finished: bool,
           run_key: str) -> None:
-    atomic_write(folder / "last.safetensors", lambda path: save_model(model, str(path)))
+    epoch = len(result.history)
+    atomic_write(folder / _weights_file("last", epoch), lambda path: save_model(model, str(path)))
+    best = _weights_file("best", result.best_epoch) if result.best_epoch else None
     state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
              "history": result.history, "best_epoch": result.best_epoch, "best_score": result.best_score,
-             "stale": stale, "finished": finished, "run_key": run_key}
+             "stale": stale, "finished": finished, "run_key": run_key, "weights": _weights_file("last", epoch),
+             "best_weights": best if best and (folder / best).is_file() else None}
     atomic_write(folder / "last.pt", lambda path: torch.save(state, path))
+    kept = {state["weights"], state["best_weights"]}
+    for stale_file in folder.glob("*.safetensors"):  # files of earlier epochs, now that last.pt names others
+        if stale_file.name not in kept:
+            stale_file.unlink(missing_ok=True)
 
 
 def _restore(folder: Path, model, optimizer, schedule, run_key: str) -> tuple[TrainResult, int, bool]:
     try:
         state = torch.load(folder / "last.pt", weights_only=True)
-        load_model(model, str(folder / "last.safetensors"))
+        load_model(model, str(folder / state["weights"]))
     except Exception as exc:  # noqa: BLE001 - any damage means the checkpoint cannot be trusted
         raise TransferlabError(f"{folder}: checkpoint unreadable ({type(exc).__name__}); delete the folder to "
                                "start over") from None
@@ -441,10 +459,12 @@ def _restore(folder: Path, model, optimizer, schedule, run_key: str) -> tuple[Tr
 
 
 def _load_best(folder: Path, model: nn.Module) -> dict[str, torch.Tensor] | None:
-    if not (folder / "best.safetensors").is_file():
+    """The best epoch's weights that last.pt names (None when it names none)."""
+    name = torch.load(folder / "last.pt", weights_only=True).get("best_weights")
+    if not name:
         return None
     current = copy.deepcopy(model.state_dict())
-    load_model(model, str(folder / "best.safetensors"))
+    load_model(model, str(folder / name))
     best = copy.deepcopy(model.state_dict())
     model.load_state_dict(current)
     return best
