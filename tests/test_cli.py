@@ -46,6 +46,15 @@ def test_data_options_reach_the_split_and_the_record(tmp_path):
     assert not set(records[0]["split_indices"]["val"]["indices"]) & set(records[2]["split_indices"]["val"]["indices"])
 
 
+def test_backbone_none_runs_a_paradigm_without_backbone_as_help_says(tmp_path):
+    result = transferlab("run", "--data", "digits", "--backbone", "none", "--paradigm", "pixels", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    (record,) = (tmp_path / "runs").glob("*.json")
+    assert json.loads(record.read_text())["backbone"] is None
+    assert "drop --weights" in one_error_line(transferlab("run", "--data", "digits", "--backbone", "none",
+                                                          "--weights", "random", "--paradigm", "pixels"))
+
+
 @pytest.mark.parametrize("args, names", [
     (["run", "--data", "/no/such/folder", "--paradigm", "pixels"], "/no/such/folder"),
     (["run", "--data", "digits", "--backbone", "resnet_fifty", "--paradigm", "knn"], "resnet_fifty"),

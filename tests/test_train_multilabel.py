@@ -123,6 +123,13 @@ def test_bce_smooths_both_ways_and_weights_positives_per_class(mosaics):
     assert weighted == pytest.approx(float(expected))
     mse = make_loss(TrainParams(loss="mse"), Y.numpy(), 4)(logits, Y)
     assert mse == pytest.approx(float(((logits.sigmoid() - Y.float()) ** 2).mean()))
+    # single-label bce smooths its one-hot targets the same way; mse refuses smoothing it would not apply
+    y = Y.argmax(1)
+    single = make_loss(TrainParams(loss="bce", label_smoothing=0.2), y.numpy(), 4)(logits, y)
+    one_hot = torch.nn.functional.one_hot(y, 4).float() * 0.8 + 0.1
+    assert single == pytest.approx(float(torch.nn.functional.binary_cross_entropy_with_logits(logits, one_hot)))
+    with pytest.raises(ValueError, match="label_smoothing applies to loss ce and bce, not mse"):
+        TrainParams(loss="mse", label_smoothing=0.1)
 
 
 def test_weighted_sampler_draws_images_of_a_rare_label_more_often(mosaics):

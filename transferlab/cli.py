@@ -85,6 +85,10 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
 
     data_spec: dict[str, Any] = {"source": data, "test": test, "val": val, "train_size": train_size,
                                  "skip_bad": skip_bad or None, **_parse_params(data_option, "--data-option")}
+    if backbone == "none":  # what --help offers for paradigms that use no backbone (pixels, simple-cnn, ...)
+        if weights or image_size:
+            raise TransferlabError("--backbone none uses no backbone; drop --weights / --image-size")
+        backbone = None
     backbone_spec = _given({"name": backbone, "weights": weights, "image_size": image_size}) if backbone else None
     paradigm_spec = {"name": paradigm, **_parse_params(param)}
     options = _given({"engine": engine, "device": device, "threshold": threshold, "final": final})

@@ -201,10 +201,10 @@ def _binary_cross_entropy(p: Params, labels: np.ndarray, n_classes: int, device:
     weighting (balanced or effective alike) is BCE's pos_weight = negatives / positives of that class, and
     label smoothing moves every target ε/2 toward the other answer (y·(1 − ε) + ε/2, Keras's binary smoothing).
     """
+    eps = p.label_smoothing
     if labels.ndim == 2:
         positive = None if p.class_weights == "none" else torch.as_tensor(pos_weight(labels), device=device)
         bce = nn.BCEWithLogitsLoss(pos_weight=positive)
-        eps = p.label_smoothing
         return lambda logits, y: bce(logits, y.to(logits.dtype) * (1 - eps) + eps / 2)
     # For BCE the imbalance is positives vs negatives within each class: a per-class `weight` would scale
     # both alike, so class weighting here means BCE's pos_weight (negatives / positives).
@@ -212,7 +212,7 @@ def _binary_cross_entropy(p: Params, labels: np.ndarray, n_classes: int, device:
     positive = None if w is None else torch.as_tensor(
         pos_weight(np.eye(n_classes, dtype=np.uint8)[labels]), device=device)
     bce = nn.BCEWithLogitsLoss(pos_weight=positive)
-    return lambda logits, y: bce(logits, nn.functional.one_hot(y, n_classes).to(logits.dtype))
+    return lambda logits, y: bce(logits, nn.functional.one_hot(y, n_classes).to(logits.dtype) * (1 - eps) + eps / 2)
 
 
 @LOSSES.register("mse")

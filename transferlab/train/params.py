@@ -76,8 +76,8 @@ class TrainParams(Spec):
                                   "the lr is multiplied by gamma")
     loss: Loss = Field("ce", description="multi-label data train with bce (what the default means there) or mse "
                        "on the sigmoids; ce needs one label per image")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="ce; multi-label bce: each 0/1 target moves ε/2 "
-                                   "toward the other (Keras's binary smoothing)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="ce (torch's); bce: each 0/1 target moves ε/2 "
+                                   "toward the other (Keras's binary smoothing); not mse")
     class_weights: ClassWeights = Field("none", description="loss weights per class: balanced (n / (C·n_c)) or "
                                         "effective (Cui et al. 2019, effective number of samples); with bce "
                                         "(multi-label too) either means pos_weight = negatives / positives per "
@@ -137,6 +137,9 @@ class TrainParams(Spec):
             if option in self.model_fields_set and getattr(self, option) != 0 and chosen not in users:
                 raise ValueError(f"{option} applies to {choice} {' / '.join(users)}, not {chosen}; drop {option} "
                                  f"or set {choice}")
+        if self.label_smoothing and self.loss == "mse":
+            raise ValueError("label_smoothing applies to loss ce and bce, not mse (its targets stay 0 / 1); drop "
+                             "label_smoothing or set loss")
         if "momentum" in self.model_fields_set and self.momentum and self.schedule in CYCLING_MOMENTUM:
             raise ValueError(f"momentum: schedule {self.schedule} cycles it over momentum_range "
                              f"{list(self.momentum_range)}; set momentum_range instead, or another schedule")
