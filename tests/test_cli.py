@@ -50,7 +50,7 @@ def test_backbone_none_runs_a_paradigm_without_backbone_as_help_says(tmp_path):
     result = transferlab("run", "--data", "digits", "--backbone", "none", "--paradigm", "pixels", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     (record,) = (tmp_path / "runs").glob("*.json")
-    assert json.loads(record.read_text())["backbone"] is None
+    assert json.loads(record.read_text())["backbone"]["name"] is None
     assert "drop --weights" in one_error_line(transferlab("run", "--data", "digits", "--backbone", "none",
                                                           "--weights", "random", "--paradigm", "pixels"))
 
