@@ -38,6 +38,10 @@ def space_spec(space, paradigms=("mlp",), **search):
     ({"paradigm.hidden": {"choices": [32], "when": {"backbone": "x"}}}, ("mlp",), "tpe",
      "when: backbone must name another categorical dimension"),
     ({"paradigm.lr": {"low": 1e-4, "high": 1e-2}}, ("mlp",), "grid", "a grid needs a finite set"),
+    # anything that moves test images is fixed before any choice
+    ({"data.split_seed": [0, 1]}, ("mlp",), "grid", "data.split_seed: this would move images in or out of the test"),
+    ({"data.test_size": [0.2, 0.3]}, ("mlp",), "grid", "data.test_size: this would move images in or out of"),
+    ({"data.ratios": [[60, 20, 20]]}, ("mlp",), "grid", "data.ratios: this would move images in or out of"),
 ])
 def test_bad_space_is_one_line_naming_the_key(space, paradigms, sampler, message):
     with pytest.raises(TransferlabError) as err:
@@ -223,3 +227,9 @@ def test_an_interrupted_trial_is_queued_again_and_the_rerun_completes_the_grid(i
     assert sorted(t["params"]["paradigm.C"] for t in complete) == [0.1, 1.0] == sorted(
         t["params"]["paradigm.C"] for t in summary["trials"][:2])
     assert [t["fail_reason"] for t in summary["trials"] if t["state"] == "fail"] == ["interrupted; queued again"]
+
+
+def test_train_and_validation_sizes_stay_tunable():
+    dims = parse_space(space_spec({"data.val_size": [0.2, 0.3], "data.train_size": [50, 100]}, ("mlp",),
+                                  sampler="grid"))
+    assert {d.path for d in dims} >= {"data.val_size", "data.train_size"}

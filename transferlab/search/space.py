@@ -158,9 +158,17 @@ def _check_path(spec: StudySpec, dim: Dimension, by_path: dict[str, Dimension]) 
         if lacking:
             raise TransferlabError(f"{where}: {', '.join(lacking)} has no parameter '{field}'; add when: "
                                    f"{{paradigm: {sorted(names - set(lacking))[0]}}} or drop it")
+    elif dim.path in MOVES_TEST:
+        raise TransferlabError(f"{where}: this would move images in or out of the test split, which is fixed "
+                               "before any choice (a search that picks it would be choosing on test); set it in "
+                               "the dataset instead. data.train_size, data.val_size and data.folds can be tuned")
     elif dim.path not in valid:
         _unknown(where, dim.path, valid)
     _check_extremes(spec, dim, by_path, where)
+
+
+# Data fields that decide which images are test images: never a search dimension.
+MOVES_TEST = ("data.test_size", "data.ratios", "data.split_seed")
 
 
 def _unknown(where: str, path: str, valid: list[str]) -> None:
@@ -175,7 +183,8 @@ def valid_paths(spec: StudySpec) -> list[str]:
     paradigm_fields = {f for p in PARADIGMS.values() for f in p.Params.model_fields}
     return ["paradigm", "backbone", *(f"paradigm.{f}" for f in sorted(paradigm_fields)),
             *(f"backbone.{f}" for f in BackboneSpec.model_fields if f != "name"),
-            *(f"data.{f}" for f in sorted(SPLIT_ONLY_FIELDS - {"name"})), *RUN_FIELDS]
+            *(f"data.{f}" for f in sorted(SPLIT_ONLY_FIELDS - {"name"}) if f"data.{f}" not in MOVES_TEST),
+            *RUN_FIELDS]
 
 
 def _paradigm_choices(spec: StudySpec, dim: Dimension, by_path: dict[str, Dimension]) -> list[str]:
