@@ -184,7 +184,8 @@ def test_a_stopped_search_continues_with_the_same_command_and_refuses_a_changed_
     run_search(validated(StudySpec, spec, "test"), tmp_path, timeout=0.01)  # stops after its first trial
     first = json.loads((tmp_path / "search" / "tiny-search.json").read_text())["trials"]
     assert len(first) == 1
-    summary = run_search(validated(StudySpec, spec, "test"), tmp_path)
+    # a second worker with another --trials counts to the budget the study stored (4), not its own
+    summary = run_search(validated(StudySpec, spec, "test"), tmp_path, trials=6)
     assert [t["number"] for t in summary["trials"]] == [0, 1, 2, 3]
     assert summary["trials"][0]["params"] == first[0]["params"]  # trial 0 kept, not rerun
 
@@ -233,3 +234,13 @@ def test_train_and_validation_sizes_stay_tunable():
     dims = parse_space(space_spec({"data.val_size": [0.2, 0.3], "data.train_size": [50, 100]}, ("mlp",),
                                   sampler="grid"))
     assert {d.path for d in dims} >= {"data.val_size", "data.train_size"}
+
+
+@pytest.mark.parametrize("url", ["postgresql://ann:s3cret@db.example:5432/searches",
+                                 "postgresql://ann:s3cret@db.example:notaport/searches",  # unparsable
+                                 "postgres ql://ann:s3cret@host/x"])
+def test_a_storage_url_is_never_shown_with_its_password(url):
+    from transferlab.search.storage import _storage_problem, redact
+
+    assert "s3cret" not in redact(url) and "ann" in redact(url)
+    assert "s3cret" not in _storage_problem(url, ValueError("bad"))

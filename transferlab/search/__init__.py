@@ -38,6 +38,7 @@ from .space import (
 )
 from .storage import (
     BUDGET_ATTR,
+    DEFAULT_TRIALS,
     READY_ATTR,
     SPACE_ATTR,
     default_storage,
@@ -48,8 +49,6 @@ from .storage import (
     redact,
 )
 from .workers import Objective, TrialFailed, budget_status, counts_toward_budget, follow_trials, run_trials
-
-DEFAULT_TRIALS = 20
 
 __all__ = [
     "BUDGET_ATTR", "DEFAULT_TRIALS", "MINIMIZED", "READY_ATTR", "RUN_FIELDS", "SPACE_ATTR", "Dimension", "Objective",
@@ -93,8 +92,11 @@ def search_and_retrain(spec: StudySpec | str | Path, out: str | Path | None = No
     best = None
     try:
         study = open_search(spec, dims, open_storage(url, search.heartbeat), name, worker=worker, resume=resume,
-                            multi_label=multi_label)
-        budget = study.user_attrs.get(BUDGET_ATTR) or trials or search.trials or DEFAULT_TRIALS
+                            multi_label=multi_label, trials=trials or search.trials)
+        budget = study.user_attrs[BUDGET_ATTR]
+        if trials and trials != budget:
+            console.print(f"search {name}: counting to the budget stored in the study, {budget} trials "
+                          f"(--trials {trials} applies only to a new search)")
         objective = Objective(spec, dims, pools, FeatureStore(), out_dir / "search" / "trials", budget, metric,
                               direction)
         started = time.perf_counter()

@@ -9,6 +9,7 @@ later is checked against the spec's space, objective and base runs.
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +24,8 @@ from ..config import SearchSpec, StudySpec
 from ..core.errors import TransferlabError
 from .space import Dimension, grid_points, objective_of, space_digest
 
-SPACE_ATTR, READY_ATTR, BUDGET_ATTR = "transferlab:space", "transferlab:ready", "transferlab:grid_points"
+SPACE_ATTR, READY_ATTR, BUDGET_ATTR = "transferlab:space", "transferlab:ready", "transferlab:budget"
+DEFAULT_TRIALS = 20  # random and TPE searches given no budget
 
 
 def default_storage(out_dir: Path) -> str:
@@ -62,20 +64,23 @@ def _storage_problem(url: str, exc: Exception) -> str:
     try:
         parsed = make_url(url)
     except Exception:  # noqa: BLE001 — an unparsable URL is itself the problem to report
-        return f"--storage {url}: not a database URL; give e.g. postgresql://user@host:5432/db or sqlite:///file.db"
+        return (f"--storage {redact(url)}: not a database URL; give e.g. postgresql://user@host:5432/db or "
+                "sqlite:///file.db")
     reason = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if parsed.get_backend_name() == "sqlite":
-        return f"--storage {url}: cannot open the SQLite file ({reason}); check the folder exists and is writable"
+        return (f"--storage {redact(url)}: cannot open the SQLite file ({reason}); check the folder exists and is "
+                "writable")
     return (f"--storage {redact(url)}: cannot reach the database at {parsed.host or 'localhost'}:"
             f"{parsed.port or 5432} ({reason}); check the server is running, the host and port, the user and "
             "database exist, and that pg_hba.conf lets this machine in")
 
 
 def redact(url: str) -> str:
+    """`url` with its password shown as ***, parsable or not."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
-        return url
+    except Exception:  # noqa: BLE001 - an unparsable URL may still carry user:password@
+        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
 
 
 def make_sampler(search: SearchSpec, worker: bool):
@@ -95,8 +100,10 @@ def make_pruner(search: SearchSpec):
 
 
 def open_search(spec: StudySpec, dims: list[Dimension], storage, name: str, *, worker: bool, resume: bool,
-                multi_label: bool):
-    """Create the Optuna study (and enqueue a grid), or join the existing one after checking its space."""
+                multi_label: bool, trials: int | None):
+    """Create the Optuna study (and enqueue a grid), or join the existing one after checking its space. The
+    creator stores the trial budget (`trials`; none: the whole grid, or DEFAULT_TRIALS) in the study, so that
+    every worker that joins it counts to the same budget whatever its own --trials."""
     _, direction = objective_of(spec, multi_label)
     digest = space_digest(spec, dims)
     sampler, pruner = make_sampler(spec.search, worker), make_pruner(spec.search)
@@ -115,15 +122,16 @@ def open_search(spec: StudySpec, dims: list[Dimension], storage, name: str, *, w
             raise TransferlabError(f"search '{name}' {study.direction.name.lower()}s, this spec's objective "
                                    f"{direction}s; give --study-name a new name") from None
         return study
+    budget = trials or DEFAULT_TRIALS
     if spec.search.sampler == "grid":
         points = grid_points(dims)
-        budget = min(spec.search.trials or len(points), len(points))
+        budget = min(trials or len(points), len(points))
         if budget < len(points):
             order = np.random.default_rng(spec.search.seed).permutation(len(points))
             points = [points[i] for i in sorted(order[:budget])]
         for point in points:
             study.enqueue_trial(point)
-        study.set_user_attr(BUDGET_ATTR, len(points))
+    study.set_user_attr(BUDGET_ATTR, budget)
     study.set_user_attr(SPACE_ATTR, digest)
     study.set_user_attr(READY_ATTR, True)  # workers that found the study wait for this
     return study
