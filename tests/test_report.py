@@ -258,3 +258,34 @@ def test_labels_are_text_in_the_report_and_the_inspect_page_never_markup(hostile
         text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
         for label in HOSTILE_LABELS:
             assert label in text, (page.name, label)  # shown as text, exactly
+
+
+def test_the_best_run_the_winner_and_the_comparison_follow_validation_not_test(single_label, tmp_path):
+    """Validation made to disagree with test: the row worst on test gets the best validation scores, and within
+    it the seed worse on test the better validation score. compare_best, winners and the report's best run
+    all follow validation."""
+    from transferlab.leaderboard import GROUP, compare_best, winners
+
+    study = shutil.copytree(single_label, tmp_path / "study")
+    records = load_records(study)
+    rows = [r for r in leaderboard(records) if not r["reference"]]
+    worst_on_test = rows[-1]
+    key = tuple(worst_on_test[k] for k in GROUP)
+    chosen = [r for r in records if tuple(r["labels"][k] for k in GROUP) == key]
+    worse_seed = min(chosen, key=lambda r: (r["metrics"]["accuracy"], r["seed"]))
+    for path in (study / "runs").glob("*.json"):
+        record = json.loads(path.read_text())
+        if record.get("reference"):
+            continue
+        mine = tuple(record["labels"][k] for k in GROUP) == key
+        record["val_metrics"]["accuracy"] = (0.99 if record["run_id"] == worse_seed["run_id"] else 0.98) if mine \
+            else 0.5
+        path.write_text(json.dumps(record))
+    records = load_records(study)
+    (winner,) = winners(records)
+    assert tuple(winner["labels"][k] for k in GROUP) == key
+    (comparison,) = compare_best(records).values()
+    assert tuple(comparison["a"][k] for k in GROUP) == key
+    html = build_report(study).read_text()
+    best = re.search(r'<h2 id="best">.*?<code>([^<]+)</code>', html, re.S).group(1)
+    assert best == worse_seed["run_id"]

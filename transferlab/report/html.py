@@ -19,7 +19,7 @@ from jinja2 import Environment, PackageLoader
 from ..core.errors import TransferlabError
 from ..core.paths import atomic_write_text
 from ..evaluate import headline_metrics, primary_metric
-from ..leaderboard import compare_best, comparison_text, leaderboard, row_label
+from ..leaderboard import GROUP, compare_best, comparison_text, leaderboard, ranked_by_validation, row_label
 from ..record import is_multi_label
 from . import plots
 from .deploy import prune_context
@@ -117,7 +117,7 @@ def dataset_context(name: str, rows: list[dict[str, Any]], records: list[dict[st
     table = leaderboard_rows(rows, by_id, metrics)
     for shown, warning in zip(table, below_linear_probe(rows, by_id, primary), strict=True):
         shown["warning"] = warning
-    best = best_run(rows, by_id, primary)
+    best = best_run(records, name, primary)
     points = [{"label": shown["label"], "score": _float(row.get(f"{primary}_mean")), "fit_s": shown["fit_s"] or 0.0,
                "gflops": shown["gflops"], "reference": bool(shown["reference"])}
               for row, shown in zip(rows, table, strict=True)]
@@ -197,13 +197,14 @@ def metric_cell(row: dict[str, Any], metric: str) -> dict[str, str]:
     return {"mean": fmt_number(mean), "std": "" if std is None else f"± {std:.3f}", "interval": interval}
 
 
-def best_run(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], primary: str) -> dict[str, Any] | None:
-    """The best seed (on `primary`) of the top leaderboard row that is not a reference row."""
-    for row in rows:
-        runs = [by_id[i] for i in row.get("run_ids", []) if i in by_id]
-        if runs and not row.get("reference") and not any(r.get("reference") for r in runs):
-            return max(runs, key=lambda r: _float(r["metrics"].get(primary)) or -math.inf)
-    return None
+def best_run(records: list[dict[str, Any]], dataset: str, primary: str) -> dict[str, Any] | None:
+    """The run the report shows in detail, chosen on validation like every other choice: the seed with the
+    best validation `primary` of the non-reference row with the best mean validation score."""
+    ranking, by_row = ranked_by_validation(records)
+    if not ranking.get(dataset):
+        return None
+    runs = by_row[tuple(ranking[dataset][0][k] for k in GROUP)]
+    return max(runs, key=lambda r: _float((r.get("val_metrics") or {}).get(primary)) or -math.inf)
 
 
 # ------------------------------------------------------------------------------------ best-run diagnostics
