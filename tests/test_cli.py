@@ -55,6 +55,13 @@ def test_backbone_none_runs_a_paradigm_without_backbone_as_help_says(tmp_path):
                                                           "--weights", "random", "--paradigm", "pixels"))
 
 
+def test_a_separator_given_on_the_command_line_is_the_character_itself():
+    from transferlab.cli import _parse_params
+
+    assert _parse_params(["label_separator=|", "x=>", "k=3", "C=[0.1, 1]"], "-d") == {
+        "label_separator": "|", "x": ">", "k": 3, "C": [0.1, 1]}
+
+
 @pytest.mark.parametrize("args, names", [
     (["run", "--data", "/no/such/folder", "--paradigm", "pixels"], "/no/such/folder"),
     (["run", "--data", "digits", "--backbone", "resnet_fifty", "--paradigm", "knn"], "resnet_fifty"),

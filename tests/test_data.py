@@ -104,7 +104,6 @@ def test_bad_folders_fail_with_one_line_naming_the_path(tmp_path, copy_folder, c
 def test_file_and_class_names_that_are_not_utf8_run_end_to_end(copy_folder, tmp_path):
     """Latin-1 names (bytes that are not UTF-8, as old archives hold them) are images like any other: the
     fingerprint, a run, its record and report, and inspect all work; pages show such bytes as \\xNN."""
-    import shutil
 
     import transferlab
     from transferlab import api

@@ -173,6 +173,30 @@ def test_multi_label_manifests_joined_labels_and_01_columns_agree(items):
     assert np.array_equal(a.label_matrix()[:, classes.index("dark")], [int("dark" in t) for t in tags])
 
 
+def test_a_labels_column_joined_by_another_separator_is_detected_and_said(items, tmp_path):
+    """Tags joined by '|' (no space in any cell) would be one class per combination if split at spaces: the
+    separator is detected and said in the source's notes; two candidates stop with one line; an explicit
+    data.label_separator is obeyed."""
+    root, names, labels = items
+    tags = [[label.replace(" ", "-")] + (["dark"] if i % 3 == 0 else []) for i, label in enumerate(labels)]
+    rows = [[n, "|".join(t)] for n, t in zip(names, tags, strict=True)]
+    piped = open_pools(DataSpec(source=str(write_csv(root / "piped.csv", ["path", "labels"], rows)))).train
+    assert piped.classes == sorted({t for ts in tags for t in ts})  # tags, not combinations
+    assert any("labels split at '|'" in note for note in piped.notes)
+    mixed = write_csv(root / "mixed.csv", ["path", "labels"], [*rows[:-1], [names[-1], "a;b"]])
+    with pytest.raises(TransferlabError, match=r"mixed.csv: the labels column joins labels with '\|' and ';'; set "
+                                               "data.label_separator"):
+        open_pools(DataSpec(source=str(mixed)))
+    from transferlab import api
+
+    summary = api.inspect(str(root / "piped.csv"), out=tmp_path / "inspect", augment=())
+    assert summary["findings"][0].startswith(f"{root / 'piped.csv'}: labels split at '|'")
+    assert {tuple(s["labels"]) for s in summary["label_sets"]} <= {tuple(sorted(t)) for t in tags}
+    assert "Label sets as read" in (tmp_path / "inspect" / "inspect.html").read_text()
+    whole = open_pools(DataSpec(source=str(root / "piped.csv"), label_separator=";")).train
+    assert len(whole.classes) == len({"|".join(t) for t in tags})  # as told: one class per combination
+
+
 def test_bad_manifest_rows_error_by_default_and_are_skipped_and_reported_when_asked(items, tmp_path):
     root, names, labels = items
     good = [[n, label] for n, label in zip(names, labels, strict=True)]

@@ -252,7 +252,10 @@ def _parse_params(pairs: list[str], option: str = "--param") -> dict[str, Any]:
         if not sep or not key:
             raise TransferlabError(f"{option} {pair}: write KEY=VALUE, e.g. {option} k=10 or {option} 'C=[0.1, 1]'")
         try:
-            params[key.strip()] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
+            # '|' and '>' are YAML's block-scalar marks and parse to "": a separator such as -d label_separator=|
+            # means the character itself
+            params[key.strip()] = value.strip() if parsed == "" and value.strip() else parsed
         except yaml.YAMLError:
             raise TransferlabError(f"{option} {pair}: the value is not valid YAML; e.g. {option} 'C=[0.1, 1]'") \
                 from None

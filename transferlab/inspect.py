@@ -231,8 +231,20 @@ def summarise(spec: DataSpec, scans: dict[str, SplitScan], pairs: list[Pair], by
         "duplicates": {"threshold": threshold, "by_splits": by_splits, "pairs": [pair_summary(p) for p in pairs],
                        "listed": len(pairs), "total": sum(s["pairs"] for s in by_splits.values())},
     }
-    summary["findings"] = findings(summary)
+    if train.multi_label:
+        summary["label_sets"] = label_sets(train)
+    summary["reading"] = list(dict.fromkeys(n for scan in scans.values() for n in scan.source.notes
+                                            if "labels split at" in n))
+    summary["findings"] = summary["reading"] + findings(summary)
     return summary
+
+
+def label_sets(source, shown: int = 12) -> list[dict[str, Any]]:
+    """The most frequent label sets of a multi-label source, as read (what a wrong separator would show at
+    once: one 'set' per combination of tags, each a single made-up class)."""
+    matrix = source.label_matrix(np.arange(len(source)))
+    sets = Counter(tuple(c for c, on in zip(source.classes, row, strict=True) if on) for row in matrix)
+    return [{"labels": list(labels), "images": n} for labels, n in sets.most_common(shown)]
 
 
 def _split_summary(scan: SplitScan) -> dict[str, Any]:

@@ -44,7 +44,10 @@ def read_manifest(manifest: Path, spec: DataSpec, classes: list[str] | None = No
                                    "use the same columns in the same order")
         matrix = np.array([[_flag(manifest, n, c, row[c]) for c in names] for n, row in listing.rows], dtype=np.uint8)
         return listing.source(manifest.stem, matrix.reshape(-1, len(names)), names, spec)
-    given = [_labels_of(row, form, spec.label_separator) for _, row in listing.rows]
+    separator = spec.label_separator
+    if form == "labels" and "label_separator" not in spec.model_fields_set:
+        separator = _detected_separator(manifest, [_cell(row) for _, row in listing.rows], listing)
+    given = [_labels_of(row, form, separator) for _, row in listing.rows]
     known = list(classes) if classes is not None else sorted({label for labels in given for label in labels})
     index = {name: i for i, name in enumerate(known)}
     keep = []
@@ -109,7 +112,8 @@ class _Listing:
         self.manifest, self.root, self.skip_bad = manifest, root, skip_bad
         self.rows: list[tuple[int, dict[str, str]]] = []
         self.paths: list[Path] = []
-        self.notes: list[str] = []
+        self.notes: list[str] = []  # rows skipped, and why
+        self.info: list[str] = []  # how the manifest was read (e.g. a detected label separator)
         self._seen: dict[Path, tuple[int, dict[str, str]]] = {}
 
     def add(self, number: int, row: dict[str, str], form: str) -> None:
@@ -151,7 +155,8 @@ class _Listing:
         if not self.paths:
             raise TransferlabError(f"{self.manifest}: no usable rows ({len(self.notes)} skipped, e.g. "
                                    f"{self.notes[0] if self.notes else 'none listed'}); check the manifest")
-        return FileSource(name, self.root, self.paths, labels, classes, max_pixels=spec.max_pixels, notes=self.notes)
+        return FileSource(name, self.root, self.paths, labels, classes, max_pixels=spec.max_pixels,
+                          notes=self.info + self.notes)
 
 
 def _read_rows(manifest: Path) -> tuple[list[dict[str, str]], list[str]]:
@@ -186,8 +191,32 @@ def _label_form(manifest: Path, columns: list[str], spec: DataSpec) -> str:
                            "0/1 column per class")
 
 
+SEPARATORS = ("|", ";", ",")  # what else joins tags in the wild when it is not the default space
+
+
+def _detected_separator(manifest: Path, cells: list[str], listing: _Listing) -> str:
+    """The default separator (a space), unless no cell holds a space but cells hold one of SEPARATORS: then
+    that one, said in the source's notes (read with a space, "cat|dog" would be one class per combination)."""
+    if any(" " in cell for cell in cells):
+        return " "
+    used = [sep for sep in SEPARATORS if any(sep in cell for cell in cells)]
+    if not used:
+        return " "
+    if len(used) > 1:
+        raise TransferlabError(f"{manifest}: the labels column joins labels with {' and '.join(map(repr, used))}; "
+                               "set data.label_separator to the one that separates labels")
+    joined = sum(used[0] in cell for cell in cells)
+    listing.info.append(f"{manifest}: labels split at '{used[0]}' ({joined} cells hold it and none a space; set "
+                         "data.label_separator to choose)")
+    return used[0]
+
+
+def _cell(row: dict[str, str]) -> str:
+    return (row.get("labels") if "labels" in row else row.get("label") or "").strip()
+
+
 def _labels_of(row: dict[str, str], form: str, separator: str) -> list[str]:
-    cell = (row.get("labels") if "labels" in row else row.get("label") or "").strip()
+    cell = _cell(row)
     if form == "label":
         return [cell] if cell else []  # a single label may contain the separator ("ankle boot")
     return [label.strip() for label in cell.split(separator) if label.strip()]
