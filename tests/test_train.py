@@ -518,3 +518,23 @@ def test_a_kill_between_the_checkpoint_writes_resumes_exactly_like_an_uninterrup
     strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in r.history] for r in (resumed, straight)]
     assert strip[0] == strip[1] and resumed.best_epoch == straight.best_epoch
     assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in straight_weights)
+
+
+def test_deterministic_cuda_sets_torchs_and_cudnns_deterministic_modes_and_restores_them(monkeypatch):
+    """What `deterministic: true` (the default) does around a fit on CUDA; nothing on CPU. (The flags can be
+    set without a GPU; their effect on CUDA kernels is checked by benchmarks/gpu.py on a GPU machine.)"""
+    from transferlab.core.seeding import deterministic_cuda
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    with deterministic_cuda(True, "cpu"):
+        assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    with deterministic_cuda(True, "cuda"):
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    with deterministic_cuda(False, "cuda"):
+        assert not torch.are_deterministic_algorithms_enabled()
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark) == before and "CUBLAS_WORKSPACE_CONFIG" not in os.environ

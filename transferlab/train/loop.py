@@ -29,7 +29,7 @@ from ..core.distributed import is_main, rank, world_size
 from ..core.errors import TransferlabError
 from ..core.paths import atomic_write
 from ..core.progress import progress_bar
-from ..core.seeding import seeded_generator, torch_seeded
+from ..core.seeding import deterministic_cuda, seeded_generator, torch_seeded
 from ..data.augment import augment_batch, augmented_copies, make_augment
 from ..data.balance import class_counts, epoch_length, oversample, oversample_named, sampled_order
 from .hooks import epoch_done
@@ -113,7 +113,8 @@ def fit(model: nn.Module, groups: list[dict], train: Images, val: Images, p: Tra
     copies still use the preset). `run_key` is stored with every checkpoint; `resume` refuses a checkpoint
     written under another key. `classes` names the classes (what `oversample_classes` refers to).
     """
-    with torch_seeded(seed + rank()):  # augmentation, MixUp and dropout; under torchrun each rank draws its own
+    with torch_seeded(seed + rank()), deterministic_cuda(p.deterministic, device.type):
+        # torch_seeded: augmentation, MixUp and dropout; under torchrun each rank draws its own
         return _fit(model, groups, train, val, p, n_classes=n_classes, seed=seed, device=device,
                     checkpoints=checkpoints, resume=resume, label=label, epochs=epochs, penalty=penalty,
                     augment=augment, run_key=run_key, classes=classes)

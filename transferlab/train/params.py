@@ -120,6 +120,9 @@ class TrainParams(Spec):
         f"past batches; auto: when an epoch has fewer than {BN_AUTO_BATCHES} batches, where those averages lag "
         "weights that change fast (a network from random weights on a few hundred images)")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    deterministic: bool = Field(True, description="on CUDA: torch's deterministic algorithms and cuDNN's "
+                                "deterministic mode, so a rerun gives the same metrics (slower; CPU training is "
+                                "deterministic anyway)")
 
     @field_validator("augment", mode="before")
     @classmethod
