@@ -299,3 +299,20 @@ def test_cli_predict_and_its_one_line_error(linear_run, image_folder, tmp_path):
     done = subprocess.run([sys.executable, "-m", "transferlab", "predict", str(tmp_path), "x.png"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "not a run" in done.stderr
+
+
+def test_calibration_and_parity_samples_cover_every_class_in_proportion():
+    """A split is ordered by class, so its first N images hold one or two classes: samples are stratified."""
+    from transferlab.deploy.artifact import stratified_sample
+
+    indices = np.arange(100, 220)  # 3 classes × 40, class-ordered like a split
+    labels = np.repeat([0, 1, 2], 40)
+    sample = stratified_sample(indices, labels, 24)
+    assert len(sample) == 24 and list(sample) == sorted(sample)
+    assert np.bincount(labels[sample - 100]).tolist() == [8, 8, 8]
+    assert np.array_equal(sample, stratified_sample(indices, labels, 24))  # seeded
+    assert np.array_equal(stratified_sample(indices, labels, 500), indices)  # all of them when there are fewer
+    few = stratified_sample(indices, labels, 2)  # fewer than the classes: a seeded random draw
+    assert len(few) == 2 and len(set(few)) == 2
+    multi = stratified_sample(indices, np.eye(3, dtype=np.uint8)[labels], 30)
+    assert len(multi) == 30 and len(np.unique(labels[multi - 100])) == 3

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 from torch import nn
 
 from ..config import BackboneSpec, DataSpec, RunSpec
@@ -179,10 +180,26 @@ def run_split(record: dict[str, Any], name: str):
     return Split(splits[name].source, indices)
 
 
+def stratified_sample(indices: np.ndarray, labels: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
+    """`limit` of `indices` drawn with every class in proportion (scikit-learn's stratified split; seeded
+    random where a class has too few images for that, and for multi-label rows), in their original order."""
+    if not limit or limit >= len(indices):
+        return np.asarray(indices)
+    positions = np.arange(len(indices))
+    try:
+        if labels.ndim != 1:
+            raise ValueError("multi-label")
+        chosen, _ = train_test_split(positions, train_size=limit, stratify=labels, random_state=seed)
+    except ValueError:
+        chosen = np.random.default_rng(seed).choice(positions, size=limit, replace=False)
+    return np.asarray(indices)[np.sort(chosen)]
+
+
 def decoded_split(model: RunModel, name: str, limit: int | None = None, batch_size: int = 64):
-    """(uint8 images at the model's view, labels) of the run's `name` split, the first `limit` of them."""
+    """(uint8 images at the model's view, labels) of the run's `name` split: all of it, or a seeded sample of
+    `limit` images stratified over classes (a split is ordered by class, so its first N would hold a few)."""
     split = run_split(model.record, name)
-    indices = split.indices[:limit] if limit else split.indices
+    indices = stratified_sample(split.indices, np.asarray(split.source.labels)[split.indices], limit)
     images, kept, _ = decode_images(split.source, indices, model.view, batch_size=batch_size, skip_bad=True,
                                     label=f"{name:>5} · decode")
     labels = np.asarray(split.source.labels)[kept]

@@ -37,7 +37,7 @@ from .artifact import RunModel, decoded_split
 FORMATS = ("onnx", "torchscript", "safetensors")
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
 PARITY_MAX_DIFF = 1e-4  # max |Δscore| between the exported file and the PyTorch model
-PARITY_IMAGES = 64  # test images the check runs on (all of them when the test split is smaller)
+PARITY_IMAGES = 512  # test images the check runs on: a stratified sample, or all of them when there are fewer
 
 
 def default_export_dir(model: RunModel) -> Path:

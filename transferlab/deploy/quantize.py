@@ -121,8 +121,8 @@ def fp32_export(model: RunModel, folder: Path, parity_images: torch.Tensor) -> t
 
 
 def calibration_reader(model: RunModel, calibration: int) -> CalibrationImages:
-    """The first `calibration` images of the run's train split: the data the model was fitted on, never the
-    validation or test images the summary scores."""
+    """`calibration` images of the run's train split, stratified over classes and seeded: the data the model
+    was fitted on, never the validation or test images the summary scores."""
     images, _ = decoded_split(model, "train", limit=calibration)
     return CalibrationImages(images, CALIBRATION_BATCH)
 
