@@ -197,13 +197,17 @@ def test_leaves_miniature(tmp_path):
 @needs_fashion_mnist
 def test_flowers_heads_miniature(tmp_path):
     """003's orderings: ImageNet weights against the same networks Glorot-initialised (its §4.4: 0.97 against
-    0.22), for the frozen heads and for the whole fine-tuned network; the winner pruned to 80 % of its head."""
+    0.22), for the frozen heads and for the fine-tuned network; the Glorot rows themselves learn (up to 30
+    epochs, statistics recomputed); the winner pruned to 80 % of its head."""
     out = run_mini("flowers-heads", tmp_path)
     board = leaderboard(out)
     glorot = max(best(board, "glorot-single"), best(board, "glorot-extended"))
     heads = max(best(board, label) for label in ("e1-lr1e-3-u128", "e1-lr1e-3-u256", "e1-lr1e-3-u512"))
     assert heads > glorot + 0.2, board
-    assert best(board, "ft-all-single") > glorot + 0.1, board
+    finetuned = max(best(board, label) for label in ("ft-half-single", "ft-half-extended", "ft-top-single",
+                                                     "ft-top-extended", "ft-all-single"))
+    assert finetuned > glorot + 0.1, board
+    assert min(best(board, "glorot-single"), best(board, "glorot-extended")) > best(board, "majority") + 0.2, board
     pruned = json.loads(next((out / "deploy").glob("*/prune.json")).read_text())
     assert pruned["scope"] == "head" and abs(pruned["results"][0]["reached"] - 0.8) < 0.01
     assert "prun" in (out / "report.html").read_text().lower()
@@ -212,16 +216,19 @@ def test_flowers_heads_miniature(tmp_path):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_multilabel_miniature(tmp_path):
-    """004's multi-label rows: Adam, AMSGrad and RMSprop beat predicting no tag and the untrained probe; BCE
-    beats MSE under plain SGD (004 §3). (The SGD rows with a cyclic lr stay at the label frequencies here: see
-    the study page.)"""
+    """004's multi-label rows: every fine-tuned row beats predicting no tag and the untrained probe (the
+    augmented one, whose crops cut tags out of the mosaics, excepted: see the study page); the simple CNN from
+    scratch predicts the label frequencies, as the original's never predicted a tag."""
     board = leaderboard(run_mini("multilabel-14", tmp_path))
     negative = best(board, "all-negative", "micro_f1_mean")
     untrained = best(board, "linear-untrained", "micro_f1_mean")
     assert negative == 0.0 and untrained > negative + 0.2
-    for paradigm in ("adam", "rmsprop", "amsgrad"):
+    for paradigm in ("sgd-bce", "sgd-mse", "adam", "rmsprop", "amsgrad", "sgd-cyclic"):
         assert best(board, paradigm, "micro_f1_mean") > untrained + 0.1, (paradigm, board)
-    assert best(board, "sgd-bce", "micro_f1_mean") > best(board, "sgd-mse", "micro_f1_mean") + 0.1, board
+    for paradigm in ("ft-all", "ft-fc-only", "ft-all-per-class"):
+        assert best(board, paradigm, "micro_f1_mean") > untrained + 0.05, (paradigm, board)
+    assert best(board, "simple-convnet", "micro_f1_mean") == pytest.approx(best(board, "majority", "micro_f1_mean"),
+                                                                           abs=0.02)
 
 
 def test_the_winner_is_chosen_on_validation_and_a_failed_prune_is_skipped(finished_study, monkeypatch):
