@@ -99,7 +99,25 @@ def test_a_broken_file_is_one_line_naming_it(gauntlet, name):
 
 
 def test_the_bomb_limit_can_be_raised_for_a_genuine_image(gauntlet):
+    """Raised for one call: PIL's own process-wide guard is untouched before and after."""
+    from PIL import Image
+
+    guard = Image.MAX_IMAGE_PIXELS
+    assert guard is not None
     assert open_image(gauntlet / "cat" / "bomb.png", max_pixels=400_000_000).size == (20_000, 20_000)
+    assert Image.MAX_IMAGE_PIXELS == guard
+    with pytest.raises(UnreadableImage, match="is over the decompression-bomb limit of 1,000,000"):
+        open_image(gauntlet / "cat" / "bomb.png", max_pixels=1_000_000)
+    assert Image.MAX_IMAGE_PIXELS == guard
+
+
+def test_formats_restrict_the_decoders_tried(gauntlet, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.ppm")  # a format PIL reads that no web upload needs
+    assert open_image(tmp_path / "x.ppm").size == (8, 8)
+    with pytest.raises(UnreadableImage, match=r"JPEG, PNG accepted"):
+        open_image(tmp_path / "x.ppm", formats=("JPEG", "PNG"))
 
 
 def test_gauntlet_folder_errors_by_default_and_with_skip_bad_keeps_every_valid_image(gauntlet):

@@ -276,3 +276,133 @@ def test_a_busy_port_and_bad_settings_are_one_line_errors(model):
         taken.close()
     with pytest.raises(TransferlabError, match="max-upload-mb"):
         create_app(model, max_upload_mb=0)
+
+
+def png_of(width: int, height: int) -> bytes:
+    """A real PNG of `width` × `height` black pixels (tiny on disk, huge decoded)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"  # PIL would hand this to Ghostscript
+
+
+def test_only_web_image_formats_and_pixels_within_the_limit_are_decoded(service, test_images):
+    with httpx.Client(base_url=service, timeout=30) as client:
+        response = client.post("/predict", files={"file": ("page.eps", EPS)})
+        assert response.status_code == 400 and "JPEG, PNG, WEBP, BMP, GIF, TIFF accepted" in response.json()["detail"]
+        huge = client.post("/predict", files={"file": ("huge.png", png_of(6000, 5000))})  # 30 MP, 45 KB on disk
+        assert huge.status_code == 400
+        assert "over the decompression-bomb limit of 25,000,000" in huge.json()["detail"]
+        assert "--max-pixels" in huge.json()["detail"]
+        assert post(client, test_images[0]).status_code == 200
+
+
+def test_a_host_header_other_than_the_bound_address_is_refused(service):
+    """DNS rebinding: a page on evil.example that resolves its name to 127.0.0.1 reaches the loopback service
+    with Host: evil.example, and is refused; the service's own names work."""
+    with httpx.Client(base_url=service, timeout=30) as client:
+        assert client.get("/health", headers={"host": "evil.example"}).status_code == 400
+        port = service.rsplit(":", 1)[1]
+        assert client.get("/health", headers={"host": f"localhost:{port}"}).status_code == 200
+        assert client.get("/health").status_code == 200
+    from transferlab.deploy.serve import hosts_for
+
+    assert hosts_for("0.0.0.0") == ["*"] and hosts_for("10.1.2.3") == ["10.1.2.3"]
+    assert "localhost" in hosts_for("127.0.0.1") and hosts_for("::1") == hosts_for("127.0.0.1")
+
+
+def test_a_stalled_upload_gets_408(model, monkeypatch):
+    from transferlab.deploy import serve as serve_module
+
+    monkeypatch.setattr(serve_module, "REQUEST_TIMEOUT", 0.5)
+    with running(create_app(model)) as base:
+        host, port = base.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.putrequest("POST", "/predict")
+        connection.putheader("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")
+        connection.putheader("Content-Length", "5000")
+        connection.endheaders()
+        connection.send(b"--" + BOUNDARY.encode() + b"\r\n")  # then nothing more
+        assert connection.getresponse().status == 408
+        connection.close()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@contextlib.contextmanager
+def served_process(out: Path, run_id: str, **options):
+    """`serve` in a process of its own (its memory measured apart from the clients'); yields (base URL, pid)."""
+    code = (f"from transferlab.deploy.serve import serve; serve({run_id!r}, port=0, runs={str(out)!r}, "
+            f"**{options!r})")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        found = re.fullmatch(r"serving run \S+ at (http://127\.0\.0\.1:\d+)/ \(Ctrl-C stops\)\n",
+                             process.stdout.readline())
+        assert found, process.stderr.read() if process.poll() is not None else "no URL printed"
+        yield found[1], process.pid
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+RSS_GROWTH_BOUND_MB = 200  # 2 decodes (one per core) of a 12 MP image, 68 MB each (measured 137 MB), + slack
+
+
+@pytest.mark.slow  # ~40 s: a serving interpreter of its own, 200 requests
+def test_200_mixed_requests_from_8_clients_are_answered_within_bounded_memory(linear_record, test_images):
+    """A bounded load test on loopback: valid, corrupt, oversized and huge-pixel uploads from 8 concurrent
+    clients; each gets its own answer (200 / 400 / 413), the serving process's resident memory grows by less
+    than RSS_GROWTH_BOUND_MB, and p50 / p99 latency are printed."""
+    out, record = linear_record
+    valid = [p.read_bytes() for p in test_images[:10]]
+    oversized, huge, large = bytes(2 * MB), png_of(5100, 5000), png_of(4000, 3000)  # made once, shared
+    kinds = {"valid": (200, lambda i: valid[i % len(valid)]), "corrupt": (400, lambda i: valid[0][:200]),
+             "oversized": (413, lambda i: oversized), "huge": (400, lambda i: huge),
+             "large": (200, lambda i: large)}  # 12 MP: decoded (36 MB of RGB) and answered
+    plan = [list(kinds)[i % len(kinds)] for i in range(200)]
+
+    def one(client, i):
+        kind = plan[i]
+        started = time.perf_counter()
+        response = client.post("/predict", files={"file": (f"{kind}-{i}.png", kinds[kind][1](i))})
+        return kind, response.status_code, time.perf_counter() - started
+
+    with served_process(out, record["run_id"], max_upload_mb=1) as (base, pid), httpx.Client(
+            base_url=base, timeout=60, limits=httpx.Limits(max_connections=8)) as client:
+        assert one(client, 0)[1] == 200  # warm: the first request loads what it loads once
+        baseline, peak, stop = rss_mb(pid), [], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak.append(rss_mb(pid))
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=sample, daemon=True)
+        watcher.start()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: one(client, i), range(200)))
+        stop.set()
+        watcher.join()
+    assert all(status == kinds[kind][0] for kind, status, _ in results), \
+        sorted({(kind, status) for kind, status, _ in results})
+    latencies = np.array([seconds for *_, seconds in results])
+    growth = max(peak) - baseline
+    print(f"200 requests, 8 clients: p50 {np.percentile(latencies, 50) * 1000:.0f} ms, "
+          f"p99 {np.percentile(latencies, 99) * 1000:.0f} ms, serving process RSS {baseline:.0f} MB + {growth:.0f} MB")
+    assert growth < RSS_GROWTH_BOUND_MB, f"RSS grew by {growth:.0f} MB"

@@ -230,6 +230,9 @@ def serve(run: str = typer.Argument(..., help=RUN_HELP),
           host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
           port: int = typer.Option(8000, help="TCP port"),
           max_upload_mb: float = typer.Option(20.0, help="larger uploads get HTTP 413"),
+          max_pixels: int = typer.Option(25_000_000, help="larger images (width × height) get HTTP 400"),
+          allowed_host: list[str] = typer.Option([], help="a Host header to accept (repeatable; default: the "
+                                                 "address bound, or any when bound to 0.0.0.0)"),
           runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
     """Answer over HTTP: POST /predict (an image → top-k JSON), GET / (a page to drop an image on), GET /health."""
     try:
@@ -237,7 +240,8 @@ def serve(run: str = typer.Argument(..., help=RUN_HELP),
     except ImportError as exc:
         raise TransferlabError(f"serve needs {exc.name}: pip install 'transferlab[serve]'") from None
 
-    serve_run(run, host=host, port=port, runs=runs, max_upload_mb=max_upload_mb)
+    serve_run(run, host=host, port=port, runs=runs, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+              allowed_hosts=allowed_host or None)
 
 
 def _given(fields: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,12 @@ message says how to raise it.
 
 from __future__ import annotations
 
+import re
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,14 +30,15 @@ class UnreadableImage(Exception):
         self.where, self.reason = where, reason
 
 
-def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode `path` as RGB with EXIF orientation applied; UnreadableImage names the file and the reason."""
-    # PIL refuses images over 2 × its global limit before we can look at them; ours decides instead.
-    Image.MAX_IMAGE_PIXELS = None
+def open_image(path: str | Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS,
+               formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Decode `path` (a file name or a binary file object) as RGB with EXIF orientation applied; UnreadableImage
+    names the file and the reason. `formats` restricts the decoders PIL may try (e.g. what a web upload can
+    be); the pixel limit is this call's own."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pil_limit_at_least(max_pixels):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path, formats=formats) as image:
                 pixels = image.width * image.height
                 if pixels > max_pixels:
                     raise UnreadableImage(str(path), f"{image.width}×{image.height} = {pixels:,} pixels is over the "
@@ -44,10 +49,35 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     except UnreadableImage:
         raise
     except UnidentifiedImageError:
-        raise UnreadableImage(str(path), "not an image file PIL recognises (empty, or another format "
+        allowed = f" ({', '.join(formats)} accepted)" if formats else ""
+        raise UnreadableImage(str(path), f"not an image file PIL recognises{allowed} (empty, or another format "
                               "renamed)") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own guard, at twice its limit, spoke before ours
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(size.group(1)):,} pixels" if size else "the image"
+        raise UnreadableImage(str(path), f"{pixels} is over the decompression-bomb limit of {max_pixels:,}; if "
+                              "the image is genuine, raise data.max_pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise UnreadableImage(str(path), str(exc) or type(exc).__name__) from None
+
+
+_PIL_LIMIT = threading.Lock()
+
+
+@contextmanager
+def _pil_limit_at_least(max_pixels: int):
+    """PIL refuses, at open, images over twice its process-wide MAX_IMAGE_PIXELS, before our own check can
+    look at them. Within PIL's range (the default) nothing changes; a larger limit raises PIL's for the one
+    open, under a lock, and puts it back (so the process never runs without a bomb guard)."""
+    if Image.MAX_IMAGE_PIXELS is None or max_pixels <= 2 * Image.MAX_IMAGE_PIXELS:
+        yield
+        return
+    with _PIL_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -8,51 +8,76 @@
 
 Bad input is the client's problem, never the service's: an unreadable upload → 400 naming the reason, an
 upload over `max_upload_mb` → 413, refused from its Content-Length before any body is read, and otherwise
-counted while the body streams in, so no request makes the service hold more than the limit.
+counted while the body streams in. Memory is bounded: the upload stays in starlette's spooled file (on disk
+past 1 MB) and PIL reads it from there, only web image formats are decoded (JPEG, PNG, WebP, BMP, GIF, TIFF:
+never EPS, which would run Ghostscript), an image over `max_pixels` is refused from its header, decodes run
+at most one per core, and uvicorn refuses connections over `limit_concurrency` (503). A request whose body
+stalls for REQUEST_TIMEOUT seconds gets 408; idle keep-alive connections close after KEEP_ALIVE seconds. The
+Host header must name the address the service is bound to (DNS rebinding: a web page cannot make a browser
+talk to a loopback service under another name).
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
+import contextlib
+import ipaddress
 import logging
 import os
 import socket
 import threading
-from typing import Annotated, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Annotated, Any
 
 import jinja2
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from starlette.datastructures import UploadFile
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..core.errors import TransferlabError
-from ..data.images import DEFAULT_MAX_PIXELS, UnreadableImage, open_image
+from ..data.images import UnreadableImage, open_image
 from .artifact import DEFAULT_RUNS, RunModel, load_run
 from .predict import describe
 
 MB = 1 << 20
 FORM_OVERHEAD = 64 * 1024  # multipart boundary and part headers around the one file, allowed on top of the limit
-CHUNK = 256 * 1024
+SERVE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # what an image upload can be
+# 25 megapixels (a 6000 × 4000 camera frame) decode to 75 MB of RGB: the most one request may make the service
+# hold. The training default (PIL's 89 MP, ~270 MB) is for datasets a user chose, not for strangers' uploads.
+SERVE_MAX_PIXELS = 25_000_000
+LIMIT_CONCURRENCY = 64  # open connections and requests; uvicorn answers 503 above it
+REQUEST_TIMEOUT = 30.0  # seconds a request body may stall
+KEEP_ALIVE = 5  # seconds an idle keep-alive connection stays open
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 class UploadTooLarge(Exception):
     pass
 
 
-def create_app(model: RunModel, *, max_upload_mb: float = 20, top_k: int = 5) -> FastAPI:
-    """The service over one loaded run; `top_k` is the default of `/predict`'s query parameter."""
+class UploadStalled(Exception):
+    pass
+
+
+def create_app(model: RunModel, *, max_upload_mb: float = 20, top_k: int = 5,
+               max_pixels: int = SERVE_MAX_PIXELS, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The service over one loaded run; `top_k` is the default of `/predict`'s query parameter;
+    `allowed_hosts`: the Host header values accepted (default: the loopback names)."""
     if not max_upload_mb > 0:
         raise TransferlabError(f"--max-upload-mb {max_upload_mb}: give a size above 0")
     if top_k < 1:
         raise TransferlabError(f"top_k {top_k}: give 1 or more")
+    if max_pixels < 1:
+        raise TransferlabError(f"--max-pixels {max_pixels}: give 1 or more")
     limit = int(max_upload_mb * MB)
-    predictor = Predictor(model)
+    predictor = Predictor(model, max_pixels)
     run_id = model.record["run_id"]
     page = render_page(model, limit, top_k)
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, which an offline service cannot reach.
     app = FastAPI(title=f"transferlab · {run_id}", docs_url=None, redoc_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts or LOOPBACK_NAMES))
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -64,32 +89,35 @@ def create_app(model: RunModel, *, max_upload_mb: float = 20, top_k: int = 5) ->
 
     @app.post("/predict")
     async def predict(request: Request, top_k: Annotated[int, Query(ge=1)] = top_k) -> dict[str, Any]:
-        data, name = await read_upload(request, limit)
-        # Decoding and the model are CPU-bound: off the event loop, so /health and uploads keep flowing.
-        return await run_in_threadpool(predictor.predict, data, name, top_k)
+        async with upload_of(request, limit) as (file, name):
+            # Decoding and the model are CPU-bound: off the event loop, so /health and uploads keep flowing.
+            return await asyncio.get_running_loop().run_in_executor(predictor.pool, predictor.predict, file, name,
+                                                                    top_k)
 
     return app
 
 
 class Predictor:
-    """Upload bytes → the prediction body. Decoding runs in parallel, at most one per core: a decoded image may
-    be up to max_pixels × 3 bytes, and more decodes than cores only add memory, not speed. The model call holds a
-    lock: one torch call already uses every core (parallel calls would only fight over them), and the module is
-    shared by every request."""
+    """An upload's file → the prediction body, on a pool of one thread per core: a decoded image may be up to
+    max_pixels × 3 bytes, more decodes than cores only add memory, not speed, and decoding on the same few
+    threads keeps the allocator from holding freed image buffers in one arena per thread (under the load test
+    in tests/test_serve.py the service grew by 418 MB on the shared 40-thread pool, 137 MB on its own). The model call
+    holds a lock: one torch call already uses every core, and the module is shared by every request."""
 
-    def __init__(self, model: RunModel):
+    def __init__(self, model: RunModel, max_pixels: int = SERVE_MAX_PIXELS):
         self.model = model
         self.lock = threading.Lock()
-        self.decoding = threading.BoundedSemaphore(os.cpu_count() or 1)
-        self.max_pixels = (model.record["spec"].get("data") or {}).get("max_pixels") or DEFAULT_MAX_PIXELS
+        self.pool = ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)), thread_name_prefix="predict")
+        self.max_pixels = max_pixels
 
-    def predict(self, data: bytes, name: str, top_k: int) -> dict[str, Any]:
-        with self.decoding:
-            try:
-                image = open_image(io.BytesIO(data), max_pixels=self.max_pixels)  # PIL opens file objects as well
-            except UnreadableImage as exc:
-                raise HTTPException(400, f"{name}: cannot read it as an image: {exc.reason}") from None
-            tensor = self.model.view(image)
+    def predict(self, file: IO[bytes], name: str, top_k: int) -> dict[str, Any]:
+        try:
+            image = open_image(file, max_pixels=self.max_pixels, formats=SERVE_FORMATS)
+        except UnreadableImage as exc:
+            reason = exc.reason.replace("raise data.max_pixels", "start the service with a larger --max-pixels")
+            raise HTTPException(400, f"{name}: cannot read it as an image: {reason}") from None
+        tensor = self.model.view(image)
+        del image
         with self.lock:
             proba = self.model.probabilities(tensor[None])[0]
         return {"run_id": self.model.record["run_id"], "file": name, **describe(self.model, proba, top_k)}
@@ -98,8 +126,11 @@ class Predictor:
 # ---------------------------------------------------------------- reading an upload within the limit
 
 
-async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
-    """(bytes, file name) of the multipart field `file`; 413 over `limit`, 400 when there is no such field."""
+@contextlib.asynccontextmanager
+async def upload_of(request: Request, limit: int):
+    """(file, name) of the multipart field `file`, read as it streams in and left in starlette's spooled file
+    (PIL reads that directly: no copy of the bytes in memory); 413 over `limit`, 400 without the field, 408
+    when the body stalls."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
         raise too_large(limit)  # before reading a byte of the body
@@ -111,34 +142,33 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str]:
             if not isinstance(upload, UploadFile):
                 raise HTTPException(400, "no image: send it as the multipart/form-data field 'file' "
                                          "(curl -F file=@photo.jpg …/predict)")
-            return await read_limited(upload, limit), upload.filename or "upload"
+            if (upload.size or 0) > limit:  # the limit is on the image itself, not the form around it
+                raise UploadTooLarge
+            upload.file.seek(0)
+            yield upload.file, upload.filename or "upload"
     except UploadTooLarge:
         raise too_large(limit) from None
+    except UploadStalled:
+        raise HTTPException(408, f"the upload stalled for {REQUEST_TIMEOUT:g} s; send it again") from None
 
 
 def counting_receive(receive, limit: int):
-    """The ASGI receive channel, raising UploadTooLarge once more than `limit` body bytes have come in."""
+    """The ASGI receive channel, raising UploadTooLarge once more than `limit` body bytes have come in and
+    UploadStalled when no message comes for REQUEST_TIMEOUT seconds."""
     received = 0
 
     async def wrapped():
         nonlocal received
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), REQUEST_TIMEOUT)
+        except TimeoutError:
+            raise UploadStalled from None
         received += len(message.get("body", b""))
         if received > limit:
             raise UploadTooLarge
         return message
 
     return wrapped
-
-
-async def read_limited(upload: UploadFile, limit: int) -> bytes:
-    """The file's bytes in chunks: the limit is on the image itself, not the form around it."""
-    data = bytearray()
-    while chunk := await upload.read(CHUNK):
-        data += chunk
-        if len(data) > limit:
-            raise UploadTooLarge
-    return bytes(data)
 
 
 def too_large(limit: int) -> HTTPException:
@@ -149,10 +179,12 @@ def too_large(limit: int) -> HTTPException:
 # ---------------------------------------------------------------- running it
 
 
-def serve(ref, *, host: str = "127.0.0.1", port: int = 8000, runs=DEFAULT_RUNS, max_upload_mb: float = 20.0) -> None:
+def serve(ref, *, host: str = "127.0.0.1", port: int = 8000, runs=DEFAULT_RUNS, max_upload_mb: float = 20.0,
+          max_pixels: int = SERVE_MAX_PIXELS, allowed_hosts: list[str] | None = None) -> None:
     """Load the run (`load_run(ref, runs)`) and serve it until Ctrl-C; prints the URL once listening."""
     model = load_run(ref, runs)
-    app = create_app(model, max_upload_mb=max_upload_mb)
+    app = create_app(model, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+                     allowed_hosts=allowed_hosts or hosts_for(host))
     sock = bind(host, port)  # bound here, not by uvicorn: a busy port becomes one line, port 0 gets its real number
     print(f"serving run {model.record['run_id']} at {url(sock)} (Ctrl-C stops)", flush=True)
     try:
@@ -161,8 +193,23 @@ def serve(ref, *, host: str = "127.0.0.1", port: int = 8000, runs=DEFAULT_RUNS, 
         pass
 
 
+def hosts_for(host: str) -> list[str]:
+    """The Host header values a service bound to `host` accepts: its own address, and the loopback names when
+    it is on loopback; bound to every interface, any (give --allowed-host to narrow it)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return [host]  # a host name: the name itself
+    if address.is_unspecified:
+        return ["*"]
+    if address.is_loopback:
+        return [*LOOPBACK_NAMES]
+    return [host, f"[{host}]"] if address.version == 6 else [host]
+
+
 def make_server(app: FastAPI) -> uvicorn.Server:
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", limit_concurrency=LIMIT_CONCURRENCY,
+                                           timeout_keep_alive=KEEP_ALIVE))
     logging.getLogger("uvicorn.access").setLevel(logging.INFO)  # one line per request, without the startup chatter
     return server
 
