@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -188,6 +190,29 @@ def test_hub_weights_already_downloaded_load_without_internet(no_torchvision_dow
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(backbone.model(x), reference(x))
+
+
+def test_hub_weights_are_identified_by_their_tensors_not_their_tag(no_torchvision_download):
+    """Other weights behind the same tag (a re-upload, a corrupted cache) get another hash, so the feature cache,
+    the cell keys and load_run's check all see the change; the hash is computed once per file and kept beside it."""
+    from transferlab.models.backbones import tensors_sha256
+
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    file = no_torchvision_download / weights.url.rsplit("/", 1)[-1]
+    no_torchvision_download.mkdir(parents=True)
+    hashes = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        state = torchvision.models.resnet18().state_dict()
+        torch.save(state, file)
+        os.utime(file, ns=(seed * 10**9, seed * 10**9))  # a new download: another mtime
+        first = load_backbone(BackboneSpec(name="torchvision/resnet18", weights="hub")).weights
+        assert first.sha256 == tensors_sha256(state)
+        assert file.with_name(file.name + ".tensors-sha256").read_text().split()[1] == first.sha256
+        again = load_backbone(BackboneSpec(name="torchvision/resnet18", weights="hub")).weights
+        assert again == first
+        hashes.append(first.sha256)
+    assert hashes[0] != hashes[1]
 
 
 def reproduced_outcomes(model):

@@ -24,6 +24,7 @@ from typing import Any
 import timm
 import torch
 import torchvision
+from huggingface_hub import try_to_load_from_cache
 from safetensors.torch import load_file
 from timm.data import create_transform, resolve_model_data_config
 from torch.utils.flop_counter import FlopCounterMode
@@ -66,7 +67,7 @@ def create_model(name: str, num_classes: int | None = None) -> torch.nn.Module:
 class WeightsInfo:
     source: str  # offline | hub | file | random: its loader in WEIGHT_SOURCES
     detail: str  # file path, hub tag, or seed
-    sha256: str  # content hash of the weights (or of the recipe, for hub tags and random init)
+    sha256: str  # content hash of the weights (of the loaded tensors for hub tags; of the recipe for random init)
 
 
 @dataclass
@@ -204,7 +205,7 @@ def _from_hub(spec: BackboneSpec, seed: int) -> tuple[torch.nn.Module, WeightsIn
         raise TransferlabError(f"{name}: could not get hub weights ({type(exc).__name__}); {advice}") from None
     cfg = model.pretrained_cfg
     tag = f"{cfg.get('hf_hub_id') or cfg.get('url') or name}:{cfg.get('tag', '')}"
-    return model, WeightsInfo("hub", tag, hashlib.sha256(tag.encode()).hexdigest())
+    return model, WeightsInfo("hub", tag, weights_sha256(model, _hub_file(cfg)))
 
 
 def _from_torchvision(name: str) -> tuple[torch.nn.Module, WeightsInfo]:
@@ -224,7 +225,52 @@ def _from_torchvision(name: str) -> tuple[torch.nn.Module, WeightsInfo]:
         raise TransferlabError(f"{name}: could not get torchvision weights {weights} ({type(exc).__name__}); "
                                f"{advice}") from None
     tag = f"{weights}:{weights.url}"
-    return model, WeightsInfo("hub", tag, hashlib.sha256(tag.encode()).hexdigest())
+    return model, WeightsInfo("hub", tag, weights_sha256(model, torchvision_nets.weights_file(weights)))
+
+
+# A hub tag names weights but does not pin them: the file behind it can change. The cache keys, the cell keys and
+# load_run's check therefore use the hash of the loaded tensors, computed once per downloaded file and kept
+# beside it (<file>.tensors-sha256, with the file's size and mtime so a new download is hashed again).
+
+
+def weights_sha256(model: torch.nn.Module, downloaded: Path | None) -> str:
+    """sha256 of the model's tensors (names, dtypes, shapes, bytes), cached beside `downloaded` when known."""
+    stamp = None
+    if downloaded is not None and downloaded.is_file():
+        stat = downloaded.stat()
+        stamp, cache = f"{stat.st_size}:{stat.st_mtime_ns}", downloaded.with_name(downloaded.name + ".tensors-sha256")
+        if cache.is_file():
+            kept_stamp, _, kept = cache.read_text().strip().partition(" ")
+            if kept_stamp == stamp and len(kept) == 64:
+                return kept
+    digest = tensors_sha256(model.state_dict())
+    if stamp is not None:
+        try:
+            cache.write_text(f"{stamp} {digest}\n")
+        except OSError:
+            pass  # a read-only cache: hash again next time
+    return digest
+
+
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # bytes as stored (bf16 too)
+    return digest.hexdigest()
+
+
+def _hub_file(cfg: dict[str, Any]) -> Path | None:
+    """The file timm loaded the pretrained weights from, when it is in the Hugging Face cache."""
+    repo = cfg.get("hf_hub_id")
+    if not repo:
+        return None
+    for filename in [*filter(None, [cfg.get("hf_hub_filename")]), "model.safetensors", "pytorch_model.bin"]:
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -89,10 +89,14 @@ def default_weights(name: str):
     return versions[tag]
 
 
+def weights_file(weights) -> Path:
+    """Where `get_model(weights=...)` keeps the weights file: torch.hub's cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
 def weights_cached(weights) -> bool:
     """Is the weights file already in torch.hub's cache (where `get_model(weights=...)` would download it)?"""
-    filename = os.path.basename(urlparse(weights.url).path)
-    return (Path(torch.hub.get_dir()) / "checkpoints" / filename).is_file()
+    return weights_file(weights).is_file()
 
 
 def check_supported(name: str) -> None:
