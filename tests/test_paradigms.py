@@ -34,8 +34,10 @@ FAST = {"mlp": {"max_epochs": 30}, "rff": {"n_components": 512},
         "simple-cnn": {"epochs": 4, "image_size": 16, "augment": "none"},
         "small-resnet": {"epochs": 4, "image_size": 16, "augment": "none"},
         "head": {"epochs": 3, "lr": 0.01, "augment": "none"}, "bit": {"max_resolution": 32, "batch_size": 32}}
-# A few epochs (chance: 0.1): from random init, a linear head on 32 px features, BiT's first 20 steps; others > 0.85
-ACCURACY_FLOOR = {"scratch": 0.2, "simple-cnn": 0.5, "small-resnet": 0.5, "head": 0.5, "bit": 0.2}
+# A few epochs (chance: 0.1): from random init, a linear head on 32 px features, BiT's first 20 steps; others > 0.85.
+# Measured (Dec 2026): bit 0.39, scratch 0.53, head 0.79, simple-cnn and small-resnet 0.99; each floor fails a
+# run that lost a quarter of its margin over chance or more.
+ACCURACY_FLOOR = {"scratch": 0.4, "simple-cnn": 0.9, "small-resnet": 0.9, "head": 0.7, "bit": 0.3}
 # Multi-label micro-F1 after the same few epochs (answering yes to every tag scores 0.63 on these digits).
 ML_LONGER = {"scratch": {"epochs": 8}}
 ML_FLOOR = {"scratch": 0.8, "simple-cnn": 0.85, "small-resnet": 0.85, "head": 0.75, "finetune": 0.85}
