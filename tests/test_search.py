@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -107,6 +108,26 @@ def test_unreachable_storage_is_one_line_with_host_and_port(image_folder, tmp_pa
 
 
 # ----------------------------------------------------------------------------------- a search, for real
+
+@needs_fashion_mnist
+def test_a_search_never_encodes_test_before_its_final_retrain(image_folder, tmp_path, monkeypatch):
+    """The honesty check of every search, in a fast form (3 linear trials; the slow test below runs 20 mlp
+    trials): no trial reads a test image; the retrained best is the first to."""
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path / "cache"))
+    spec = search_spec(image_folder, sampler="grid", pruner="none", objective="accuracy",
+                       space={"paradigm.C": [0.01, 0.1, 1.0]})
+    spec["paradigms"] = ["linear"]
+    seen, phase = [], {"now": "search"}
+    real_get, real_retrain = features.FeatureStore.get, SEARCH.retrain
+    monkeypatch.setattr(features.FeatureStore, "get", lambda self, source, *a, **k: (
+        seen.append((phase["now"], Path(source.root))), real_get(self, source, *a, **k))[1])
+    monkeypatch.setattr(SEARCH, "retrain", lambda *a, **k: (phase.update(now="final"), real_retrain(*a, **k))[1])
+    summary = run_search(validated(StudySpec, spec, "test"), tmp_path / "out")
+    assert len(summary["trials"]) == 3 and all("test" not in t["backbone_passes"] for t in summary["trials"])
+    train_folder, test_folder = image_folder
+    assert {root for p, root in seen if p == "search"} == {train_folder}  # train and val come from it
+    assert test_folder in {root for p, root in seen if p == "final"}
+
 
 @pytest.mark.slow  # ~40 s: in `pytest -m slow`, which .ci/run runs
 @needs_fashion_mnist

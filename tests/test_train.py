@@ -474,12 +474,12 @@ class Killed(BaseException):
     """Stands for a SIGKILL at one point of a checkpoint write."""
 
 
-@pytest.mark.parametrize("kill_after", ["last weights", "best weights"])
+@pytest.mark.parametrize("kill_after", ["last weights", "best weights", "mid-epoch"])
 def test_a_kill_between_the_checkpoint_writes_resumes_exactly_like_an_uninterrupted_run(digit_images, tmp_path,
                                                                                         monkeypatch, kill_after):
-    """Killed after an epoch's weights (its last weights, or a new best's) are on disk and before its last.pt
-    is: resume goes on from the previous epoch's complete checkpoint and ends with the history, best epoch and
-    weights of a straight run (the old two-file checkpoint paired new weights with the old state)."""
+    """Killed mid-epoch, or after an epoch's weights (its last weights, or a new best's) are on disk and before
+    its last.pt is: resume goes on from the previous epoch's complete checkpoint and ends with the history, best
+    epoch and weights of a straight run (the old two-file checkpoint paired new weights with the old state)."""
     from transferlab.train import loop
     from transferlab.train.optim import param_groups
 
@@ -508,11 +508,23 @@ def test_a_kill_between_the_checkpoint_writes_resumes_exactly_like_an_uninterrup
             raise Killed
         return real_write(path, write)
 
-    monkeypatch.setattr(loop, "atomic_write", dying)
+    real_augment, batches = loop.augment_batch, []
+
+    def dying_mid_epoch(x, augment):  # the second batch of epoch 3 (7 batches an epoch)
+        batches.append(1)
+        if len(batches) == 2 * 7 + 2:
+            raise Killed
+        return real_augment(x, augment)
+
+    if kill_after == "mid-epoch":
+        monkeypatch.setattr(loop, "augment_batch", dying_mid_epoch)
+    else:
+        monkeypatch.setattr(loop, "atomic_write", dying)
     with pytest.raises(Killed):
         go(tmp_path / "killed")
     monkeypatch.undo()
-    killed_in = int(written[-2].split("-")[1].split(".")[0])  # the epoch whose weights were the last write
+    # the epoch that was being written or trained when killed
+    killed_in = 3 if kill_after == "mid-epoch" else int(written[-2].split("-")[1].split(".")[0])
     resumed, resumed_weights = go(tmp_path / "killed", resume=True)
     assert resumed.resumed_from == killed_in - 1
     strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in r.history] for r in (resumed, straight)]
