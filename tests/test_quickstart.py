@@ -14,10 +14,10 @@ import pytest
 from .conftest import needs_fashion_mnist
 
 SPEC = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
-# Cold: 490–550 s measured on 2 cores (Dec 2026, ONNX Runtime at 97 img/s on this machine vs the 161 measured
-# when the target was 5 min); the untrained-backbone reference row encodes every image a second time. The
-# limit leaves room for a noisy machine.
-COLD_SECONDS = 720
+# Cold: 490–550 s measured on 2 cores (Dec 2026); README publishes "about 8½ minutes" (510 s), and a cold run
+# slower than 1.5× that is a regression (the untrained-backbone reference row encodes every image a second time).
+PUBLISHED_SECONDS = 510
+COLD_SECONDS = 1.5 * PUBLISHED_SECONDS
 
 
 def study(out: Path, cache: Path) -> float:
