@@ -111,14 +111,16 @@ def _stratified_take(pool: np.ndarray, labels: np.ndarray, size: int | float, se
         if size == len(pool):
             return np.sort(pool)
         raise TransferlabError(f"{field}={size} but only {len(pool)} images are left to draw from; lower it")
-    if labels.ndim == 2:
-        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=size, test_size=None, random_state=seed)
-        taken, _ = next(splitter.split(pool, labels[pool]))
-        return np.sort(pool[taken])
-    try:
+    try:  # a ValueError from either splitter: too few images, or (multi-label) fewer than two labels in use
+        if labels.ndim == 2:
+            splitter = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=size, test_size=None,
+                                                        random_state=seed)
+            taken, _ = next(splitter.split(pool, labels[pool]))
+            return np.sort(pool[taken])
         taken, _ = train_test_split(pool, train_size=size, stratify=labels[pool], random_state=seed)
-    except ValueError as exc:  # too few images of some class to stratify
-        raise TransferlabError(f"{field}={size}: cannot draw a stratified subset ({exc}); "
+    except ValueError as exc:
+        what = (f"{len(pool)} images, {labels.shape[1]} labels" if labels.ndim == 2 else f"{len(pool)} images")
+        raise TransferlabError(f"{field}={size}: cannot draw a stratified subset of {what} ({exc}); "
                                "change the size or add images") from None
     return np.sort(taken)
 
