@@ -130,6 +130,8 @@ def test_bce_smooths_both_ways_and_weights_positives_per_class(mosaics):
     assert single == pytest.approx(float(torch.nn.functional.binary_cross_entropy_with_logits(logits, one_hot)))
     with pytest.raises(ValueError, match="label_smoothing applies to loss ce and bce, not mse"):
         TrainParams(loss="mse", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="Nesterov momentum needs momentum above 0"):  # once silently dropped
+        TrainParams(optimizer="sgd", schedule="constant", momentum=0.0, nesterov=True)
 
 
 def test_weighted_sampler_draws_images_of_a_rare_label_more_often(mosaics):

@@ -52,7 +52,7 @@ def make_optimizer(groups: list[dict], p: Params) -> torch.optim.Optimizer:
 
 @OPTIMIZERS.register("sgd")
 def _sgd(groups: list[dict], p: Params) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov and p.momentum > 0)
+    return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov)  # params refuse nesterov at 0
 
 
 def _given(p: Params, *names: str) -> dict[str, Any]:

@@ -140,6 +140,8 @@ class TrainParams(Spec):
             if option in self.model_fields_set and getattr(self, option) != 0 and chosen not in users:
                 raise ValueError(f"{option} applies to {choice} {' / '.join(users)}, not {chosen}; drop {option} "
                                  f"or set {choice}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: Nesterov momentum needs momentum above 0; set momentum or drop nesterov")
         if self.label_smoothing and self.loss == "mse":
             raise ValueError("label_smoothing applies to loss ce and bce, not mse (its targets stay 0 / 1); drop "
                              "label_smoothing or set loss")
