@@ -174,11 +174,13 @@ def test_caltech101_miniature(tmp_path):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_leaves_miniature(tmp_path):
-    """002's last step: the quasi-SVM on the fine-tuned network beats that network's own head; every trained
+    """002's last step: the quasi-SVM on the fine-tuned network (and on the retrained one) beats that network's
+    own head; every trained
     row learns; SVM-SMOTE's synthesised rows (the two short classes only) and the chains are in the records."""
     out = run_mini("leaves-imbalanced", tmp_path)
     board = leaderboard(out)
-    assert best(board, "qsvm", "macro_f1_mean") > best(board, "inception-ft-6m", "macro_f1_mean") + 0.05, board
+    for chained, source in (("qsvm", "inception-ft-6m"), ("qsvm-final", "inception-ft-6m-final")):
+        assert best(board, chained, "macro_f1_mean") > best(board, source, "macro_f1_mean") + 0.02, board
     majority = best(board, "majority", "macro_f1_mean")
     for row in ("scratch-cnn", "scratch-resnet", "vgg19-two-phase", "inception-ft", "inception-ft-6m",
                 "inception-ft-online", "inception-ft-class-weights", "inception-ft-keras-cv", "inception-ft-expdecay",
