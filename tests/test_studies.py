@@ -175,8 +175,8 @@ def test_caltech101_miniature(tmp_path):
 @needs_fashion_mnist
 def test_leaves_miniature(tmp_path):
     """002's last step: the quasi-SVM on the fine-tuned network (and on the retrained one) beats that network's
-    own head; every trained
-    row learns; SVM-SMOTE's synthesised rows (the two short classes only) and the chains are in the records."""
+    own head; every trained row learns; SVM-SMOTE's synthesised rows (the two short classes only) and the
+    chains are in the records."""
     out = run_mini("leaves-imbalanced", tmp_path)
     board = leaderboard(out)
     for chained, source in (("qsvm", "inception-ft-6m"), ("qsvm-final", "inception-ft-6m-final")):
