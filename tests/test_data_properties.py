@@ -22,7 +22,10 @@ from transferlab.core.errors import TransferlabError
 from transferlab.data import make_splits, open_pools
 
 N_IMAGES = 12
-SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same 80 examples on every run, so CI cannot fail on a draw no one has seen here (raise
+# max_examples locally to hunt further; a NUL byte in a split file was found that way)
+SETTINGS = settings(max_examples=80, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")

@@ -90,9 +90,10 @@ def pools_from_split_files(spec: DataSpec) -> Pools:
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            found = position.get((root / line).resolve())
+            # a NUL byte is no path at all (resolve() raises on it): the same line error as any other stray line
+            found = None if "\0" in line else position.get((root / line).resolve())
             if found is None:
-                raise TransferlabError(f"{listed}:{number}: '{line}' is not an image under {root}/<class>/; fix "
+                raise TransferlabError(f"{listed}:{number}: {line!r} is not an image under {root}/<class>/; fix "
                                        "the line (paths are relative to data.source)")
             indices.append(found)
         if len(set(indices)) != len(indices):
