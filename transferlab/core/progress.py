@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,9 +22,12 @@ from rich.text import Text
 
 from .distributed import is_main
 
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)  # progress, notes, errors
+# Under torchrun only rank 0 speaks (RANK is set by torchrun before this module is imported); the others would
+# print the same lines again, or a result of their own. Errors go through print() and still show on every rank.
+_QUIET = int(os.environ.get("RANK", "0")) != 0
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 150, quiet=_QUIET)  # progress, notes
 # What the user asked for (the leaderboard), on stdout; wide enough for the table when piped to a file.
-results = Console(width=None if sys.stdout.isatty() else 150)
+results = Console(width=None if sys.stdout.isatty() else 150, quiet=_QUIET)
 
 
 class _Rate(ProgressColumn):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
+from timm.utils import distribute_bn
 from torch import nn
 from torch.utils.data import DistributedSampler
 from torchvision.transforms import v2
@@ -134,7 +135,8 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
     per_epoch = len(train) if p.sampler == "none" else epoch_length(train.y.numpy(), p.sampler)
     if p.sampler != "none":
         notes["images_per_epoch"] = per_epoch
-    steps = math.ceil(math.ceil(per_epoch / shards) / p.batch_size)
+    batch = _batch_per_process(p.batch_size, shards, label, notes)
+    steps = math.ceil(math.ceil(per_epoch / shards) / batch)
     bn = _batchnorm_policy(model, p, steps, notes)
     recompute = bn == "train" and p.recompute_bn(steps) and "batchnorm" in notes
     if recompute:
@@ -168,7 +170,9 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
             started = time.perf_counter()
             train_loss, train_score = _train_epoch(trained, optimizer, schedule, train_loss_fn, train, p, augment,
                                                    seed, epoch, device, f"{label} · epoch {epoch + 1}/{epochs}", bar,
-                                                   bn)
+                                                   bn, batch)
+            if shards > 1:  # each rank's BatchNorm buffers saw only its shard's last step: evaluate their mean
+                distribute_bn(model, shards, reduce=True)
             if recompute:
                 recompute_batchnorm(model, train.x, p.batch_size, device)
             val_loss, val_score = _agreed(evaluate(model, val, loss_fn, p.batch_size, device), device)
@@ -214,14 +218,26 @@ def _monitored(entry: dict[str, Any], p: TrainParams, metric: str) -> float:
     return entry[f"val_{metric}"] if p.monitor == "val_accuracy" else -entry["val_loss"]
 
 
+def _batch_per_process(batch_size: int, shards: int, label: str, notes: dict) -> int:
+    """`batch_size` is the global batch: under torchrun each of the `shards` processes takes its equal share, so a
+    step averages the gradients of `batch_size` images (DDP) and an epoch makes as many steps as one process."""
+    if shards == 1:
+        return batch_size
+    if batch_size % shards:
+        raise TransferlabError(f"{label}: batch_size {batch_size} (the global batch) does not split evenly over "
+                               f"{shards} torchrun processes; use a multiple of {shards}")
+    notes["batch_per_process"] = {"processes": shards, "images": batch_size // shards}
+    return batch_size // shards
+
+
 def _train_epoch(model, optimizer, schedule, loss_fn, data: Images, p: TrainParams, augment, seed: int, epoch: int,
-                 device: torch.device, label: str, bar, bn: str) -> tuple[float, float]:
+                 device: torch.device, label: str, bar, bn: str, batch_size: int) -> tuple[float, float]:
     order = epoch_order(len(data), seed, epoch, labels=data.y, sampler=p.sampler)
     set_train_mode(model, bn)
     total_loss, counts, seen = 0.0, None, 0
     short = "f1" if data.multi_label else "acc"
     autocast = device.type == "cuda" and p.amp
-    for step, batch in enumerate(order.split(p.batch_size)):
+    for step, batch in enumerate(order.split(batch_size)):
         x = data.x[batch]
         if augment is not None:
             x = augment_batch(x, augment)
@@ -289,8 +305,8 @@ def _finite_everywhere(loss: torch.Tensor, device: torch.device) -> bool:
 
 
 def _agreed(metrics: tuple[float, float], device: torch.device) -> tuple[float, float]:
-    """Rank 0's validation figures on every rank, so best-epoch and early-stop decisions cannot diverge
-    (BatchNorm buffers differ slightly between ranks after each rank's last step)."""
+    """Rank 0's validation figures on every rank, so best-epoch and early-stop decisions cannot diverge (the
+    ranks' weights and averaged BatchNorm buffers agree; a decision must not hinge on float noise either)."""
     if world_size() == 1:
         return metrics
     values = torch.tensor(metrics, dtype=torch.float64, device=device)
