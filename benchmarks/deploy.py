@@ -1,6 +1,6 @@
 """Deployed-model speed: fp32 PyTorch vs fp32 / int8 ONNX Runtime on one run's model, in the same run.
 
-Builds a real run (Fashion-MNIST, 10 classes, --per-class training and 20 test PNGs per class, 28 px upscaled;
+Builds a real run (Fashion-MNIST, 10 classes, --per-class training and --test-per-class test PNGs per class, 28 px upscaled;
 tf_efficientnet_lite0, offline ImageNet weights, frozen at its native 224 px; `linear` on top) or takes
 `--run RECORD`, exports it to ONNX once, quantizes it both ways (`quantize_run`: dynamic, and static calibrated
 on --calibration training images), then times five arms on the same real test images:
@@ -13,7 +13,7 @@ Every round calls each arm in turn (batch-1 calls, then one batch-32 call), so a
 alike; prints the batch-1 median latency and the median batch-32 throughput of each, its test accuracy, and
 ratios against the faster PyTorch variant (the baseline), with the static int8 vs baseline throughput last.
 
-    python benchmarks/deploy.py [--run RECORD] [--per-class 40] [--calibration 200] [--rounds 10] [--out DIR]
+    python benchmarks/deploy.py [--run RECORD] [--per-class 40] [--test-per-class 100] [--calibration 200] [--rounds 10] [--out DIR]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ BATCH = 32
 LATENCY_CALLS = 5  # batch-1 calls per arm per round
 
 
-def build_run(root: Path, per_class: int) -> Path:
+def build_run(root: Path, per_class: int, test_per_class: int) -> Path:
     """A real linear run on lite0 @ 224 px; returns its record."""
     pools = open_pools(DataSpec(source="fashion-mnist"))
     classes = range(len(pools.train.classes))
@@ -49,7 +49,7 @@ def build_run(root: Path, per_class: int) -> Path:
         return np.concatenate([np.flatnonzero(np.asarray(labels) == c)[:n] for c in classes])
 
     train = export_image_folder(pools.train, take(pools.train.labels, per_class), root / "train")
-    test = export_image_folder(pools.test, take(pools.test.labels, 20), root / "test")
+    test = export_image_folder(pools.test, take(pools.test.labels, test_per_class), root / "test")
     record = transferlab.run({"source": str(train), "test": str(test), "name": "fm10"}, "tf_efficientnet_lite0",
                              "linear", out=root / "out")
     return root / "out" / "runs" / f"{record['run_id']}.json"
@@ -122,13 +122,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", help="a run record to use instead of building one")
     parser.add_argument("--per-class", type=int, default=40, help="training images per class (built run)")
+    parser.add_argument("--test-per-class", type=int, default=100, help="test images per class (built run)")
     parser.add_argument("--calibration", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, help="keep the built run and files here (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
-        record = Path(args.run) if args.run else build_run(root / "run", args.per_class)
+        record = Path(args.run) if args.run else build_run(root / "run", args.per_class, args.test_per_class)
         model = load_run(record)
         summaries = int8_files(model, root / "quantize", args.calibration)
         runners = arms(model, root / "quantize")

@@ -122,6 +122,27 @@ def test_static_calibrates_on_exactly_n_train_images_and_reuses_the_export(linea
     assert summaries["static"]["files"]["fp32"]["reused"] is True  # the copy passed the parity check
 
 
+@pytest.mark.parametrize(("machine", "flags", "reduced"), [
+    ("x86_64", "fpu sse2 avx2 fma", True),  # AVX2 only: u8·s8 multiply-adds saturate, so 7-bit weights
+    ("x86_64", "fpu avx2 avx512f avx512_vnni", False), ("x86_64", "avx2 avx_vnni", False),
+    ("x86_64", "avx2 amx_tile amx_int8", False), ("aarch64", "", False), ("x86_64", None, True)])
+def test_static_weight_bits_follow_the_cpus_int8_dot_product(tmp_path, monkeypatch, machine, flags, reduced):
+    cpuinfo = tmp_path / "cpuinfo"
+    if flags is not None:  # None: flags that cannot be read get the safe 7 bits
+        cpuinfo.write_text(f"processor : 0\nflags : {flags}\n")
+    monkeypatch.setattr(quantize_module, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(quantize_module.platform, "machine", lambda: machine)
+    assert quantize_module.reduce_weight_range() is reduced
+    assert ("7-bit" if reduced else "8-bit") in quantize_module.static_settings()["weights"]
+
+
+def test_static_summary_says_which_weight_range_ran(linear):
+    _, summaries, _ = linear
+    bits = "7-bit" if quantize_module.reduce_weight_range() else "8-bit"
+    assert bits in summaries["static"]["settings"]["weights"]
+    assert "moving average" in summaries["static"]["settings"]["activations"]
+
+
 @pytest.mark.slow  # a second fp32 export (~20 s) would take the module past its budget
 def test_knn_with_topk_quantizes(study, monkeypatch):
     monkeypatch.setattr(quantize_module, "LATENCY_RUNS", 5)
