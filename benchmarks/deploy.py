@@ -1,7 +1,7 @@
 """Deployed-model speed: fp32 PyTorch vs fp32 / int8 ONNX Runtime on one run's model, in the same run.
 
-Builds a real run (Fashion-MNIST, 10 classes, --per-class training and --test-per-class test PNGs per class, 28 px upscaled;
-tf_efficientnet_lite0, offline ImageNet weights, frozen at its native 224 px; `linear` on top) or takes
+Builds a real run (Fashion-MNIST, 10 classes, --per-class training and --test-per-class test PNGs per class,
+28 px upscaled; tf_efficientnet_lite0, offline ImageNet weights, frozen at its native 224 px; `linear` on top) or takes
 `--run RECORD`, exports it to ONNX once, quantizes it both ways (`quantize_run`: dynamic, and static calibrated
 on --calibration training images), then times five arms on the same real test images:
   pytorch           the RunModel's module, eager, NCHW
@@ -13,7 +13,8 @@ Every round calls each arm in turn (batch-1 calls, then one batch-32 call), so a
 alike; prints the batch-1 median latency and the median batch-32 throughput of each, its test accuracy, and
 ratios against the faster PyTorch variant (the baseline), with the static int8 vs baseline throughput last.
 
-    python benchmarks/deploy.py [--run RECORD] [--per-class 40] [--test-per-class 100] [--calibration 200] [--rounds 10] [--out DIR]
+    python benchmarks/deploy.py [--run RECORD] [--per-class 40] [--test-per-class 100] [--calibration 200]
+                                [--rounds 10] [--out DIR]
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ def arm(spec, dims, pools, storage, name: str, objective_class, work: Path, repl
     from optuna.trial import TrialState
 
     metric, direction = objective_of(spec, pools.train.multi_label)
-    study = open_search(spec, dims, storage, name, worker=False, resume=False, multi_label=pools.train.multi_label)
+    study = open_search(spec, dims, storage, name, worker=False, resume=False, multi_label=pools.train.multi_label,
+                        trials=spec.search.trials)
     for params in replay or []:
         study.enqueue_trial(params)  # the same configurations, in the same order
     budget = spec.search.trials

@@ -111,3 +111,36 @@ def test_search_with_a_misspelt_parameter_or_an_unreachable_storage_is_one_line(
     spec.write_text(spec.read_text().replace("hiden", "hidden"))
     line = one_error_line(transferlab("search", spec, "--out", tmp_path, "--storage", "postgresql://u@127.0.0.1:1/d"))
     assert "127.0.0.1:1" in line
+
+
+HEAVY = ("torch", "timm", "sklearn", "optuna", "onnxruntime")
+
+
+def modules_loaded_by(*args) -> tuple[list[str], subprocess.CompletedProcess]:
+    """The heavy libraries a CLI call imported, read in the same process after the command returned."""
+    code = ("import sys\nfrom transferlab.cli import main\n"
+            f"sys.argv = ['transferlab', *{[str(a) for a in args]!r}]\n"
+            "code = 0\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code or 0\n"
+            f"print('LOADED', [m for m in {HEAVY!r} if m in sys.modules])\nsys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    loaded = next(line for line in result.stdout.splitlines() if line.startswith("LOADED"))
+    return eval(loaded.removeprefix("LOADED "), {}), result  # a list literal printed by the child above
+
+
+@pytest.mark.parametrize("spec", ["missing", "bad_yaml", "unknown_key"])
+def test_help_version_and_spec_errors_answer_without_importing_torch(tmp_path, spec):
+    for args in (["--help"], ["study", "--help"], ["--version"]):
+        loaded, result = modules_loaded_by(*args)
+        assert loaded == [] and result.returncode == 0, (args, loaded)
+    (tmp_path / "bad_yaml.yaml").write_text("name: x\ndatasets: [\n")
+    (tmp_path / "unknown_key.yaml").write_text("name: x\ndatsets: []\n")
+    loaded, result = modules_loaded_by("study", tmp_path / f"{spec}.yaml")
+    assert loaded == [], loaded
+    assert one_error_line(result).count(f"{spec}.yaml") == 1
+
+
+def test_version_prints_the_package_version():
+    from transferlab import __version__
+
+    result = transferlab("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"transferlab {__version__}"

@@ -1,4 +1,4 @@
-"""The published quickstart targets, checked end to end (slow: about 8 minutes cold; `pytest -m slow`)."""
+"""The published quickstart targets, checked end to end (slow: 4½-8½ minutes cold; `pytest -m slow`)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,25 @@ import pytest
 from .conftest import needs_fashion_mnist
 
 SPEC = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
-# Cold: 490–550 s measured on 2 cores (Dec 2026); README publishes "about 8½ minutes" (510 s), and a cold run
-# slower than 1.5× that is a regression (the untrained-backbone reference row encodes every image a second time).
-PUBLISHED_SECONDS = 510
-COLD_SECONDS = 1.5 * PUBLISHED_SECONDS
+# Cold on this project's 2-core machine (Dec 5 2026): 272 s, its 31 634 backbone passes at 171 img/s (ONNX
+# Runtime); an older 2-core machine ran the engine at 97 img/s and took 490-550 s. README publishes both. The
+# check scales the published time by this machine's measured engine speed (from the records), so that extra
+# fits, extra passes or lost caching fail it on any machine, while a slower CPU alone does not.
+PUBLISHED_SECONDS = 272
+PUBLISHED_IMG_S = 171
+PASSES = 31_634  # 10 000 test + 3 seeds' 1000 train and 1000 val draws (overlaps counted once), two backbones
+
+
+def engine_speed(runs: Path) -> float:
+    """img/s of the backbone passes, from the cold run's records (seconds spent making inputs of the runs that
+    encoded images)."""
+    passes = seconds = 0.0
+    for path in runs.glob("*.json"):
+        record = json.loads(path.read_text())
+        encoded = sum(record["backbone_passes"].values()) if record["backbone_passes"] else 0
+        if encoded:
+            passes, seconds = passes + encoded, seconds + record["timings"]["inputs_s"]
+    return passes / seconds
 
 
 def study(out: Path, cache: Path) -> float:
@@ -32,18 +47,21 @@ def study(out: Path, cache: Path) -> float:
 def test_quickstart_meets_its_targets_cold_and_rerun(tmp_path):
     out, cache = tmp_path / "quickstart", tmp_path / "cache"
     cold = study(out, cache)
+    cold_summary = json.loads((out / "last_invocation.json").read_text())
+    speed = engine_speed(out / "runs")
     rerun = study(out, cache)
     with open(out / "leaderboard.csv") as f:  # rows named by paradigm, reference rows by what they are
         rows = {r["reference"] if r["reference"] in ("untrained", "majority") else r["paradigm"]: r
                 for r in csv.DictReader(f)}
     accuracy = {name: float(row["accuracy_mean"]) for name, row in rows.items()}
-    print(f"cold {cold:.0f}s, rerun {rerun:.1f}s, accuracy {accuracy}")
+    print(f"cold {cold:.0f}s ({speed:.0f} img/s), rerun {rerun:.1f}s, accuracy {accuracy}")
     assert accuracy["linear"] >= 0.82 and accuracy["knn"] >= 0.78
     assert accuracy["linear"] > accuracy["pixels"] and accuracy["knn"] > accuracy["pixels"]
     # what transfer buys: the same probe on the untrained backbone, and the majority class, are far behind
     assert accuracy["linear"] > accuracy["untrained"] + 0.05 and accuracy["majority"] < 0.15
     assert all(row["n_seeds"] == "3" for row in rows.values())
-    assert cold <= COLD_SECONDS
+    assert cold_summary["backbone_passes"] == PASSES  # each image once per backbone, none twice
+    assert cold <= 1.5 * PUBLISHED_SECONDS * max(1.0, PUBLISHED_IMG_S / speed)
     summary = json.loads((out / "last_invocation.json").read_text())
     assert summary["backbone_passes"] == 0 and summary["computed"] == 0
     assert rerun <= 0.10 * cold

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import DataSpec, StudySpec, validated
+from .config import DataSpec, StudySpec, load_yaml, validated
 
 # The imports of the commands below sit inside the functions: `import transferlab` and `transferlab --help`
 # stay fast (no torch, timm, optuna) until a command actually runs.
@@ -48,13 +48,13 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
 
     >>> transferlab.study("examples/studies/flowers-heads.yaml", mini=True)   # doctest: +SKIP
     """
+    spec = _study_spec(spec, "transferlab.study")  # first: a bad spec answers before torch is imported
     from .core.progress import console
     from .mini import miniature
     from .report import build_report
     from .search import search_and_retrain
     from .study import publish_leaderboard, run_study
 
-    spec = _study_spec(spec, "transferlab.study")
     if mini:
         spec, swaps = miniature(spec)
         for line in swaps:
@@ -78,14 +78,17 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
 
 
 def _study_spec(spec, where: str) -> StudySpec:
-    """A StudySpec from a YAML path, a dict, or a StudySpec (checked against the registries either way)."""
-    from .resolve import checked, load_study_spec, resolved
-
-    if isinstance(spec, StudySpec):
-        return checked(spec, where)
+    """A StudySpec from a YAML path, a dict, or a StudySpec (checked against the registries either way).
+    The file, its YAML and its structure (unknown keys, types) are checked first with `config` alone, so a
+    missing file or a misspelt key answers without importing torch; the registry checks (paradigm and
+    backbone names, a paradigm's params) need the models and come second."""
+    if isinstance(spec, str | Path):
+        spec, where = load_yaml(spec), str(spec)
     if isinstance(spec, dict):
-        return resolved(StudySpec, spec, where)
-    return load_study_spec(spec)
+        spec = validated(StudySpec, spec, where)
+    from .resolve import checked
+
+    return checked(spec, where)
 
 
 def _is_main() -> bool:
@@ -136,11 +139,11 @@ def search(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None
 
     >>> transferlab.search("examples/search.yaml", trials=50)                 # doctest: +SKIP
     """
+    spec = _study_spec(spec, "transferlab.search")  # first: a bad spec answers before torch is imported
     from .core.progress import console
     from .report import build_report
     from .search import search_and_retrain
 
-    spec = _study_spec(spec, "transferlab.search")
     out_dir = Path(out) if out else Path("runs") / spec.name
     summary, _ = search_and_retrain(spec, out_dir, trials=trials, timeout=timeout, storage=storage,
                                     study_name=study_name, worker=worker, resume=resume)

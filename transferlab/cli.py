@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,11 +10,24 @@ from typing import Any
 import typer
 import yaml
 
+from . import __version__
 from .api import DEFAULT_RUN_DIR, NEAR_DUPLICATE_BITS
 from .core.errors import TransferlabError
 
 app = typer.Typer(help="Find the pretrained backbone and adaptation paradigm that work best on your images.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _print_version(given: bool) -> None:
+    if given:
+        print(f"transferlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="print transferlab's version and exit")) -> None:
+    pass  # the app's own options (--version); the commands' are theirs
 
 
 @app.command()
@@ -267,10 +281,15 @@ def _parse_params(pairs: list[str], option: str = "--param") -> dict[str, Any]:
 
 
 def main() -> None:
-    from .core import distributed
+    # torch (core.distributed's) is imported here only under torchrun, so that --help, --version and a bad spec
+    # answer in a fraction of a second (benchmarks/cli_startup.py); a command imports what it needs when it runs.
+    distributed = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from .core import distributed
 
     try:
-        distributed.init_from_env()  # a no-op unless launched by torchrun
+        if distributed:
+            distributed.init_from_env()
         app()
     except TransferlabError as exc:
         print(f"transferlab: error: {exc}", file=sys.stderr)
@@ -279,4 +298,5 @@ def main() -> None:
         print("transferlab: interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
-        distributed.shutdown()
+        if distributed:
+            distributed.shutdown()
