@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from .conftest import SMALL_SIZE
+
+QUICKSTART = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
 
 
 def transferlab(*args, cwd=None):
@@ -67,6 +70,7 @@ def test_a_separator_given_on_the_command_line_is_the_character_itself():
     (["run", "--data", "digits", "--backbone", "resnet_fifty", "--paradigm", "knn"], "resnet_fifty"),
     (["run", "--data", "digits", "--paradigm", "pixels", "-p", "C"], "--param C"),
     (["study", "/no/spec.yaml"], "/no/spec.yaml"),
+    (["study", QUICKSTART, "--worker"], "worker needs storage"),
     (["report", "/no/study"], "/no/study/runs"),
 ])
 def test_bad_input_exits_non_zero_with_one_line_naming_the_thing(args, names):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DataSpec, StudySpec, load_yaml, validated
+from .core.errors import TransferlabError
 
 # The imports of the commands below sit inside the functions: `import transferlab` and `transferlab --help`
 # stay fast (no torch, timm, optuna) until a command actually runs.
@@ -37,8 +38,8 @@ def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None
 
 
 def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None = None, *,
-          skip_bad: bool = False, force: bool = False, resume: bool = False,
-          mini: bool = False) -> list[dict[str, Any]]:
+          skip_bad: bool = False, force: bool = False, resume: bool = False, mini: bool = False,
+          storage: str | None = None, worker: bool = False, study_name: str | None = None) -> list[dict[str, Any]]:
     """Run a study spec (a YAML path, a dict, or a StudySpec): its grid, then its `search:` and `prune:`
     steps if it has them; returns the run records.
 
@@ -46,13 +47,22 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     interrupted training runs from their last epoch checkpoint; `mini=True` runs the spec's offline
     miniature (its `mini:` block) into runs/<name>-mini.
 
+    `storage` (an Optuna RDB URL, e.g. postgresql://user@host/db) spreads the cells over every process that
+    runs the same call with it (`search.cells`): `worker=True` runs cells until none is left and returns;
+    the call without it runs cells too, waits for the last, then writes the leaderboard and report. `out`
+    and $TRANSFERLAB_CACHE must then be on a file system every worker sees.
+
     >>> transferlab.study("examples/studies/flowers-heads.yaml", mini=True)   # doctest: +SKIP
     """
     spec = _study_spec(spec, "transferlab.study")  # first: a bad spec answers before torch is imported
+    if (worker or study_name) and not storage:
+        raise TransferlabError(f"{'worker' if worker else 'study_name'} needs storage: the URL of the database "
+                               "the workers share (e.g. postgresql://user@host/db)")
     from .core.progress import console
     from .mini import miniature
     from .report import build_report
     from .search import search_and_retrain
+    from .search.cells import run_cells
     from .study import publish_leaderboard, run_study
 
     if mini:
@@ -62,9 +72,16 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     out_dir = Path(out) if out else Path("runs") / spec.name
     if skip_bad:
         spec = spec.model_copy(update={"datasets": [d.model_copy(update={"skip_bad": True}) for d in spec.datasets]})
+    if storage:  # the cells run wherever a worker asks for them; then every record below is up to date
+        ran = run_cells(spec, out_dir, storage, name=study_name, worker=worker, force=force, resume=resume)
+        if worker:
+            console.print(f"worker done: {len(ran)} cells run here; the command without --worker writes the "
+                          "leaderboard and report")
+            return ran
+        force = resume = False
     records, summary = run_study(spec, out_dir, force=force, resume=resume)
     if spec.search is not None:  # the searched rows join the grid's (the report finds them through search/)
-        records += search_and_retrain(spec, out_dir)[1]
+        records += search_and_retrain(spec, out_dir, storage=storage)[1]
     if not _is_main():  # under torchrun rank 0 alone writes the study's files
         return records
     publish_leaderboard(spec, records, out_dir)

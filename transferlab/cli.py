@@ -37,12 +37,20 @@ def study(spec: Path = typer.Argument(..., help="YAML study spec (datasets × ba
           force: bool = typer.Option(False, help="recompute cells whose records are up to date"),
           resume: bool = typer.Option(False, help="continue interrupted training runs from their last epoch"),
           mini: bool = typer.Option(False, help="run the spec's offline miniature (its mini: block: stand-in data "
-                                    "and backbones, few epochs) [default out: runs/<spec name>-mini]")):
+                                    "and backbones, few epochs) [default out: runs/<spec name>-mini]"),
+          storage: str | None = typer.Option(None, help="Optuna storage URL (e.g. postgresql://user@host/db): spread "
+                                             "the cells over every process started with it; OUT and "
+                                             "$TRANSFERLAB_CACHE on a shared file system"),
+          worker: bool = typer.Option(False, help="with --storage: run cells until none is left, then exit; the "
+                                      "command without --worker waits for the last and writes the report"),
+          study_name: str | None = typer.Option(None, help="the cell queue's name in the storage [default: <spec "
+                                                "name>-cells]")):
     """Run every cell of a study, then its search: and prune: steps if any; print the leaderboard; write
     records, leaderboard.csv and report.html."""
     from .api import study as run_study
 
-    run_study(spec, out, skip_bad=skip_bad, force=force, resume=resume, mini=mini)
+    run_study(spec, out, skip_bad=skip_bad, force=force, resume=resume, mini=mini, storage=storage, worker=worker,
+              study_name=study_name)
 
 
 @app.command()

@@ -12,6 +12,7 @@ read: a stale or corrupt chunk is deleted and its images encoded again, never tr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
@@ -94,7 +96,37 @@ class FeatureStore:
             skip_bad: bool = False, label: str = "features") -> Extraction:
         folder = self.root / encoder.key / source.fingerprint
         rows, bad = self._read(folder)
-        missing = np.array(sorted(set(map(int, indices)) - rows.keys() - bad.keys()), dtype=np.int64)
+        missing = self._missing(indices, rows, bad)
+        if len(missing):
+            # Workers of a study on many machines may share this cache: one at a time encodes into a folder, and
+            # the next, once in, reads what the first wrote and encodes only what is still missing. (Not under
+            # torchrun: its ranks encode their shares together, and rank 0 alone writes.)
+            alone = world_size() == 1
+            with FileLock(self._lock_path(folder)) if alone else contextlib.nullcontext():
+                if alone:
+                    rows, bad = self._read(folder)
+                    missing = self._missing(indices, rows, bad)
+                self._encode_missing(source, missing, encoder, folder, rows, bad, batch_size, skip_bad, label)
+        wanted_bad = {int(i): bad[int(i)] for i in indices if int(i) in bad}
+        if wanted_bad and not skip_bad:
+            raise bad_image_error(wanted_bad)
+        dim = len(next(iter(rows.values()))) if rows else 0
+        nan_row = np.full(dim, np.nan, dtype=np.float32)
+        features = np.stack([rows.get(int(i), nan_row) for i in indices]) if len(indices) else np.zeros((0, dim))
+        return Extraction(features.astype(np.float32), wanted_bad, encoded=len(missing))
+
+    @staticmethod
+    def _missing(indices: np.ndarray, rows: dict, bad: dict) -> np.ndarray:
+        return np.array(sorted(set(map(int, indices)) - rows.keys() - bad.keys()), dtype=np.int64)
+
+    @staticmethod
+    def _lock_path(folder: Path) -> Path:
+        """Beside the folder, which then holds chunks alone."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return folder.parent / f"{folder.name}.lock"
+
+    def _encode_missing(self, source: ImageSource, missing: np.ndarray, encoder: Encoder, folder: Path,
+                        rows: dict, bad: dict, batch_size: int, skip_bad: bool, label: str) -> None:
         if len(missing):
             # Under torchrun each rank encodes its share and every rank gets all of them. A rank must not stop
             # alone at a bad image (the others would wait for it forever), so the decision waits until after.
@@ -107,13 +139,6 @@ class FeatureStore:
                 self._write(folder, new_rows, new_bad)
             rows.update(new_rows)
             bad.update(new_bad)
-        wanted_bad = {int(i): bad[int(i)] for i in indices if int(i) in bad}
-        if wanted_bad and not skip_bad:
-            raise bad_image_error(wanted_bad)
-        dim = len(next(iter(rows.values()))) if rows else 0
-        nan_row = np.full(dim, np.nan, dtype=np.float32)
-        features = np.stack([rows.get(int(i), nan_row) for i in indices]) if len(indices) else np.zeros((0, dim))
-        return Extraction(features.astype(np.float32), wanted_bad, encoded=len(missing))
 
     def _read(self, folder: Path) -> tuple[dict[int, np.ndarray], dict[int, str]]:
         rows: dict[int, np.ndarray] = {}

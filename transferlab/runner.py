@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunSpec
+from .config import DataSpec, RunSpec
 from .core.distributed import barrier, is_main, world_size
 from .core.errors import TransferlabError
 from .data import Pools, Split, UnreadableImage, make_splits, open_pools, split_sizes
@@ -41,7 +41,22 @@ from .record import (
     record_path,
     write_record,
 )
+from .resolve import SPLIT_ONLY_FIELDS
 from .stats import encode_outcomes
+
+
+class PoolsByData:
+    """Each dataset of a study opened once, for the grid's expansion and for its runs: datasets that differ
+    only in how they are split (sizes, seeds) share one set of pools."""
+
+    def __init__(self):
+        self._pools: dict[str, Pools] = {}
+
+    def __call__(self, data: DataSpec) -> Pools:
+        key = data.model_dump_json(exclude=SPLIT_ONLY_FIELDS)
+        if key not in self._pools:
+            self._pools[key] = open_pools(data)
+        return self._pools[key]
 
 
 @dataclass

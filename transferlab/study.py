@@ -20,11 +20,10 @@ from .config import StudySpec
 from .core.distributed import is_main
 from .core.paths import atomic_write
 from .core.progress import console, results
-from .data import open_pools
 from .features import FeatureStore
 from .leaderboard import compare_best, comparison_text, leaderboard, leaderboard_table, write_leaderboard_csv
-from .resolve import SPLIT_ONLY_FIELDS, expand
-from .runner import execute_run, headline
+from .resolve import expand
+from .runner import PoolsByData, execute_run, headline
 
 
 def run_study(spec: StudySpec, out_dir: str | Path, *, force: bool = False,
@@ -36,14 +35,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, force: bool = False,
     `resume` continues interrupted training runs from their last epoch checkpoint.
     """
     out_dir = Path(out_dir)
-    pools_by_data: dict[str, Any] = {}
-
-    def pools_of(data):  # each dataset is opened once, for the expansion (which baselines apply) and the runs
-        key = data.model_dump_json(exclude=SPLIT_ONLY_FIELDS)
-        if key not in pools_by_data:
-            pools_by_data[key] = open_pools(data)
-        return pools_by_data[key]
-
+    pools_of = PoolsByData()  # for the expansion (which reference rows apply) and the runs
     cells = expand(spec, is_multi_label=lambda data: pools_of(data).train.multi_label)
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main():

@@ -123,11 +123,13 @@ class Objective:
         raise TrialFailed(reason)
 
 
-def run_trials(study, objective: Objective, budget: int, *, timeout: float | None, heartbeat: int) -> None:
+def run_trials(study, objective, budget: int, *, timeout: float | None, heartbeat: int,
+               print_trials: bool = True) -> None:
     """Ask the storage for trials until the budget is used up (by every worker together) or `timeout`.
 
     A worker that finds the remaining budget in other workers' hands waits while they run: if one of them
-    dies, its trial is failed by its heartbeat and retried here."""
+    dies, its trial is failed by its heartbeat and retried here. `print_trials`: a line per finished trial (false:
+    the objective prints its own)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     ran = False  # as in Optuna's optimize, a timeout lets the first trial start
     done, _ = budget_status(study)
@@ -144,7 +146,7 @@ def run_trials(study, objective: Objective, budget: int, *, timeout: float | Non
                 time.sleep(min(heartbeat, 2))
                 continue
             study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=False,
-                           callbacks=[_print_trial])
+                           callbacks=[_print_trial] if print_trials else None)
             ran = True
 
 
