@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import pytest
 import torch
 
+from transferlab import engines
 from transferlab.config import BackboneSpec, DataSpec
 from transferlab.core.errors import TransferlabError
 from transferlab.data import open_pools
@@ -81,3 +85,49 @@ def test_truncated_image_is_one_line_naming_the_file_or_skipped_on_request(backb
     assert sorted(v.split(":")[0].rsplit("/", 1)[1] for v in got.bad.values()) == sorted(["notes.jpg", victim.name])
     assert np.isnan(got.features).any(axis=1).sum() == 2  # only the bad rows are missing
     assert np.isfinite(got.features[~np.isnan(got.features).any(axis=1)]).all()
+
+
+def test_auto_on_cpu_measures_both_engines_keeps_the_faster_and_remembers_it(backbone, tmp_path, monkeypatch):
+    monkeypatch.setattr(engines, "decision_file", lambda key: tmp_path / f"{key}.json")
+    measured = []
+    fake = {"onnx": 100.0, "torch": 300.0}  # as if PyTorch ran this network 3x faster on this machine
+
+    def speeds(encoders, input_size):
+        measured.append(sorted(encoders))
+        return {name: fake[name] for name in encoders}
+
+    monkeypatch.setattr(engines, "engine_speeds", speeds)
+    batch = torch.zeros(2, 3, SMALL_SIZE, SMALL_SIZE, dtype=torch.uint8)
+    first = encoder(backbone, "auto")
+    first.encode(batch)
+    assert first.engine == "torch" and measured == [["onnx", "torch"]]
+    decision = json.loads((tmp_path / f"tf_efficientnet_lite0-3x{SMALL_SIZE}x{SMALL_SIZE}.json").read_text())
+    assert decision["engine"] == "torch" and decision["images_per_second"] == fake
+    untrained = load_backbone(BackboneSpec(name="tf_efficientnet_lite0", image_size=SMALL_SIZE, weights="random",
+                                           init_seed=0))
+    second = BackboneEncoder(untrained, torch.device("cpu"), "auto")  # same architecture, other weights
+    second.encode(batch)
+    assert second.engine == "torch" and len(measured) == 1  # remembered, not measured again
+    fake.update(onnx=500.0)
+    for path in tmp_path.glob("*.json"):
+        path.unlink()
+    third = encoder(backbone, "auto")
+    third.encode(batch)
+    assert third.engine == "onnx" and len(measured) == 2
+
+
+def test_engine_speeds_are_real_timings_of_the_same_batch(backbone):
+    calls = []
+
+    def slow(batch):
+        calls.append(len(batch))
+        time.sleep(0.02)
+        return np.zeros((len(batch), 4), dtype=np.float32)
+
+    def fast(batch):
+        calls.append(len(batch))
+        return np.zeros((len(batch), 4), dtype=np.float32)
+
+    speeds = engines.engine_speeds({"slow": slow, "fast": fast}, (3, SMALL_SIZE, SMALL_SIZE))
+    assert calls == [engines.MEASURE_BATCH] * 8  # a warm-up and three timed calls each
+    assert speeds["slow"] <= engines.MEASURE_BATCH / 0.02 < speeds["fast"]

@@ -3,14 +3,23 @@
 Measured on the 2-core CPU machine (tf_efficientnet_lite0, batch 32; see benchmarks/feature_throughput.py):
 eager 23 img/s, eager channels_last 42, ONNX Runtime 161 (torch.onnx dynamo exporter; the legacy
 TorchScript exporter gives 85), torch.compile 55 after a 50 s first compile; at 96 px: 235 / 306 / 787.
-ONNX Runtime wins on CPU and its export (~10 s) is cached on disk, so a rerun pays nothing. On CUDA,
-PyTorch (channels_last) is the engine.
+ONNX Runtime won on those machines, but not for every network on every CPU, so `auto` on CPU measures: both
+engines run a batch of the network, the faster one is kept, and the choice is remembered per machine and
+architecture (`$TRANSFERLAB_CACHE/engines/`), so only the first run pays (~2 s). The ONNX export (~10 s) is
+cached on disk too. On CUDA, PyTorch (channels_last) is the engine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import io
+import json
+import os
+import platform
+import re
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +35,7 @@ from .core.progress import console
 EncodeFn = Callable[[torch.Tensor], np.ndarray]  # batch N×3×H×W uint8 → N×D float32 features
 
 PARITY_TOLERANCE = 1e-3  # max |Δfeature| accepted between ONNX Runtime and PyTorch (measured: ~1e-5)
+MEASURE_BATCH = 16  # images per timed call when `auto` measures the engines
 
 
 def resolve_device(device: str) -> torch.device:
@@ -37,19 +47,26 @@ def resolve_device(device: str) -> torch.device:
 
 
 def select_engine(requested: str, device: torch.device) -> str:
-    """`onnx` on CPU, `torch` on GPU, or what the user asked for."""
+    """`torch` on GPU; on CPU `measure` (the faster of ONNX Runtime and PyTorch on this machine); or what the
+    user asked for."""
     if requested != "auto":
         return requested
-    return "torch" if device.type != "cpu" else "onnx"
+    return "torch" if device.type != "cpu" else "measure"
 
 
 def make_encoder(model: torch.nn.Module, input_size: tuple[int, int, int], device: torch.device,
-                 engine: str, cache_key: str) -> tuple[EncodeFn, str]:
+                 engine: str, cache_key: str, speed_key: str | None = None) -> tuple[EncodeFn, str]:
     """A function that runs `model` (frozen, eval) on a batch; returns it and the engine actually used.
 
-    An ONNX export that fails or disagrees with PyTorch falls back to PyTorch with a warning: a slower
-    run is better than a wrong or failed one.
+    `measure` picks the faster engine for the architecture `speed_key` names (measured once per machine,
+    then remembered). An ONNX export that fails or disagrees with PyTorch falls back to PyTorch with a
+    warning: a slower run is better than a wrong or failed one.
     """
+    if engine == "measure":
+        known = remembered_engine(speed_key or cache_key)
+        if known is None:
+            return _measured_encoder(model, input_size, device, cache_key, speed_key or cache_key)
+        engine = known
     if engine == "onnx":
         try:
             return _onnx_encoder(model, input_size, cache_key), "onnx"
@@ -57,6 +74,69 @@ def make_encoder(model: torch.nn.Module, input_size: tuple[int, int, int], devic
             console.print(f"[yellow]note:[/] ONNX Runtime not used for this backbone "
                           f"({type(exc).__name__}: {str(exc)[:200]}); running PyTorch")
     return _torch_encoder(model, device), "torch"
+
+
+def _measured_encoder(model: torch.nn.Module, input_size: tuple[int, int, int], device: torch.device,
+                      cache_key: str, speed_key: str) -> tuple[EncodeFn, str]:
+    """Both engines on the same batch; the faster one is returned and remembered for `speed_key`."""
+    try:
+        onnx_encode = _onnx_encoder(model, input_size, cache_key)
+    except Exception as exc:  # noqa: BLE001 - as in make_encoder; not remembered: another net may export
+        console.print(f"[yellow]note:[/] ONNX Runtime not used for this backbone "
+                      f"({type(exc).__name__}: {str(exc)[:200]}); running PyTorch")
+        return _torch_encoder(model, device), "torch"
+    # its own copy: PyTorch's encoder turns the module channels_last, which the ONNX side must not see
+    encoders = {"onnx": onnx_encode, "torch": _torch_encoder(copy.deepcopy(model), device)}
+    speeds = engine_speeds(encoders, input_size)
+    chosen = max(speeds, key=speeds.get)
+    decision = {"engine": chosen, "images_per_second": {k: round(v, 1) for k, v in speeds.items()},
+                "batch": MEASURE_BATCH, "input_size": list(input_size), "machine": machine_description()}
+    atomic_write(decision_file(speed_key), lambda tmp: tmp.write_text(json.dumps(decision, indent=1)))
+    return encoders[chosen], chosen
+
+
+def engine_speeds(encoders: dict[str, EncodeFn], input_size: tuple[int, int, int]) -> dict[str, float]:
+    """img/s of each encoder on one batch: a warm-up call, then the best of three (the least disturbed)."""
+    batch = _example_images(MEASURE_BATCH, input_size)
+    speeds = {}
+    for name, encode in encoders.items():
+        encode(batch)
+        best = min(_seconds(encode, batch) for _ in range(3))
+        speeds[name] = MEASURE_BATCH / best
+    return speeds
+
+
+def _seconds(encode: EncodeFn, batch: torch.Tensor) -> float:
+    started = time.perf_counter()
+    encode(batch)
+    return time.perf_counter() - started
+
+
+def remembered_engine(speed_key: str) -> str | None:
+    """This machine's measured choice for the architecture, if any (an unreadable file is measured again)."""
+    try:
+        engine = json.loads(decision_file(speed_key).read_text())["engine"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return engine if engine in ("onnx", "torch") else None
+
+
+def decision_file(speed_key: str) -> Path:
+    """Per machine (CPU model, cores, threads, torch and ONNX Runtime versions) and architecture."""
+    machine = hashlib.sha256(machine_description().encode()).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9_.@-]+", "_", speed_key)
+    return cache_root() / "engines" / machine / f"{safe}.json"
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux names the CPU model here; platform.processor() is often empty there
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}; {os.cpu_count()} cpus; {torch.get_num_threads()} threads; torch {torch.__version__}; "
+            f"onnxruntime {ort.__version__}")
 
 
 def _torch_encoder(model: torch.nn.Module, device: torch.device) -> EncodeFn:

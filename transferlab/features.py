@@ -73,9 +73,12 @@ class BackboneEncoder(Encoder):
     def encode(self, batch: torch.Tensor) -> np.ndarray:
         if self._encode is None:
             engine = select_engine(self.requested_engine, self.device)
-            self._encode, self.engine = make_encoder(self.backbone.feature_model(self.feature_map),
-                                                     tuple(self.backbone.data_config["input_size"]),
-                                                     self.device, engine, cache_key=self.key)
+            input_size = tuple(self.backbone.data_config["input_size"])
+            # the engines' speed depends on the architecture and input, not on the weights: the untrained
+            # reference row and a fine-tuned copy share the pretrained network's measured choice
+            speed_key = f"{self.backbone.name}-{'x'.join(map(str, input_size))}" + ("-map" if self.feature_map else "")
+            self._encode, self.engine = make_encoder(self.backbone.feature_model(self.feature_map), input_size,
+                                                     self.device, engine, cache_key=self.key, speed_key=speed_key)
         return self._encode(batch)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,11 @@ from ..core.progress import console
 from ..features import FeatureStore
 from ..resolve import expand
 from ..runner import PoolsByData, execute_run, headline
-from .storage import open_storage
+from .storage import READY_ATTR, open_storage, wait_until_ready
 from .workers import TrialFailed, run_trials
 
 CELL = "cell"  # the trial parameter that names the cell (its run id)
-CELLS_ATTR, READY_ATTR = "transferlab:cells", "transferlab:ready"
+CELLS_ATTR = "transferlab:cells"
 DEFAULT_HEARTBEAT = 10  # seconds, when the spec has no search: block to take it from
 
 
@@ -92,12 +91,7 @@ def open_cell_queue(storage, name: str, run_ids: list[str]):
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, study_name=name)
-        deadline = time.monotonic() + 120
-        while not study.user_attrs.get(READY_ATTR):  # its creator is still enqueuing
-            if time.monotonic() > deadline:
-                raise TransferlabError(f"the cell queue '{name}' exists but was never set up (its creator died "
-                                       "while enqueuing); give --study-name a new name") from None
-            time.sleep(0.5)
+        wait_until_ready(study, name)  # its creator may still be enqueuing
         if study.user_attrs.get(CELLS_ATTR) != digest:
             raise TransferlabError(f"the cell queue '{name}' in this storage holds another grid's cells; give "
                                    "--study-name a new name") from None

@@ -112,7 +112,7 @@ def open_search(spec: StudySpec, dims: list[Dimension], storage, name: str, *, w
                                     pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
-        _wait_until_ready(study, name)
+        wait_until_ready(study, name)
         stored = study.user_attrs.get(SPACE_ATTR)
         if stored != digest and not resume:
             raise TransferlabError(f"search '{name}' already exists in this storage with a different space, "
@@ -137,10 +137,11 @@ def open_search(spec: StudySpec, dims: list[Dimension], storage, name: str, *, w
     return study
 
 
-def _wait_until_ready(study, name: str, seconds: float = 120.0) -> None:
+def wait_until_ready(study, name: str, seconds: float = 120.0) -> None:
+    """Until the study's creator has enqueued what it enqueues and marked it ready (search or cell queue)."""
     deadline = time.monotonic() + seconds
     while not study.user_attrs.get(READY_ATTR):
         if time.monotonic() > deadline:
-            raise TransferlabError(f"search '{name}' exists but was never set up (its creator died while "
-                                   "enqueuing); give --study-name a new name")
+            raise TransferlabError(f"'{name}' exists in the storage but was never set up (its creator died "
+                                   "while enqueuing); give --study-name a new name")
         time.sleep(0.5)
