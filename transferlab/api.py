@@ -263,3 +263,19 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000, max_upl
     from .deploy.serve import serve as serve_run
 
     serve_run(run, host=host, port=port, runs=runs, max_upload_mb=max_upload_mb)
+
+
+def cache_info() -> list[dict[str, Any]]:
+    """What each kind of cache under $TRANSFERLAB_CACHE holds: kind, path, files, bytes, newest (mtime)."""
+    from .core.caches import cache_usage
+
+    return [vars(use) for use in cache_usage()]
+
+
+def cache_clear(kinds: Sequence[str] | None = None, *, older_than_days: float | None = None) -> dict[str, int]:
+    """Remove cached files (of `kinds`, default all; only those older than `older_than_days`, default all);
+    everything there is rebuilt when needed. Returns {files, bytes} removed."""
+    from .core.caches import clear_cache
+
+    files, size = clear_cache(list(kinds) if kinds else None, older_than_days)
+    return {"files": files, "bytes": size}

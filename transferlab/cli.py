@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import typer
 import yaml
+from rich.filesize import decimal
+from rich.table import Table
 
 from . import __version__
 from .api import DEFAULT_RUN_DIR, NEAR_DUPLICATE_BITS
@@ -264,6 +267,40 @@ def serve(run: str = typer.Argument(..., help=RUN_HELP),
 
     serve_run(run, host=host, port=port, runs=runs, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
               allowed_hosts=allowed_host or None)
+
+
+cache_app = typer.Typer(help="Show and trim the caches under $TRANSFERLAB_CACHE (features, decoded images, "
+                        "exports, engine choices, downloads); everything there is rebuilt when needed.",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info():
+    """Each kind of cache: its folder, files, size and last write."""
+    from .api import cache_info as usage
+    from .core.progress import results
+
+    table = Table("kind", "files", "size", "last written", "folder")
+    rows = usage()
+    for row in rows:
+        written = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["newest"])) if row["newest"] else "-"
+        table.add_row(row["kind"], str(row["files"]), decimal(row["bytes"]), written, str(row["path"]))
+    table.add_row("all", str(sum(r["files"] for r in rows)), decimal(sum(r["bytes"] for r in rows)), "", "")
+    results.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(kinds: list[str] | None = typer.Argument(None, help="kinds to clear (features, decoded, onnx, "
+                                                         "engines, torchvision) [default: all]"),
+                older_than: float | None = typer.Option(None, "--older-than", help="only files last written more "
+                                                         "than this many days ago")):
+    """Remove cached files; the next run that needs them rebuilds them."""
+    from .api import cache_clear as clear
+    from .core.progress import results
+
+    removed = clear(kinds, older_than_days=older_than)
+    results.print(f"removed {removed['files']} files, {decimal(removed['bytes'])}")
 
 
 def _given(fields: dict[str, Any]) -> dict[str, Any]:

@@ -20,9 +20,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from .distributed import is_main
-
-# Under torchrun only rank 0 speaks (RANK is set by torchrun before this module is imported); the others would
+# Under torchrun only rank 0 speaks (RANK is set by torchrun before this module is imported; read from the
+# environment, not torch.distributed, so that commands which need no torch do not import it); the others would
 # print the same lines again, or a result of their own. Errors go through print() and still show on every rank.
 _QUIET = int(os.environ.get("RANK", "0")) != 0
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150, quiet=_QUIET)  # progress, notes
@@ -58,7 +57,7 @@ def progress_bar(label: str, total: int, unit: str = "it") -> Iterator[Bar]:
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(unit),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
 
-    with Progress(*columns, console=console, disable=not is_main()) as progress:
+    with Progress(*columns, console=console, disable=_QUIET) as progress:
         task = progress.add_task(label, total=total, note="")
         try:
             yield Bar(progress, task)
