@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from sklearn.datasets import load_digits
 
 from transferlab.core.errors import TransferlabError
@@ -186,6 +188,7 @@ def test_exports_load_in_their_own_runtimes_and_pass_parity(finished_study, line
     assert saved["sha256"] == file_sha256(tmp_path / "ts" / "model.torchscript.pt")
     scripted = torch.jit.load(str(tmp_path / "ts" / "model.torchscript.pt"))
     np.testing.assert_allclose(scripted(images[:5]).detach().numpy(), expected[:5], atol=1e-4)
+    assert_readable_card(card["readme_path"], path, record, finished_study[1])
 
     export_model(model, "safetensors", tmp_path / "st")
     np.testing.assert_allclose(load_bundle(tmp_path / "st" / "model.safetensors")(images).detach().numpy(), expected,
@@ -200,6 +203,21 @@ def test_exports_load_in_their_own_runtimes_and_pass_parity(finished_study, line
     for batch in (1, 7):  # the batch axis is dynamic
         scores = session.run(None, {"images": cnn_images[:batch].numpy()})[0]
         np.testing.assert_allclose(scores, cnn_model.scores(cnn_images[:batch]).numpy(), atol=1e-4)
+
+
+def assert_readable_card(readme_path, record_path, record, study_records):
+    """README.md beside model.json: Hub metadata, the test figures with accuracy's interval, the classes, the
+    study's reference rows, how to run it."""
+    readme = ModelCard.load(readme_path)
+    assert readme.data.library_name == "transferlab" and "image-classification" in readme.data.tags
+    accuracy = record["metrics"]["accuracy"]
+    low, high = map(float, re.search(rf"\| accuracy \| {accuracy:.4f} \| \[([0-9.]+), ([0-9.]+)\] over "
+                                     rf"{record['splits']['test']} images", readme.text).groups())
+    assert low < accuracy < high and high - low < 0.3
+    assert all(name in readme.text for name in record["classes"])
+    references = {r["reference"] for r in study_records if r["reference"]}
+    assert references and all(f"| {kind} |" in readme.text for kind in references)
+    assert f"transferlab predict {record_path}" in readme.text
 
 
 def test_an_export_that_fails_parity_is_refused_and_removed(linear_run, tmp_path, monkeypatch):

@@ -201,7 +201,7 @@ def export(run: str = typer.Argument(..., help=RUN_HELP),
     parity = card["parity"]
     results.print(f"parity on {parity['images']} test images: max |Δscore| {parity['max_abs_diff']:.1e} "
                   f"(limit {parity['limit']:g}), top-1 agreement {parity['top1_agreement']:.0%}")
-    results.print(f"{format}: {card['path']}\ncard: {card['card_path']}")
+    results.print(f"{format}: {card['path']}\ncard: {card['card_path']} (and {card['readme_path']}, for a person)")
 
 
 @app.command()

@@ -33,6 +33,7 @@ from ..models.backbones import file_sha256
 from ..models.modules import build, describe
 from ..record import library_versions
 from .artifact import RunModel, decoded_split
+from .card import write_readme
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
@@ -72,7 +73,8 @@ def export_model(model: RunModel, fmt: str, out: str | Path | None = None, *,
                                f"{parity['top1_agreement']:.1%} on {parity['images']} test images; nothing exported")
     card = model_card(model, fmt, path, parity)
     atomic_write(folder / "model.json", lambda tmp: tmp.write_text(json.dumps(card, indent=1)))
-    return {**card, "path": str(path), "card_path": str(folder / "model.json")}
+    readme = write_readme(model, card, folder)  # the same facts, for a person (card.py)
+    return {**card, "path": str(path), "card_path": str(folder / "model.json"), "readme_path": str(readme)}
 
 
 def check_parity(model: RunModel, run_exported, images: torch.Tensor) -> dict[str, Any]:
