@@ -148,3 +148,14 @@ def test_version_prints_the_package_version():
 
     result = transferlab("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"transferlab {__version__}"
+
+
+def test_shell_completion_completes_commands_and_subcommands(monkeypatch):
+    script = transferlab("--show-completion", "bash")
+    assert script.returncode == 0 and "_TRANSFERLAB_COMPLETE=complete_bash" in script.stdout
+    monkeypatch.setenv("_TRANSFERLAB_COMPLETE", "complete_bash")
+    for words, cword, expected in (("transferlab ca", 1, "cache"), ("transferlab cache cl", 2, "clear"),
+                                   ("transferlab qu", 1, "quantize")):
+        monkeypatch.setenv("COMP_WORDS", words)
+        monkeypatch.setenv("COMP_CWORD", str(cword))
+        assert transferlab().stdout.split() == [expected]

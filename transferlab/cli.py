@@ -18,7 +18,7 @@ from .api import DEFAULT_RUN_DIR, NEAR_DUPLICATE_BITS
 from .core.errors import TransferlabError
 
 app = typer.Typer(help="Find the pretrained backbone and adaptation paradigm that work best on your images.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False)  # typer's --install-completion too
 
 
 def _print_version(given: bool) -> None:
@@ -335,7 +335,7 @@ def main() -> None:
     try:
         if distributed:
             distributed.init_from_env()
-        app()
+        app(prog_name="transferlab")  # the same name whether started as `transferlab` or `python -m transferlab`
     except TransferlabError as exc:
         print(f"transferlab: error: {exc}", file=sys.stderr)
         sys.exit(2)
