@@ -159,3 +159,34 @@ def test_shell_completion_completes_commands_and_subcommands(monkeypatch):
         monkeypatch.setenv("COMP_WORDS", words)
         monkeypatch.setenv("COMP_CWORD", str(cword))
         assert transferlab().stdout.split() == [expected]
+
+
+def test_quiet_and_verbose_set_what_a_study_says_on_stderr(tmp_path):
+    spec = tmp_path / "small.yaml"
+    spec.write_text("name: small\ndatasets: [{source: digits}]\nparadigms: [pixels]\nseeds: [0]\nreferences: []\n")
+    said = {flag: transferlab(*([flag] if flag else []), "study", spec, "--out", tmp_path / (flag or "plain"))
+            for flag in ("", "-q", "-v")}
+    assert all(result.returncode == 0 for result in said.values()), said
+    assert all("pixels" in result.stdout for result in said.values())  # the leaderboard is a result: always shown
+    assert "runs computed" in said[""].stderr and "features" not in said[""].stderr
+    assert said["-q"].stderr.strip() == ""  # no notes, no progress bars
+    assert "runs computed" in said["-v"].stderr and "images' features cached" in said["-v"].stderr
+    assert "give one of them" in one_error_line(transferlab("-q", "-v", "cache", "info"))
+
+
+def test_a_python_user_silences_the_messages_through_logging(tmp_path, capsys):
+    import logging
+
+    import transferlab as tl
+
+    logger = logging.getLogger("transferlab")
+    spec = {"name": "quiet", "datasets": [{"source": "digits"}], "paradigms": ["pixels"], "seeds": [0],
+            "references": []}
+    tl.study(spec, tmp_path / "loud")
+    assert "runs computed" in capsys.readouterr().err
+    logger.setLevel(logging.WARNING)
+    try:
+        tl.study(spec, tmp_path / "quiet")
+    finally:
+        logger.setLevel(logging.INFO)
+    assert "runs computed" not in capsys.readouterr().err

@@ -58,7 +58,7 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     if (worker or study_name) and not storage:
         raise TransferlabError(f"{'worker' if worker else 'study_name'} needs storage: the URL of the database "
                                "the workers share (e.g. postgresql://user@host/db)")
-    from .core.progress import console
+    from .core.progress import log
     from .mini import miniature
     from .report import build_report
     from .search import search_and_retrain
@@ -68,14 +68,14 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     if mini:
         spec, swaps = miniature(spec)
         for line in swaps:
-            console.print(line)
+            log.info(line)
     out_dir = Path(out) if out else Path("runs") / spec.name
     if skip_bad:
         spec = spec.model_copy(update={"datasets": [d.model_copy(update={"skip_bad": True}) for d in spec.datasets]})
     if storage:  # the cells run wherever a worker asks for them; then every record below is up to date
         ran = run_cells(spec, out_dir, storage, name=study_name, worker=worker, force=force, resume=resume)
         if worker:
-            console.print(f"worker done: {len(ran)} cells run here; the command without --worker writes the "
+            log.info(f"worker done: {len(ran)} cells run here; the command without --worker writes the "
                           "leaderboard and report")
             return ran
         force = resume = False
@@ -87,9 +87,9 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     publish_leaderboard(spec, records, out_dir)
     if spec.prune is not None:
         _prune_winners(spec, records, out_dir)
-    console.print(f"{summary['computed']} runs computed, {summary['reused']} reused, "
+    log.info(f"{summary['computed']} runs computed, {summary['reused']} reused, "
                   f"{summary['backbone_passes']} backbone passes, {summary['seconds']:.1f}s")
-    console.print(f"records in {out_dir / 'runs'}, leaderboard {out_dir / 'leaderboard.csv'}, "
+    log.info(f"records in {out_dir / 'runs'}, leaderboard {out_dir / 'leaderboard.csv'}, "
                   f"report {build_report(out_dir)}")
     return records
 
@@ -118,14 +118,14 @@ def _prune_winners(spec: StudySpec, records: list[dict[str, Any]], out_dir: Path
     """The spec's `prune:` step on each dataset's winner (the best non-reference row by mean validation score,
     its first seed's run); a winner that cannot be pruned is one line, and the report still comes."""
     from .core.errors import TransferlabError
-    from .core.progress import console
+    from .core.progress import log
     from .leaderboard import winners
 
     for record in winners(records):
         try:
             prune_winner(spec, record, out_dir)
         except TransferlabError as exc:  # e.g. a winner with no dense layer to prune
-            console.print(f"prune: skipped the winner {record['run_id']}: {exc}")
+            log.info(f"prune: skipped the winner {record['run_id']}: {exc}")
 
 
 def prune_winner(spec: StudySpec, record: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def search(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None
     >>> transferlab.search("examples/search.yaml", trials=50)                 # doctest: +SKIP
     """
     spec = _study_spec(spec, "transferlab.search")  # first: a bad spec answers before torch is imported
-    from .core.progress import console
+    from .core.progress import log
     from .report import build_report
     from .search import search_and_retrain
 
@@ -165,7 +165,7 @@ def search(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None
     summary, _ = search_and_retrain(spec, out_dir, trials=trials, timeout=timeout, storage=storage,
                                     study_name=study_name, worker=worker, resume=resume)
     if not worker and _is_main():
-        console.print(f"report {build_report(out_dir)}")
+        log.info(f"report {build_report(out_dir)}")
     return summary
 
 

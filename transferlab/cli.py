@@ -16,6 +16,7 @@ from rich.table import Table
 from . import __version__
 from .api import DEFAULT_RUN_DIR, NEAR_DUPLICATE_BITS
 from .core.errors import TransferlabError
+from .core.progress import set_verbosity
 
 app = typer.Typer(help="Find the pretrained backbone and adaptation paradigm that work best on your images.",
                   no_args_is_help=True, pretty_exceptions_enable=False)  # typer's --install-completion too
@@ -29,8 +30,15 @@ def _print_version(given: bool) -> None:
 
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                          help="print transferlab's version and exit")) -> None:
-    pass  # the app's own options (--version); the commands' are theirs
+                                          help="print transferlab's version and exit"),
+             quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings, errors and results: no progress "
+                                        "bars or notes"),
+             verbose: bool = typer.Option(False, "--verbose", "-v", help="also what was reused, measured and "
+                                          "cached (DEBUG)")) -> None:
+    """The app's own options; the commands' are theirs."""
+    if quiet and verbose:
+        raise TransferlabError("-q and -v: give one of them")
+    set_verbosity(quiet=quiet, verbose=verbose)
 
 
 @app.command()

@@ -30,7 +30,7 @@ import torch
 
 from .core.errors import TransferlabError
 from .core.paths import atomic_write, cache_root
-from .core.progress import console
+from .core.progress import log
 
 EncodeFn = Callable[[torch.Tensor], np.ndarray]  # batch N×3×H×W uint8 → N×D float32 features
 
@@ -66,12 +66,13 @@ def make_encoder(model: torch.nn.Module, input_size: tuple[int, int, int], devic
         known = remembered_engine(speed_key or cache_key)
         if known is None:
             return _measured_encoder(model, input_size, device, cache_key, speed_key or cache_key)
+        log.debug(f"engine for {speed_key or cache_key}: {known} (measured before on this machine)")
         engine = known
     if engine == "onnx":
         try:
             return _onnx_encoder(model, input_size, cache_key), "onnx"
         except Exception as exc:  # noqa: BLE001 - any export problem means: use PyTorch
-            console.print(f"[yellow]note:[/] ONNX Runtime not used for this backbone "
+            log.warning(f"[yellow]note:[/] ONNX Runtime not used for this backbone "
                           f"({type(exc).__name__}: {str(exc)[:200]}); running PyTorch")
     return _torch_encoder(model, device), "torch"
 
@@ -82,13 +83,15 @@ def _measured_encoder(model: torch.nn.Module, input_size: tuple[int, int, int], 
     try:
         onnx_encode = _onnx_encoder(model, input_size, cache_key)
     except Exception as exc:  # noqa: BLE001 - as in make_encoder; not remembered: another net may export
-        console.print(f"[yellow]note:[/] ONNX Runtime not used for this backbone "
+        log.warning(f"[yellow]note:[/] ONNX Runtime not used for this backbone "
                       f"({type(exc).__name__}: {str(exc)[:200]}); running PyTorch")
         return _torch_encoder(model, device), "torch"
     # its own copy: PyTorch's encoder turns the module channels_last, which the ONNX side must not see
     encoders = {"onnx": onnx_encode, "torch": _torch_encoder(copy.deepcopy(model), device)}
     speeds = engine_speeds(encoders, input_size)
     chosen = max(speeds, key=speeds.get)
+    log.debug(f"engine for {speed_key}: {chosen} (" + ", ".join(f"{k} {v:.0f} img/s" for k, v in speeds.items())
+              + f" on a batch of {MEASURE_BATCH})")
     decision = {"engine": chosen, "images_per_second": {k: round(v, 1) for k, v in speeds.items()},
                 "batch": MEASURE_BATCH, "input_size": list(input_size), "machine": machine_description()}
     atomic_write(decision_file(speed_key), lambda tmp: tmp.write_text(json.dumps(decision, indent=1)))

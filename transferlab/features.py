@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 
 from .core.distributed import is_main, merged_across_ranks, rank, world_size
 from .core.paths import atomic_write, cache_root
+from .core.progress import log
 from .data.decode import bad_image_error, decoded_batches
 from .data.sources import ImageSource
 from .engines import EncodeFn, make_encoder, select_engine
@@ -100,6 +101,8 @@ class FeatureStore:
         folder = self.root / encoder.key / source.fingerprint
         rows, bad = self._read(folder)
         missing = self._missing(indices, rows, bad)
+        log.debug(f"{label} · {encoder.key}: {len(indices) - len(missing)} of {len(indices)} images' features "
+                  "cached" + (f", encoding {len(missing)}" if len(missing) else ""))
         if len(missing):
             # Workers of a study on many machines may share this cache: one at a time encodes into a folder, and
             # the next, once in, reads what the first wrote and encodes only what is still missing. (Not under

@@ -19,7 +19,7 @@ import yaml
 from .config import StudySpec
 from .core.distributed import is_main
 from .core.paths import atomic_write
-from .core.progress import console, results
+from .core.progress import log, results
 from .features import FeatureStore
 from .leaderboard import compare_best, comparison_text, leaderboard, leaderboard_table, write_leaderboard_csv
 from .resolve import expand
@@ -49,7 +49,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, force: bool = False,
                              reuse=not force, resume=resume)
         how = ("reused: record up to date" if record.get("reused") else
                f"fit {record['timings']['fit_s']:.1f}s, backbone passes {sum(record['backbone_passes'].values())}")
-        console.print(f"[bold]run {number}/{len(cells)}[/] {cell.run_id}: {headline(record)} ({how})")
+        log.info(f"[bold]run {number}/{len(cells)}[/] {cell.run_id}: {headline(record)} ({how})")
         records.append(record)
     summary = invocation_summary(records, time.perf_counter() - started)
     if is_main():

@@ -18,7 +18,7 @@ import optuna
 
 from ..config import StudySpec
 from ..core.distributed import broadcast_from_main, is_main, world_size
-from ..core.progress import console
+from ..core.progress import log
 from ..data import open_pools
 from ..features import FeatureStore
 from ..resolve import load_study_spec
@@ -95,13 +95,13 @@ def search_and_retrain(spec: StudySpec | str | Path, out: str | Path | None = No
                             multi_label=multi_label, trials=trials or search.trials)
         budget = study.user_attrs[BUDGET_ATTR]
         if trials and trials != budget:
-            console.print(f"search {name}: counting to the budget stored in the study, {budget} trials "
+            log.info(f"search {name}: counting to the budget stored in the study, {budget} trials "
                           f"(--trials {trials} applies only to a new search)")
         objective = Objective(spec, dims, pools, FeatureStore(), out_dir / "search" / "trials", budget, metric,
                               direction)
         started = time.perf_counter()
         run_trials(study, objective, budget, timeout=timeout or search.timeout, heartbeat=search.heartbeat)
-        console.print(f"search {name}: {budget_status(study)[0]}/{budget} trials done, "
+        log.info(f"search {name}: {budget_status(study)[0]}/{budget} trials done, "
                       f"{time.perf_counter() - started:.1f}s in this process{_ranks()}")
         best = None if worker else best_configuration(study, metric)
     finally:
@@ -110,7 +110,7 @@ def search_and_retrain(spec: StudySpec | str | Path, out: str | Path | None = No
         return summarize(study, spec, dims, url, budget, metric, final_records=[]), []
     records = retrain(spec, best, out_dir, pools)
     summary = summarize(study, spec, dims, url, budget, metric, final_records=records)
-    console.print(f"search summary {write_summary(summary, out_dir)}")
+    log.info(f"search summary {write_summary(summary, out_dir)}")
     return summary, records
 
 

@@ -27,7 +27,7 @@ import optuna
 from ..config import StudySpec
 from ..core.distributed import broadcast_from_main, is_main, world_size
 from ..core.errors import TransferlabError
-from ..core.progress import console
+from ..core.progress import log
 from ..features import FeatureStore
 from ..resolve import expand
 from ..runner import PoolsByData, execute_run, headline
@@ -72,7 +72,7 @@ def run_cells(spec: StudySpec, out_dir: Path, url: str, *, name: str | None = No
             trial.set_user_attr("fail_reason", str(exc))
             raise TrialFailed(str(exc)) from None
         records.append(record)
-        console.print(f"[bold]cell[/] {run_id}: {headline(record)}"
+        log.info(f"[bold]cell[/] {run_id}: {headline(record)}"
                       + (" (reused: record up to date)" if record.get("reused") else ""))
         return 0.0  # a cell has no objective; the storage only needs it finished
 

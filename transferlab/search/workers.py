@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from ..config import StudySpec
 from ..core.distributed import broadcast_from_main, world_size
 from ..core.errors import TransferlabError
-from ..core.progress import console, progress_bar
+from ..core.progress import log, progress_bar
 from ..features import FeatureStore
 from ..runner import execute_run
 from ..train.hooks import listening_to_epochs
@@ -157,7 +157,7 @@ def _print_trial(study, trial) -> None:
     what = (f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower() +
             (f" ({reason})" if reason else ""))
     params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-    console.print(f"[bold]trial {trial.number}[/] {what}  {params}")
+    log.info(f"[bold]trial {trial.number}[/] {what}  {params}")
 
 
 def _short(value: Any) -> str:
