@@ -234,7 +234,7 @@ def test_an_export_that_fails_parity_is_refused_and_removed(linear_run, tmp_path
     monkeypatch.undo()
     good = export_model(model, "safetensors", tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert set(before) == {"model.safetensors", "model.json"} and good["parity"]["passed"]
+    assert set(before) == {"model.safetensors", "model.json", "README.md"} and good["parity"]["passed"]
     monkeypatch.setitem(export_module.LOADERS, "safetensors", drifting)
     with pytest.raises(TransferlabError, match="failed its parity check"):
         export_model(model, "safetensors", tmp_path)

@@ -17,7 +17,7 @@ import transferlab
 import transferlab.api
 from transferlab.config import StudySpec, validated
 from transferlab.core.errors import TransferlabError
-from transferlab.core.progress import console
+from transferlab.core.progress import log
 from transferlab.mini import miniature
 from transferlab.models.backbones import resolve_weights_choice
 from transferlab.resolve import expand, load_study_spec
@@ -256,7 +256,7 @@ def test_the_winner_is_chosen_on_validation_and_a_failed_prune_is_skipped(finish
 
     printed = []
     monkeypatch.setattr(transferlab.api, "prune_winner", refuse)
-    monkeypatch.setattr(console, "print", lambda *a, **k: printed.append(" ".join(map(str, a))))
+    monkeypatch.setattr(log, "info", lambda message, *a, **k: printed.append(message))
     spec = validated(StudySpec, {**yaml_spec(out), "prune": {"sparsity": [0.5]}}, "t")
     transferlab.study(spec, out)
     assert any(line.startswith(f"prune: skipped the winner {winner['run_id']}") for line in printed)
