@@ -60,7 +60,7 @@ def fit_bare(X, y, X_val, y_val, n_classes: int, epochs: int):
     x_val = torch.as_tensor((X_val - mean) / std, dtype=torch.float32)
     t, t_val = torch.as_tensor(y), torch.as_tensor(y_val)
     model = nn.Sequential(nn.Linear(x.shape[1], 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, n_classes))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4, fused=True)  # as mlp
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(epochs):
         model.train()

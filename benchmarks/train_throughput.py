@@ -4,7 +4,7 @@ tf_efficientnet_lite0 (offline ImageNet weights) at --size px, every layer train
 AdamW 3e-4, batch 32, the `light` augmentation online), on --images Fashion-MNIST training images decoded
 once into the decoded-image cache's uint8 views (outside the timing), --epochs epochs:
   transferlab  `finetune.fit`: the loop's epoch (shuffled order, augmentation, channels_last, forward, loss,
-               backward, fused AdamW step, per-step bookkeeping and progress bar) plus its validation pass
+               backward, AdamW step, per-step bookkeeping and progress bar) plus its validation pass
                over --val images; the history's epoch seconds
   bare         the network that run built and trained (a copy, so the arithmetic is the same), the same
                optimizer settings, in a plain loop over in-memory uint8 batches: forward, loss, backward,
@@ -47,7 +47,7 @@ def bare_arm(model: nn.Module, images: torch.Tensor, labels: np.ndarray, epochs:
     """The arithmetic of training, nothing around it (BatchNorm in the mode the transferlab run chose)."""
     model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     set_train_mode(model, batchnorm)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, fused=True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     targets = torch.as_tensor(labels)
     generator = torch.Generator().manual_seed(0)

@@ -205,7 +205,7 @@ class Net(nn.Module):  # a plain small CNN: importing the paradigms (timm, ONNX)
 init_from_env()
 data = np.load(sys.argv[1])
 x, Y = torch.from_numpy(data["x"]), torch.from_numpy(data["Y"])
-p = TrainParams(epochs=2, lr=0.01, optimizer="adamw", augment="none", batch_size=25)
+p = TrainParams(epochs=2, lr=0.01, optimizer="adamw", augment="none", batch_size=50)  # the global batch: 25 per rank
 torch.manual_seed(0)
 model = Net()
 result = fit(model, param_groups([(list(model.parameters()), p.lr)], 0.0), Images(x[:200], Y[:200]),

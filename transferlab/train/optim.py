@@ -50,19 +50,9 @@ def make_optimizer(groups: list[dict], p: Params) -> torch.optim.Optimizer:
     return OPTIMIZERS.create(p.optimizer, groups, p)
 
 
-def _fused(groups: list[dict]) -> dict[str, bool]:
-    """torch's fused kernel (one pass over every parameter, no per-tensor Python) where all parameters are
-    floating point on CPU or CUDA, which it requires. Measured on an mlp head on 1280 features: the AdamW step
-    2.6× faster than the default foreach path, the whole fit 1.3× faster."""
-    params = [param for group in groups for param in group["params"]]
-    supported = all(param.is_floating_point() and param.device.type in ("cpu", "cuda") for param in params)
-    return {"fused": True} if params and supported else {}
-
-
 @OPTIMIZERS.register("sgd")
 def _sgd(groups: list[dict], p: Params) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov,  # params refuse nesterov at 0
-                           **_fused(groups))
+    return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov)  # params refuse nesterov at 0
 
 
 def _given(p: Params, *names: str) -> dict[str, Any]:
@@ -72,12 +62,12 @@ def _given(p: Params, *names: str) -> dict[str, Any]:
 
 @OPTIMIZERS.register("adam")
 def _adam(groups: list[dict], p: Params) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=p.lr, **_given(p, "betas", "eps"), **_fused(groups))
+    return torch.optim.Adam(groups, lr=p.lr, **_given(p, "betas", "eps"))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(groups: list[dict], p: Params) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=p.lr, **_given(p, "betas", "eps"), **_fused(groups))
+    return torch.optim.AdamW(groups, lr=p.lr, **_given(p, "betas", "eps"))
 
 
 @OPTIMIZERS.register("rmsprop")
@@ -87,8 +77,7 @@ def _rmsprop(groups: list[dict], p: Params) -> torch.optim.Optimizer:
 
 @OPTIMIZERS.register("amsgrad")
 def _amsgrad(groups: list[dict], p: Params) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=p.lr, amsgrad=True, **_given(p, "betas", "eps"),
-                            **_fused(groups))
+    return torch.optim.Adam(groups, lr=p.lr, amsgrad=True, **_given(p, "betas", "eps"))
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, p: Params, steps_per_epoch: int, epochs: int):
