@@ -76,7 +76,7 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
         ran = run_cells(spec, out_dir, storage, name=study_name, worker=worker, force=force, resume=resume)
         if worker:
             log.info(f"worker done: {len(ran)} cells run here; the command without --worker writes the "
-                          "leaderboard and report")
+                     "leaderboard and report")
             return ran
         force = resume = False
     records, summary = run_study(spec, out_dir, force=force, resume=resume)
@@ -88,9 +88,9 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     if spec.prune is not None:
         _prune_winners(spec, records, out_dir)
     log.info(f"{summary['computed']} runs computed, {summary['reused']} reused, "
-                  f"{summary['backbone_passes']} backbone passes, {summary['seconds']:.1f}s")
+             f"{summary['backbone_passes']} backbone passes, {summary['seconds']:.1f}s")
     log.info(f"records in {out_dir / 'runs'}, leaderboard {out_dir / 'leaderboard.csv'}, "
-                  f"report {build_report(out_dir)}")
+             f"report {build_report(out_dir)}")
     return records
 
 

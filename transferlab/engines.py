@@ -68,23 +68,26 @@ def make_encoder(model: torch.nn.Module, input_size: tuple[int, int, int], devic
             return _measured_encoder(model, input_size, device, cache_key, speed_key or cache_key)
         log.debug(f"engine for {speed_key or cache_key}: {known} (measured before on this machine)")
         engine = known
-    if engine == "onnx":
-        try:
-            return _onnx_encoder(model, input_size, cache_key), "onnx"
-        except Exception as exc:  # noqa: BLE001 - any export problem means: use PyTorch
-            log.warning(f"[yellow]note:[/] ONNX Runtime not used for this backbone "
-                          f"({type(exc).__name__}: {str(exc)[:200]}); running PyTorch")
+    if engine == "onnx" and (onnx_encode := _onnx_or_none(model, input_size, cache_key)):
+        return onnx_encode, "onnx"
     return _torch_encoder(model, device), "torch"
+
+
+def _onnx_or_none(model: torch.nn.Module, input_size: tuple[int, int, int], cache_key: str) -> EncodeFn | None:
+    """The ONNX Runtime encoder, or None with a note when the export fails or disagrees with PyTorch."""
+    try:
+        return _onnx_encoder(model, input_size, cache_key)
+    except Exception as exc:  # noqa: BLE001 - any export problem means: use PyTorch
+        log.warning(f"[yellow]note:[/] ONNX Runtime not used for this backbone "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); running PyTorch")
+        return None
 
 
 def _measured_encoder(model: torch.nn.Module, input_size: tuple[int, int, int], device: torch.device,
                       cache_key: str, speed_key: str) -> tuple[EncodeFn, str]:
     """Both engines on the same batch; the faster one is returned and remembered for `speed_key`."""
-    try:
-        onnx_encode = _onnx_encoder(model, input_size, cache_key)
-    except Exception as exc:  # noqa: BLE001 - as in make_encoder; not remembered: another net may export
-        log.warning(f"[yellow]note:[/] ONNX Runtime not used for this backbone "
-                      f"({type(exc).__name__}: {str(exc)[:200]}); running PyTorch")
+    onnx_encode = _onnx_or_none(model, input_size, cache_key)
+    if onnx_encode is None:  # not remembered: a later export of this architecture may work
         return _torch_encoder(model, device), "torch"
     # its own copy: PyTorch's encoder turns the module channels_last, which the ONNX side must not see
     encoders = {"onnx": onnx_encode, "torch": _torch_encoder(copy.deepcopy(model), device)}

@@ -96,13 +96,13 @@ def search_and_retrain(spec: StudySpec | str | Path, out: str | Path | None = No
         budget = study.user_attrs[BUDGET_ATTR]
         if trials and trials != budget:
             log.info(f"search {name}: counting to the budget stored in the study, {budget} trials "
-                          f"(--trials {trials} applies only to a new search)")
+                     f"(--trials {trials} applies only to a new search)")
         objective = Objective(spec, dims, pools, FeatureStore(), out_dir / "search" / "trials", budget, metric,
                               direction)
         started = time.perf_counter()
         run_trials(study, objective, budget, timeout=timeout or search.timeout, heartbeat=search.heartbeat)
         log.info(f"search {name}: {budget_status(study)[0]}/{budget} trials done, "
-                      f"{time.perf_counter() - started:.1f}s in this process{_ranks()}")
+                 f"{time.perf_counter() - started:.1f}s in this process{_ranks()}")
         best = None if worker else best_configuration(study, metric)
     finally:
         broadcast_from_main({"kind": "stop", "best": best})  # the other ranks retrain with this one, or exit

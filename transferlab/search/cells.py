@@ -73,7 +73,7 @@ def run_cells(spec: StudySpec, out_dir: Path, url: str, *, name: str | None = No
             raise TrialFailed(str(exc)) from None
         records.append(record)
         log.info(f"[bold]cell[/] {run_id}: {headline(record)}"
-                      + (" (reused: record up to date)" if record.get("reused") else ""))
+                 + (" (reused: record up to date)" if record.get("reused") else ""))
         return 0.0  # a cell has no objective; the storage only needs it finished
 
     # Until every cell has finished, whoever ran it: meanwhile a dead worker's cell comes back and runs here.
