@@ -14,6 +14,7 @@ The ONNX export (~10 s, once per backbone and size, cached on disk) is built bef
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -89,7 +90,8 @@ def main() -> None:
         ours_s, our_features = transferlab_store(folder, args.batch_size, Path(tmp) / "features")
         model_s = model_only(folder, args.batch_size)
     print(f"images: {n} JPEGs, 256x256 -> 224 px, tf_efficientnet_lite0, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} model threads, {len(os.sched_getaffinity(0))} decoding threads (one per core "
+          "the process may use)")
     print(f"baseline (ImageFolder + DataLoader + eager timm): {n / base_s:7.1f} img/s ({base_s:.1f} s)")
     print(f"transferlab feature store:                         {n / ours_s:7.1f} img/s ({ours_s:.1f} s)")
     print(f"the same engine on decoded images (model only):   {n / model_s:7.1f} img/s ({model_s:.1f} s)")

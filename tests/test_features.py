@@ -8,11 +8,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms import v2
 
 from transferlab import engines
 from transferlab.config import BackboneSpec, DataSpec
 from transferlab.core.errors import TransferlabError
-from transferlab.data import open_pools
+from transferlab.data import decode, open_pools
 from transferlab.engines import make_encoder
 from transferlab.features import BackboneEncoder, FeatureStore
 from transferlab.models import load_backbone
@@ -131,3 +132,17 @@ def test_engine_speeds_are_real_timings_of_the_same_batch(backbone):
     speeds = engines.engine_speeds({"slow": slow, "fast": fast}, (3, SMALL_SIZE, SMALL_SIZE))
     assert calls == [engines.MEASURE_BATCH] * 8  # a warm-up and three timed calls each
     assert speeds["slow"] <= engines.MEASURE_BATCH / 0.02 < speeds["fast"]
+
+
+def test_decoding_uses_one_thread_per_allowed_core_and_keeps_batch_order(backbone, fashion_pools, monkeypatch):
+    monkeypatch.setattr(decode.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    deterministic = backbone.eval_transform()
+    random_view = v2.Compose([deterministic, v2.RandomHorizontalFlip()])
+    assert decode.decoding_threads(deterministic) == 3
+    assert decode.decoding_threads(random_view) == 1  # its draws must come in the same order every run
+    indices = np.arange(40)
+    seen = [good for _, good, _ in decode.decoded_batches(fashion_pools.test, indices, deterministic, 7, "t")]
+    assert [i for batch in seen for i in batch] == list(range(40))  # three threads, batches still in order
+    single = decode.decode_batch(fashion_pools.test, indices[:7], deterministic)[0]
+    batches = decode.decoded_batches(fashion_pools.test, indices, deterministic, 7, "t")
+    assert torch.equal(next(iter(batches))[0], single)

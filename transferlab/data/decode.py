@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import torch
 
 from ..core.errors import TransferlabError
 from ..core.progress import progress_bar
-from .cache import DecodedCache
+from .cache import DecodedCache, fixed_shape
 from .sources import ImageSource, UnreadableImage
 
 Decoded = tuple[torch.Tensor | None, list[int], dict[int, str]]  # batch of the good images, their indices, bad ones
@@ -30,14 +31,15 @@ def decode_batch(source: ImageSource, indices: np.ndarray, transform) -> Decoded
     return (torch.stack(tensors) if tensors else None), good, bad
 
 
-def prefetched(batches: list[np.ndarray], decode: Callable, lookahead: int = 3) -> Iterator:
-    """`decode(batch)` for each batch, run ahead in a thread so decoding overlaps the encoder.
+def prefetched(batches: list[np.ndarray], decode: Callable, threads: int = 1) -> Iterator:
+    """`decode(batch)` for each batch, in order, run ahead in `threads` threads so decoding overlaps the encoder.
 
-    A thread, not DataLoader worker processes: PIL and ONNX Runtime release the GIL, and once images
+    Threads, not DataLoader worker processes: PIL and ONNX Runtime release the GIL, and once images
     reach the encoder as uint8 a decode costs ~0.7 ms, less than shipping the tensor between processes
     (measured on 2 cores: 155 img/s with one thread, 130 with one worker process).
     """
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    lookahead = threads + 2  # every thread busy, and one batch ready when the encoder asks
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         pending = deque(pool.submit(decode, b) for b in batches[:lookahead])
         for batch in batches[lookahead:]:
             yield pending.popleft().result()
@@ -88,14 +90,22 @@ def decode_images(source: ImageSource, indices: np.ndarray, transform, *, batch_
     return torch.from_numpy(np.stack([images[i] for i in kept])), np.asarray(kept, dtype=np.int64), bad
 
 
+def decoding_threads(transform) -> int:
+    """One decoding thread per core this process may use (its affinity, not the machine's count: a container or
+    `taskset` gives fewer), but a single one for a view that draws at random, whose draws must come in the same
+    order on every run (`fixed_shape` is None for those)."""
+    return len(os.sched_getaffinity(0)) if fixed_shape(transform) is not None else 1
+
+
 def decoded_batches(source: ImageSource, indices: np.ndarray, transform, batch_size: int,
                      label: str) -> Iterator[Decoded]:
-    """`decode_batch` over `indices` in the decoding thread, with a progress bar (none when there is nothing)."""
+    """`decode_batch` over `indices` in decoding threads, in order, with a progress bar (none when there is
+    nothing)."""
     if not len(indices):
         return
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    decode = partial(decode_batch, source, transform=transform)
     with progress_bar(label, total=len(indices), unit="img") as advance:
-        # One decoding thread, not one per core: a view that draws at random must draw in the same order each run.
-        for batch, good, bad in prefetched(batches, partial(decode_batch, source, transform=transform)):
+        for batch, good, bad in prefetched(batches, decode, threads=decoding_threads(transform)):
             yield batch, good, bad
             advance(len(good) + len(bad))
