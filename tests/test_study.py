@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import webbrowser
 
 import pytest
 
 import transferlab
 from transferlab.config import StudySpec, validated
 from transferlab.core.errors import TransferlabError
+from transferlab.leaderboard import Leaderboard
 from transferlab.report import build_report
 from transferlab.resolve import expand, resolved
 
@@ -171,3 +173,34 @@ def test_study_skip_bad_skips_bad_manifest_rows_and_lists_them(copy_folder, tmp_
 def test_all_negative_on_single_label_data_is_refused_before_any_run(image_folder):
     with pytest.raises(TransferlabError, match="'all-negative' is a multi-label baseline.*use 'majority'"):
         expand(validated(StudySpec, study_spec(image_folder, paradigms=["all-negative"]), "test"))
+
+
+def test_study_returns_a_leaderboard_for_notebooks(finished_study, monkeypatch):
+    out, records = finished_study
+    assert isinstance(records, list) and len(records) == 12  # still the run records, for code that iterates
+    frame = records.to_pandas()
+    with open(out / "leaderboard.csv", newline="") as f:
+        written = list(csv.DictReader(f))
+    assert list(frame.columns) == list(written[0])  # the CSV's columns, its rows, in its order
+    assert list(frame["paradigm"]) == [row["paradigm"] for row in written]
+    assert frame["accuracy_mean"].tolist() == pytest.approx([float(row["accuracy_mean"]) for row in written],
+                                                            rel=1e-5)
+    page = records._repr_html_()
+    assert page.count("<tr") == len(written) + 1  # the header and one per row
+    best = frame.iloc[0]
+    assert f"{best['accuracy_mean']:.4f} ± {best['accuracy_std']:.4f}" in page
+    assert 'style="color:gray"' in page  # reference rows set apart
+    assert records.report_path == out / "report.html" and records.report_path.is_file()
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    assert records.open_report() and opened == [records.report_path.resolve().as_uri()]
+    assert repr(records).startswith(f"Leaderboard({len(written)} rows over 1 dataset, 12 run records")
+
+
+def test_leaderboard_escapes_names_and_needs_a_report_to_open():
+    record = {"labels": {"dataset": "<b>x</b>", "backbone": "net", "paradigm": "knn"}, "run_id": "r",
+              "reference": None, "metrics": {"accuracy": 0.5}, "timings": {"fit_s": 1.0}, "spec": {}}
+    board = Leaderboard([record])
+    assert "<b>x</b>" not in board._repr_html_() and "&lt;b&gt;x&lt;/b&gt;" in board._repr_html_()
+    with pytest.raises(TransferlabError, match="no report to open"):
+        board.open_report()

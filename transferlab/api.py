@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import DataSpec, StudySpec, load_yaml, validated
 from .core.errors import TransferlabError
+
+if TYPE_CHECKING:  # the annotation only: leaderboard imports numpy, which `import transferlab` does not need
+    from .leaderboard import Leaderboard
 
 # The imports of the commands below sit inside the functions: `import transferlab` and `transferlab --help`
 # stay fast (no torch, timm, optuna) until a command actually runs.
@@ -39,9 +42,10 @@ def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None
 
 def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None = None, *,
           skip_bad: bool = False, force: bool = False, resume: bool = False, mini: bool = False,
-          storage: str | None = None, worker: bool = False, study_name: str | None = None) -> list[dict[str, Any]]:
+          storage: str | None = None, worker: bool = False, study_name: str | None = None) -> Leaderboard:
     """Run a study spec (a YAML path, a dict, or a StudySpec): its grid, then its `search:` and `prune:`
-    steps if it has them; returns the run records.
+    steps if it has them; returns the run records as a `Leaderboard` (a list of them that shows itself as the
+    leaderboard in Jupyter, with `.to_pandas()`, `.report_path` and `.open_report()`).
 
     Cells whose records are up to date are reused; `force=True` recomputes them; `resume=True` continues
     interrupted training runs from their last epoch checkpoint; `mini=True` runs the spec's offline
@@ -59,6 +63,7 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
         raise TransferlabError(f"{'worker' if worker else 'study_name'} needs storage: the URL of the database "
                                "the workers share (e.g. postgresql://user@host/db)")
     from .core.progress import log
+    from .leaderboard import Leaderboard
     from .mini import miniature
     from .report import build_report
     from .search import search_and_retrain
@@ -77,21 +82,21 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
         if worker:
             log.info(f"worker done: {len(ran)} cells run here; the command without --worker writes the "
                      "leaderboard and report")
-            return ran
+            return Leaderboard(ran)
         force = resume = False
     records, summary = run_study(spec, out_dir, force=force, resume=resume)
     if spec.search is not None:  # the searched rows join the grid's (the report finds them through search/)
         records += search_and_retrain(spec, out_dir, storage=storage)[1]
     if not _is_main():  # under torchrun rank 0 alone writes the study's files
-        return records
+        return Leaderboard(records)
     publish_leaderboard(spec, records, out_dir)
     if spec.prune is not None:
         _prune_winners(spec, records, out_dir)
     log.info(f"{summary['computed']} runs computed, {summary['reused']} reused, "
              f"{summary['backbone_passes']} backbone passes, {summary['seconds']:.1f}s")
-    log.info(f"records in {out_dir / 'runs'}, leaderboard {out_dir / 'leaderboard.csv'}, "
-             f"report {build_report(out_dir)}")
-    return records
+    report_path = build_report(out_dir)
+    log.info(f"records in {out_dir / 'runs'}, leaderboard {out_dir / 'leaderboard.csv'}, report {report_path}")
+    return Leaderboard(records, report_path)
 
 
 def _study_spec(spec, where: str) -> StudySpec:

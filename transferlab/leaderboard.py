@@ -6,6 +6,8 @@ read the same rows from here.
 from __future__ import annotations
 
 import csv
+import html
+import webbrowser
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from .core.errors import TransferlabError
 from .core.paths import atomic_write
 from .evaluate import headline_metrics, primary_metric
 from .record import is_multi_label
@@ -161,3 +164,65 @@ def comparison_text(comparison: dict[str, Any]) -> dict[str, Any]:
         details.append(f"paired t-test {over} p = {p:.3g}" if p is not None else
                        f"paired t-test {over} undefined: the per-seed differences do not vary")
     return {"sentence": f"{head} ({'; '.join(details)})", "unclear": ci[0] <= 0 <= ci[1]}
+
+
+class Leaderboard(list):
+    """What `transferlab.study(...)` returns: the study's run records (a list, as before) that shows itself as the
+    leaderboard — a table in Jupyter (`_repr_html_`) and in a rich console, `to_pandas()` for the rows as a
+    DataFrame (the columns of leaderboard.csv), `report_path` and `open_report()` for the HTML report.
+
+    A list subclass, not a new container, so code that iterates over the records keeps working."""
+
+    def __init__(self, records: list[dict[str, Any]], report_path: Path | None = None):
+        super().__init__(records)
+        self.report_path = report_path
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return leaderboard(list(self))
+
+    def to_pandas(self):
+        """The leaderboard rows as a pandas DataFrame, one row per dataset × backbone × paradigm, best first."""
+        try:
+            import pandas  # optional extra: transferlab[notebook]
+        except ImportError as exc:
+            raise TransferlabError("to_pandas needs pandas: pip install 'transferlab[notebook]' (or pandas)") from exc
+        rows = self.rows
+        return pandas.DataFrame([{column: row.get(column) for column in csv_columns(rows)} for row in rows],
+                                columns=csv_columns(rows))
+
+    def open_report(self) -> bool:
+        """Open the study's HTML report in the default browser (what `webbrowser.open` returns)."""
+        if self.report_path is None or not Path(self.report_path).is_file():
+            raise TransferlabError(f"no report to open ({self.report_path or 'this call wrote none'}); run "
+                                   "`transferlab report OUT` on the study's folder")
+        return webbrowser.open(Path(self.report_path).resolve().as_uri())
+
+    def __repr__(self) -> str:
+        rows = self.rows
+        datasets = len({row["dataset"] for row in rows})
+        return (f"Leaderboard({len(rows)} rows over {datasets} dataset{'s' * (datasets != 1)}, {len(self)} run "
+                f"records; report: {self.report_path or 'none'})")
+
+    def __rich__(self) -> Table:
+        return leaderboard_table(self.rows, "leaderboard")
+
+    def _repr_html_(self) -> str:
+        rows = self.rows
+        metrics = study_metrics(rows)
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in (*GROUP, "seeds", *metrics, "95% CI", "fit s"))
+        body = "".join(_html_row(row, metrics) for row in rows)
+        report = (f"<p>report: <code>{html.escape(str(self.report_path))}</code> (<code>.open_report()</code>)</p>"
+                  if self.report_path else "")
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{report}"
+
+
+def _html_row(row: dict[str, Any], metrics: list[str]) -> str:
+    ci = row[f"{row['primary']}_ci95"]
+    paradigm = html.escape(row["paradigm"]) + (f" <i>(reference: {html.escape(row['reference'])})</i>"
+                                               if row["reference"] else "")
+    cells = [html.escape(row["dataset"]), html.escape(row["backbone"]), paradigm, str(row["n_seeds"]),
+             *(format_mean_std(row, m) for m in metrics), "" if np.isnan(ci) else f"± {ci:.4f}",
+             f"{row['fit_seconds_mean']:.1f}"]
+    style = ' style="color:gray"' if row["reference"] else ""
+    return f"<tr{style}>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
