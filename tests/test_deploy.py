@@ -15,10 +15,13 @@ from importlib.metadata import version
 import numpy as np
 import onnxruntime as ort
 import pytest
+import timm
+import timm.data
 import torch
 from huggingface_hub import ModelCard
 from sklearn.datasets import load_digits
 
+import transferlab
 from transferlab.core.errors import TransferlabError
 from transferlab.deploy import export as export_module
 from transferlab.deploy import load_run
@@ -27,9 +30,12 @@ from transferlab.deploy.export import export_model, load_bundle
 from transferlab.deploy.predict import predict_images, write_predictions
 from transferlab.evaluate import image_outcomes, predicted_labels
 from transferlab.models.backbones import file_sha256
+from transferlab.models.heads import ClassifierHead
 from transferlab.models.modules import Pipeline
 from transferlab.paradigms import create_paradigm
 from transferlab.stats import decode_outcomes
+
+from .conftest import SMALL_SIZE
 
 # ---------------------------------------------------------------- torch forms == the fitted paradigms
 
@@ -334,3 +340,45 @@ def test_calibration_and_parity_samples_cover_every_class_in_proportion():
     assert len(few) == 2 and len(set(few)) == 2
     multi = stratified_sample(indices, np.eye(3, dtype=np.uint8)[labels], 30)
     assert len(multi) == 30 and len(np.unique(labels[multi - 100])) == 3
+
+
+# ---------------------------------------------------------------- timm's own layout
+
+
+@pytest.mark.parametrize("paradigm", [{"name": "finetune", "epochs": 1, "head": {"dropout": 0.2}, "from_stage": -1},
+                                      {"name": "head", "epochs": 1}], ids=["finetune", "head"])
+def test_a_trained_timm_network_loads_into_plain_timm(image_folder, tmp_path, paradigm):
+    train, test = image_folder
+    record = transferlab.run({"source": str(train), "test": str(test)},
+                             {"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE}, paradigm, out=tmp_path)
+    model = load_run(tmp_path / "runs" / f"{record['run_id']}.json")
+    card = export_model(model, "timm", tmp_path / "export")
+    assert card["parity"]["passed"] and card["file"] == "timm/model.safetensors"
+    folder = tmp_path / "export" / "timm"
+    assert card["sha256"] == file_sha256(folder / "model.safetensors")
+    # what a timm user writes, with nothing of transferlab: the architecture, classes and preprocessing come along
+    net = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    assert net.pretrained_cfg["label_names"] == record["classes"] and net.num_classes == len(record["classes"])
+    config = timm.data.resolve_data_config(model=net)
+    assert config["input_size"] == model.input_size
+    images, _ = decoded_split(model, "test")
+    mean, std = (torch.tensor(config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        theirs = net((images.float() / 255 - mean) / std).numpy()
+    np.testing.assert_allclose(theirs, model.scores(images).numpy(), atol=1e-4)
+    head = next(m for m in model.module.modules() if isinstance(m, ClassifierHead))
+    assert net.drop_rate == head.spec.rates()[0] == paradigm.get("head", {}).get("dropout", net.drop_rate)
+    assert "local-dir:timm" in ModelCard.load(card["readme_path"]).text
+
+
+def test_timm_export_refuses_what_timm_cannot_hold(linear_run, image_folder, tmp_path):
+    refusal = r"--format timm: run .* \(linear\(C=.*\)\) cannot load into timm.create_model: it is not a network"
+    with pytest.raises(TransferlabError, match=refusal):
+        export_model(load_run(linear_run[0]), "timm", tmp_path / "linear")
+    train, test = image_folder
+    record = transferlab.run({"source": str(train), "test": str(test)},
+                             {"name": "tf_efficientnet_lite0", "image_size": SMALL_SIZE},
+                             {"name": "head", "epochs": 1, "head": {"hidden": [16]}}, out=tmp_path)
+    with pytest.raises(TransferlabError, match=r"its head \(pool avg, hidden \[16\]\) has no place in timm"):
+        export_model(load_run(tmp_path / "runs" / f"{record['run_id']}.json"), "timm", tmp_path / "hidden")
+    assert not (tmp_path / "hidden" / "timm" / "model.safetensors").exists()

@@ -198,7 +198,8 @@ def predict(run: str = typer.Argument(..., help=RUN_HELP),
 
 @app.command()
 def export(run: str = typer.Argument(..., help=RUN_HELP),
-           format: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript | safetensors"),
+           format: str = typer.Option("onnx", "--format", "-f", help="onnx | torchscript | safetensors | timm (a "
+                                       "trained timm network in timm's own Hub layout)"),
            out: Path | None = typer.Option(None, help="output folder [default: OUT/deploy/<run id>]"),
            runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
     """Export a run's model (uint8 images → class scores) with a model card and a parity check on test images."""

@@ -27,6 +27,10 @@ USAGE = {
                     "scores = model(images)  # uint8 N×3×H×W\n```"),
     "safetensors": ("```python\nfrom transferlab.deploy.export import load_bundle\nmodel = load_bundle(\"{file}\")"
                     "\nscores = model(images)  # uint8 N×3×H×W\n```"),
+    "timm": ("```python\nimport timm  # beside this README; or pretrained_cfg_overlay=dict(file=..., num_classes=...)\n"
+             "model = timm.create_model(\"local-dir:{folder}\", pretrained=True).eval()\n"
+             "transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))\n"
+             "scores = model(transform(image).unsqueeze(0))  # a PIL image; model.pretrained_cfg['label_names']\n```"),
 }
 
 
@@ -69,7 +73,8 @@ def _what_it_does(model: RunModel, card: dict[str, Any]) -> str:
     shown = ", ".join(classes[:20]) + (f", … ({len(classes)} in all)" if len(classes) > 20 else "")
     task = "Tags an image with any of" if model.multi_label else "Sorts an image into one of"
     return (f"{task} {len(classes)} classes: {shown}. Made by transferlab run `{model.record['run_id']}` "
-            f"(seed {model.record.get('seed')}); the file `{card['file']}` ({card['format']}) takes uint8 RGB "
+            f"(seed {model.record.get('seed')}); the file `{card['file']}` ({card['format']}) takes "
+            f"{'normalised' if card['format'] == 'timm' else 'uint8'} RGB "
             f"images of {model.input_size[1]}×{model.input_size[2]} px and returns class scores "
             f"({card['output']['activation']} gives probabilities).")
 
@@ -153,4 +158,4 @@ def _limitations(model: RunModel, metrics: dict[str, Any]) -> str:
 
 def _use_it(model: RunModel, card: dict[str, Any]) -> str:
     return ("## Use it\n\n```bash\ntransferlab predict " + str(model.path) + " photos/\n```\n\n"
-            + USAGE[card["format"]].format(file=card["file"]))
+            + USAGE[card["format"]].format(file=card["file"], folder=Path(card["file"]).parent))

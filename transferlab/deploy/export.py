@@ -1,11 +1,12 @@
-"""`transferlab export RUN --format onnx|torchscript|safetensors`: the run's model as one file another runtime
+"""`transferlab export RUN --format onnx|torchscript|safetensors|timm`: the run's model as one file another runtime
 loads, with a model card (`model.json`) and a parity check on the run's real test images.
 
 The exported model takes uint8 N×3×H×W RGB images at the run's input size (any batch size) and returns
 class scores (logits; kNN: vote shares); the card says which activation gives probabilities and how
 images were resized and cropped. Parity: the exported file, loaded back by its own runtime (ONNX Runtime,
 torch.jit, safetensors + transferlab), must give the PyTorch model's scores within 1e-4 and the same
-top-1 class for every checked image — or the export fails and its files are removed.
+top-1 class for every checked image — or the export fails and its files are removed. `timm` is a trained
+network in timm's own Hub layout (`timm_weights.py`): it takes timm's normalised float input instead.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from ..models.modules import build, describe
 from ..record import library_versions
 from .artifact import RunModel, decoded_split
 from .card import write_readme
+from .timm_weights import load_timm, write_timm
 
-FORMATS = ("onnx", "torchscript", "safetensors")
-FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
+FORMATS = ("onnx", "torchscript", "safetensors", "timm")
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors",
+              "timm": "timm/model.safetensors"}
 PARITY_MAX_DIFF = 1e-4  # max |Δscore| between the exported file and the PyTorch model
 PARITY_IMAGES = 512  # test images the check runs on: a stratified sample, or all of them when there are fewer
 
@@ -58,6 +61,7 @@ def export_model(model: RunModel, fmt: str, out: str | Path | None = None, *,
     # The export is checked under a name of its own and only then takes the place of the last good one: a
     # failed re-export leaves the previous file and its card as they were.
     candidate = path.with_name(f".candidate.{path.name}")
+    candidate.parent.mkdir(parents=True, exist_ok=True)
     try:
         WRITERS[fmt](model, candidate)
         parity = check_parity(model, LOADERS[fmt](candidate, model), images)
@@ -181,8 +185,8 @@ def load_safetensors(path: Path, model: RunModel | None = None):
     return run
 
 
-WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript, "safetensors": write_safetensors}
-LOADERS = {"onnx": load_onnx, "torchscript": load_torchscript, "safetensors": load_safetensors}
+WRITERS = {"onnx": write_onnx, "torchscript": write_torchscript, "safetensors": write_safetensors, "timm": write_timm}
+LOADERS = {"onnx": load_onnx, "torchscript": load_torchscript, "safetensors": load_safetensors, "timm": load_timm}
 
 
 # ---------------------------------------------------------------- the model card
@@ -200,10 +204,12 @@ def model_card(model: RunModel, fmt: str, path: Path, parity: dict[str, Any]) ->
         "task": record.get("task"),
         "classes": model.classes,
         "format": fmt,
-        "file": path.name,
+        "file": FILE_NAMES[fmt],
         "sha256": file_sha256(path),
-        "input": {"name": "images", "dtype": "uint8", "shape": ["batch", *model.input_size],
-                  "layout": "NCHW, RGB, 0-255 (scaling and normalisation are inside the model)",
+        "input": {"name": "images", "dtype": "float32" if fmt == "timm" else "uint8",
+                  "shape": ["batch", *model.input_size],
+                  "layout": "NCHW, RGB, normalised by the mean and std in config.json (timm's pretrained_cfg)"
+                  if fmt == "timm" else "NCHW, RGB, 0-255 (scaling and normalisation are inside the model)",
                   "preprocessing": entry["view"], "preprocessing_text": repr(model.view)},
         "output": {"name": "scores", "scores": entry["scores"], "activation": entry["activation"]},
         "thresholds": model.thresholds,
