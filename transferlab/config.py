@@ -47,7 +47,9 @@ class DataSpec(Spec):
     `source` is a builtin dataset name (see `transferlab.data.builtins.BUILTINS`), an image-folder root
     (`root/<class>/<image>`, images may be nested deeper) or a CSV / Parquet manifest (`path,label`;
     multi-label as `path,labels` split by `label_separator`, or `path` plus one 0/1 column per class; paths
-    relative to the manifest). With only a source, test and validation are carved from it; `val` / `test`
+    relative to the manifest), a Hugging Face dataset (Hub-layout Parquet with embedded image bytes, a
+    `save_to_disk` folder, or `hf:<repo>[:config]`; see `transferlab.data.hf`). With only a source, test and
+    validation are carved from it; `val` / `test`
     name explicit folders or manifests instead, and `splits` names split files (one image path per line,
     relative to the source folder, as Caltech-101 course splits are given). Official test sets are used
     as they are (or a fixed stratified subset).
@@ -210,6 +212,7 @@ def _short(value: Any) -> str:
 Engine = Literal["auto", "torch", "onnx"]
 Device = Literal["auto", "cpu", "cuda"]
 Threshold = Literal["global", "per_class"]
+Calibrate = Literal["none", "temperature"]
 REFERENCES = ("majority", "all-negative", "pixels", "untrained")
 Reference = Literal["majority", "all-negative", "pixels", "untrained"]
 
@@ -228,6 +231,9 @@ class RunSpec(Spec):
                                  "one per class, tuned on validation")
     final: bool = Field(False, description="after choosing on validation, retrain the chosen configuration on "
                         "train + val before the one test score")
+    calibrate: Calibrate = Field("none", description="single-label: temperature — one temperature fitted on "
+                                 "validation rescales the scores so confidences match accuracy (the record keeps "
+                                 "ECE and log-loss before and after; predict, export and serve apply it)")
     reference: Reference | None = Field(None, description="set by the study on the reference rows it adds "
                                         "(what transfer buys); shown apart in the leaderboard")
     features_source: RunSpec | None = Field(None, description="set by the study on a `features_from` row: the "
@@ -379,6 +385,7 @@ class StudySpec(Spec):
     batch_size: int = Field(32, gt=0)
     threshold: Threshold = "global"
     final: bool = False
+    calibrate: Calibrate = "none"
     references: bool | list[Reference] = Field(True, description="reference rows added to every dataset: true "
                                                "(all that apply), false, or a list of " + ", ".join(REFERENCES))
     search: SearchSpec | None = None

@@ -1,5 +1,5 @@
 """`open_pools(spec)`: the pools a `DataSpec` names (train, and official val / test where it has them), from a
-builtin dataset, an image-folder root or a manifest, or split files."""
+builtin dataset, an image-folder root or a manifest, split files, or a Hugging Face dataset (`hf.py`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from ..config import DataSpec
 from ..core.errors import TransferlabError
 from ..core.registry import did_you_mean
 from .builtins import BUILTINS
+from .hf import HUB_PREFIX, hf_pools, hf_source, hub_pools, is_hf_data
 from .manifests import pools_from_split_files, read_manifest
-from .sources import MANIFEST_EXTENSIONS, FileSource, FolderSource, ImageSource, PooledSource, Pools, subset_classes
+from .sources import MANIFEST_EXTENSIONS, FolderSource, ImageSource, PooledSource, Pools, subset_classes
 from .tag_files import read_tag_files
 
 
 def open_pools(spec: DataSpec) -> Pools:
-    """The pools of `spec.source`: a builtin name, an image-folder root or a manifest (plus optional
-    val / test folders or manifests, or split files listing each split's images); with
+    """The pools of `spec.source`: a builtin name, an image-folder root, a manifest or a Hugging Face dataset
+    (plus optional val / test folders or manifests, or split files listing each split's images); with
     `data.select_classes`, only those classes, in that order, in every pool."""
     pools = _listed_pools(spec)
     if not spec.official_split:
@@ -59,24 +60,42 @@ def _listed_pools(spec: DataSpec) -> Pools:
             raise TransferlabError("data.tag_files: the tags cover one image folder; drop data.val / data.test / "
                                    "data.splits (validation and test are carved from it)")
         return Pools(train=read_tag_files(spec))
+    if spec.source.startswith(HUB_PREFIX):
+        _refuse_given_splits(spec, "a Hugging Face Hub dataset with its own splits")
+        return hub_pools(spec)
     path = Path(spec.source)
     if not path.exists():
         raise TransferlabError(f"{spec.source}: no such dataset folder or manifest, and not a builtin dataset "
                                f"({', '.join(BUILTINS)}); check the path")
-    if spec.splits:
+    if is_hf_data(path):
+        pools = hf_pools(path, spec)
+        if not (spec.val or spec.test or spec.splits):
+            return pools  # with the official splits its file names or DatasetDict gave, if any
+        if pools.val is not None or pools.test is not None or spec.splits:
+            _refuse_given_splits(spec, "a Hugging Face dataset with its own splits")
+        train = pools.train
+    elif spec.splits:
         return pools_from_split_files(spec)
-
-    def open_one(where: str, classes: list[str] | None, training: bool = False) -> FileSource:
-        if Path(where).suffix.lower() in MANIFEST_EXTENSIONS:
-            return read_manifest(Path(where), spec, classes)
-        return FolderSource(where, classes, skip_empty=spec.skip_bad, max_pixels=spec.max_pixels,
-                            imposed_by_training=not training)
-
-    train = open_one(spec.source, spec.classes, training=True)
-    val = open_one(spec.val, train.classes) if spec.val else None
-    test = open_one(spec.test, train.classes) if spec.test else None
+    else:
+        train = _open_one(spec.source, spec, spec.classes, training=True)
+    val = _open_one(spec.val, spec, train.classes) if spec.val else None
+    test = _open_one(spec.test, spec, train.classes) if spec.test else None
     for pool in (val, test):
         if pool is not None and pool.multi_label != train.multi_label:
             raise TransferlabError(f"{pool.root}: {'multi' if pool.multi_label else 'single'}-label, but the "
                                    "training data are not; give every split the same kind of labels")
     return Pools(train=train, val=val, test=test)
+
+
+def _open_one(where: str, spec: DataSpec, classes: list[str] | None, training: bool = False) -> ImageSource:
+    if is_hf_data(Path(where)):  # decided by the schema: a Parquet file may be Hub data or a manifest
+        return hf_source(Path(where), spec, classes)
+    if Path(where).suffix.lower() in MANIFEST_EXTENSIONS:
+        return read_manifest(Path(where), spec, classes)
+    return FolderSource(where, classes, skip_empty=spec.skip_bad, max_pixels=spec.max_pixels,
+                        imposed_by_training=not training)
+
+
+def _refuse_given_splits(spec: DataSpec, what: str) -> None:
+    if spec.val or spec.test or spec.splits:
+        raise TransferlabError(f"data.source '{spec.source}' is {what}; drop data.val / data.test / data.splits")
