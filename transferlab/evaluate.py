@@ -90,7 +90,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
         "weighted_f1": float(w_f1),
         "roc_auc_ovr": _roc_auc_ovr(y_true, proba, class_auc),
         "ece": expected_calibration_error(y_true, proba),
-        "log_loss": float(log_loss(y_true, proba, labels=labels)),
+        "log_loss": log_loss_of(y_true, proba, len(classes)),
     }
     if detailed:
         metrics["per_class"] = [
@@ -98,11 +98,19 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
             for name, p, r, f, s, a in zip(classes, precision, recall, f1, support, class_auc, strict=True)]
         counts = confusion_matrix(y_true, y_pred, labels=labels)
         metrics["confusion_matrix"] = counts.tolist()
+        metrics["reliability"] = reliability_bins(y_true, proba)
         # sklearn turns the 0/0 rows of classes absent from y_true into rows of 0.
         metrics["confusion_normalized"] = confusion_matrix(
             y_true, y_pred, labels=labels, normalize="true").astype(float).tolist()
         metrics["most_confused"] = most_confused_pairs(counts, classes, n=10)
     return metrics
+
+
+def log_loss_of(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> float:
+    """scikit-learn's log-loss of rows renormalised in float64: a float32 softmax sums to 1 within 1e-7 only,
+    which scikit-learn >= 1.5 warns about instead of renormalising as it used to."""
+    proba = np.asarray(proba, dtype=np.float64)
+    return float(log_loss(y_true, proba / proba.sum(axis=1, keepdims=True), labels=np.arange(n_classes)))
 
 
 def _top_k(y_true: np.ndarray, proba: np.ndarray, k: int) -> float:
@@ -142,15 +150,26 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: in
     """Top-label ECE (Guo et al. 2017): confidences in `n_bins` equal-width bins (lo, hi]; the mean over images
     of |accuracy − mean confidence| of each image's bin. Hand-written: scikit-learn has no ECE and torchmetrics
     is not a dependency; the binning follows torchmetrics' `binary/multiclass_calibration_error` (l1 norm)."""
+    bins = reliability_bins(y_true, proba, n_bins)
+    count = np.asarray(bins["count"], dtype=np.float64)
+    gap = count * np.abs(np.nan_to_num(np.asarray(bins["accuracy"], dtype=np.float64))
+                         - np.nan_to_num(np.asarray(bins["confidence"], dtype=np.float64)))
+    return float(gap.sum() / max(count.sum(), 1))
+
+
+def reliability_bins(y_true: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, list]:
+    """What a reliability diagram draws: per equal-width confidence bin (lo, hi], its image count, accuracy and
+    mean top-label confidence (None for an empty bin). ECE is their count-weighted mean gap."""
     proba = np.asarray(proba, dtype=np.float64)
     confidence = proba.max(axis=1)
     correct = (proba.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.searchsorted(edges[1:-1], confidence, side="left")  # bin b holds (edges[b], edges[b + 1]]
     count = np.bincount(bins, minlength=n_bins)
-    gap = np.abs(np.bincount(bins, weights=correct, minlength=n_bins)
-                 - np.bincount(bins, weights=confidence, minlength=n_bins))  # = count · |acc − conf| per bin
-    return float(gap.sum() / max(count.sum(), 1))
+    hits = np.bincount(bins, weights=correct, minlength=n_bins)
+    sure = np.bincount(bins, weights=confidence, minlength=n_bins)
+    share = lambda total: [float(t / c) if c else None for t, c in zip(total, count, strict=True)]  # noqa: E731
+    return {"edges": edges.tolist(), "count": count.tolist(), "accuracy": share(hits), "confidence": share(sure)}
 
 
 def most_confused_pairs(confusion: np.ndarray | list[list[int]], classes: list[str], n: int = 10) -> list[dict]:

@@ -15,27 +15,31 @@ from safetensors.torch import load_file, save_file
 from .core.errors import TransferlabError
 from .core.paths import atomic_write
 from .models.backbones import Backbone, WeightsInfo, file_sha256
-from .models.modules import Pipeline, build, describe
+from .models.modules import Pipeline, Temperature, build, describe
 from .paradigms.base import NotDeployable
 
 MODEL_FORMAT = 1
 
 
-def save_run_model(paradigm, backbone, run_id: str, out_dir: str | Path) -> dict[str, Any] | None:
-    """Write the fitted paradigm's model file; the record's `model` entry (None for reference rows)."""
+def save_run_model(paradigm, backbone, run_id: str, out_dir: str | Path,
+                   temperature_beta: float | None = None) -> dict[str, Any] | None:
+    """Write the fitted paradigm's model file; the record's `model` entry (None for reference rows). With
+    `temperature_beta` (calibrate: temperature) the scores pass a last `Temperature` step: calibrated logits."""
     try:
         steps, frozen_features = paradigm.deploy_steps()
     except NotDeployable:
         return None
+    scores = paradigm.scores
+    if temperature_beta is not None:
+        steps, scores = [*steps, Temperature(temperature_beta, scores)], "logits"
     pipeline = Pipeline(steps, frozen_features=frozen_features)
     relative = Path("models") / f"{run_id}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in pipeline.state_dict().items()}
     metadata = {"format": str(MODEL_FORMAT)}
     atomic_write(Path(out_dir) / relative, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     return {"format": MODEL_FORMAT, "file": str(relative), "sha256": file_sha256(Path(out_dir) / relative),
-            "pipeline": describe(pipeline), "view": paradigm.deploy_view(backbone), "scores": paradigm.scores,
-            "activation": "none" if paradigm.scores == "probabilities" else
-            ("sigmoid" if paradigm.multi_label else "softmax")}
+            "pipeline": describe(pipeline), "view": paradigm.deploy_view(backbone), "scores": scores,
+            "activation": "none" if scores == "probabilities" else ("sigmoid" if paradigm.multi_label else "softmax")}
 
 
 def load_pipeline(record: dict[str, Any], record_file: Path) -> Pipeline:

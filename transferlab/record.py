@@ -57,6 +57,7 @@ class RunRecord(BaseModel):
     selected: dict[str, Any]  # what the paradigm chose on validation
     final: dict[str, Any] | None  # the refit on train + val, when `final`
     thresholds: dict[str, Any] | None  # multi-label decision thresholds tuned on validation
+    calibration: dict[str, Any] | None = None  # `calibrate: temperature`: the temperature, ECE / log-loss before, after
     val_metrics: dict[str, Any]
     metrics: dict[str, Any]  # the one test score
     test_outcomes: dict[str, Any] | str  # per-image outcomes (base64), for paired comparisons

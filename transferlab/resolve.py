@@ -191,7 +191,7 @@ def base_cell(spec: StudySpec, data, backbone, paradigm, seed: int, reference: s
 
 
 # Run fields a study sets for every cell (same names in StudySpec and RunSpec; defaults in config.py only).
-STUDY_WIDE_FIELDS = ("device", "engine", "batch_size", "threshold", "final")
+STUDY_WIDE_FIELDS = ("device", "engine", "batch_size", "threshold", "final", "calibrate")
 LABEL_AND_PIXEL_REFERENCES = ("majority", "all-negative", "pixels")  # paradigms that are reference rows by nature
 # What each reference row is: the paradigm it runs and whether it needs a backbone.
 REFERENCE_PARADIGMS = {"majority": "majority", "all-negative": "all-negative", "pixels": "pixels",

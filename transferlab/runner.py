@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .calibration import apply_temperature, calibration_effect, fit_temperature
 from .config import DataSpec, RunSpec
 from .core.distributed import barrier, is_main, world_size
 from .core.errors import TransferlabError
@@ -104,7 +105,12 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         paradigm.fit(inputs["train"], y["train"], inputs["val"], y["val"])
     with _timed(timings, "predict_s"):
         val_proba = paradigm.predict_proba(inputs["val"])
-    # Everything chosen on validation is chosen before test is looked at: thresholds, then (final) the refit.
+    # Everything chosen on validation is chosen before test is looked at: the temperature, thresholds, then
+    # (final) the refit, which keeps the temperature the first fit's validation gave (nothing is held out from it).
+    beta = _temperature(spec, run, val_proba, y["val"])
+    uncalibrated = {"val": val_proba}
+    if beta is not None:
+        val_proba = apply_temperature(val_proba, beta)
     thresholds = tune_thresholds(y["val"], val_proba, spec.threshold) if run.multi_label else None
     val_metrics = score(y["val"], val_proba, run.classes, multi_label=run.multi_label, thresholds=thresholds,
                         detailed=False)
@@ -119,6 +125,11 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
             scored, final = _refit_on_train_and_val(spec, paradigm, inputs, y, len(run.classes), run.multi_label)
     with _timed(timings, "predict_s"):
         test_proba = scored.predict_proba(inputs["test"])  # the one time test is touched
+    calibration = None
+    if beta is not None:
+        uncalibrated["test"], test_proba = test_proba, apply_temperature(test_proba, beta)
+        calibration = calibration_effect(y, uncalibrated, {"val": val_proba, "test": test_proba}, beta,
+                                         len(run.classes))
     timings["total_s"] = time.perf_counter() - started
 
     record = RunRecord(
@@ -127,19 +138,29 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         params=paradigm.params.model_dump(mode="json"),  # every hyper-parameter as used (defaults, files read)
         selected=paradigm.selected_, final=final,
         thresholds={"mode": spec.threshold, "values": thresholds} if run.multi_label else None,
-        val_metrics=val_metrics, **_test_results(run, y["test"], test_proba, thresholds),
+        calibration=calibration, val_metrics=val_metrics, **_test_results(run, y["test"], test_proba, thresholds),
         encoded=encoded,  # images encoded (features) or decoded (training) in this run; 0 = from the cache
         backbone_passes=_backbone_passes(spec, splits, encoded, paradigm, run.encoder),
         cost=forward_cost(run.backbone, _input_size(paradigm, run.backbone, inputs["train"])),
         history=getattr(paradigm, "history_", None), skipped=_source_notes(run.pools) + skipped,
         world_size=world_size(),  # processes that trained it (torchrun)
         timings=_rounded(timings), versions=library_versions(), environment=environment(device),
-        model=save_run_model(scored, run.backbone, spec.run_id, out_dir) if is_main() else None,  # predict loads it
+        model=save_run_model(scored, run.backbone, spec.run_id, out_dir, beta) if is_main() else None,  # predict uses
     ).as_dict()
     if is_main():
         write_record(record, out_dir)
     barrier()  # under torchrun nobody reads the run folder before rank 0 has written it
     return record
+
+
+def _temperature(spec: RunSpec, run: Prepared, val_proba, y_val) -> float | None:
+    """`calibrate: temperature`'s inverse temperature, fitted on validation (None without it)."""
+    if spec.calibrate == "none":
+        return None
+    if run.multi_label:
+        raise TransferlabError(f"calibrate: temperature is for single-label data, and {spec.data.label} is "
+                               "multi-label (its per-class thresholds are tuned on validation); use calibrate: none")
+    return fit_temperature(val_proba, y_val)
 
 
 def prepare(spec: RunSpec, out_dir: str | Path, pools: Pools | None, device: torch.device, *, resume: bool = False,

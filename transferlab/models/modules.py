@@ -183,6 +183,21 @@ class SpecHead(nn.Module):
 
 
 @rebuildable
+class Temperature(nn.Module):
+    """`calibrate: temperature`'s last step: scores → β · log(p + ε), the calibrated logits whose softmax is what the
+    run scored (`calibration.py`'s formula). `scores` says what comes in: logits (softmax gives p) or
+    probabilities (a kNN's vote shares)."""
+
+    def __init__(self, beta: float, scores: str, eps: float = 1e-12):
+        super().__init__()
+        self.config = {"beta": float(beta), "scores": scores, "eps": float(eps)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = x.double().softmax(dim=1) if self.config["scores"] == "logits" else x.double()
+        return (self.config["beta"] * torch.log(p + self.config["eps"])).float()
+
+
+@rebuildable
 class KnnVote(nn.Module):
     """k-nearest-neighbour vote over reference features shipped inside the model (KNeighborsClassifier's
     brute-force predict_proba: the share of the k nearest, optionally weighted by 1/distance, per class)."""

@@ -228,8 +228,11 @@ def diagnostics(record: dict[str, Any]) -> dict[str, Any]:
         "gallery": [{**e, "true_text": _label_text(e.get("true")), "predicted_text": _label_text(e.get("predicted"))}
                     for e in examples],
         "thresholds": thresholds_text(record) if multi_label else None,
-        "confusion": None, "pairs": [],
+        "confusion": None, "pairs": [], "reliability": None, "calibration": calibration_text(record),
     }
+    if metrics.get("reliability"):
+        before = ((record.get("calibration") or {}).get("test") or {}).get("reliability_before")
+        out["reliability"] = data_uri(plots.reliability(metrics["reliability"], f"{record['run_id']} (test)", before))
     if not multi_label and metrics.get("confusion_matrix"):
         out["confusion"] = data_uri(plots.confusion(metrics["confusion_matrix"], classes, f"{record['run_id']} (test)",
                                                     normalized=metrics.get("confusion_normalized")))
@@ -237,6 +240,18 @@ def diagnostics(record: dict[str, Any]) -> dict[str, Any]:
                                            and e.get("predicted") == p.get("predicted")][:PAIR_EXAMPLES]}
                         for p in metrics.get("most_confused") or []]
     return out
+
+
+def calibration_text(record: dict[str, Any]) -> str | None:
+    """What `calibrate: temperature` did, in words (None when the run was not calibrated)."""
+    effect = record.get("calibration")
+    if not effect:
+        return None
+    test = effect.get("test") or {}
+    return (f"Calibrated: temperature {effect['temperature']:.3g}, fitted on validation. On test, ECE "
+            f"{test.get('ece_before', float('nan')):.4f} → {test.get('ece_after', float('nan')):.4f}, log-loss "
+            f"{test.get('log_loss_before', float('nan')):.4f} → {test.get('log_loss_after', float('nan')):.4f} "
+            "(the ranking of classes, hence accuracy, is unchanged).")
 
 
 def thresholds_text(record: dict[str, Any]) -> str | None:

@@ -98,6 +98,32 @@ def confusion(matrix: list[list[int]], classes: list[str], title: str,
     return _png(fig)
 
 
+def reliability(bins: dict[str, list], title: str, before: dict[str, list] | None = None) -> bytes:
+    """The reliability diagram: accuracy against mean confidence per confidence bin (dot area: images), the
+    diagonal where they agree; ECE is the image-weighted mean gap. `before`: the same before calibration."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], color=REFERENCE_GREY, lw=1, ls="--", label="confidence = accuracy")
+    after = "after calibration" if before is not None else "test images"
+    for series, color, label in ((before, REFERENCE_GREY, "before calibration"), (bins, "tab:blue", after)):
+        if series is None:
+            continue
+        filled = [i for i, n in enumerate(series["count"]) if n]
+        confidence = [series["confidence"][i] for i in filled]
+        accuracy = [series["accuracy"][i] for i in filled]
+        total = max(sum(series["count"]), 1)
+        ax.plot(confidence, accuracy, color=color, lw=1.2, marker="o", ms=0, label=label)
+        ax.scatter(confidence, accuracy, s=[12 + 400 * series["count"][i] / total for i in filled], color=color,
+                   alpha=0.7, zorder=3)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("mean confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nbelow the diagonal: over-confident · dot area: images", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def per_class_bars(per_class: list[dict[str, Any]], title: str) -> bytes:
     """F1 per class as bars (value at the end), precision and recall as markers on them; support in the tick."""
     names = [f"{c['class']} (n={c.get('support', '?')})" for c in per_class]
