@@ -17,6 +17,7 @@ from transferlab.calibration import apply_temperature, fit_temperature
 from transferlab.core.errors import TransferlabError
 from transferlab.deploy import load_run
 from transferlab.deploy.artifact import decoded_split
+from transferlab.deploy.export import export_model
 from transferlab.evaluate import expected_calibration_error, log_loss_of, reliability_bins
 from transferlab.models.modules import Temperature
 
@@ -89,6 +90,7 @@ def test_a_calibrated_run_records_the_effect_and_its_model_applies_it(image_fold
     images, labels = decoded_split(model, "test")
     assert log_loss_of(labels, model.probabilities(images), len(record["classes"])) == pytest.approx(
         record["metrics"]["log_loss"], rel=1e-4)
+    assert export_model(model, "onnx", tmp_path / "onnx")["parity"]["passed"]  # ONNX Runtime keeps the temperature
 
 
 def test_knn_vote_shares_calibrate_too_and_multi_label_is_refused(image_folder, mosaic_manifest, tmp_path):

@@ -193,8 +193,11 @@ class Temperature(nn.Module):
         self.config = {"beta": float(beta), "scores": scores, "eps": float(eps)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = x.double().softmax(dim=1) if self.config["scores"] == "logits" else x.double()
-        return (self.config["beta"] * torch.log(p + self.config["eps"])).float()
+        log_p = x.double().log_softmax(dim=1) if self.config["scores"] == "logits" else x.double().log()
+        # log(p + eps) as logaddexp(log p, log eps): written as a sum, torch.onnx's optimiser drops the "+ 1e-12"
+        # as a no-op, and the exported scores then differ by 1e-2 where p is near 1e-11 (measured)
+        eps = torch.full_like(log_p, math.log(self.config["eps"]))
+        return (self.config["beta"] * torch.logaddexp(log_p, eps)).float()
 
 
 @rebuildable
