@@ -10,12 +10,12 @@
 import sys
 import types
 
-from .api import export, inspect, predict, prune, quantize, report, run, search, serve, study
+from .api import export, inspect, lr_find, predict, prune, quantize, report, run, search, serve, study
 from .core.errors import TransferlabError
 
 __version__ = "0.1.0"
-__all__ = ["TransferlabError", "__version__", "export", "inspect", "predict", "prune", "quantize", "report", "run",
-           "search", "serve", "study"]
+__all__ = ["TransferlabError", "__version__", "export", "inspect", "lr_find", "predict", "prune", "quantize", "report",
+           "run", "search", "serve", "study"]
 
 
 class _Package(types.ModuleType):

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,34 @@ def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None
     given = {"data": data, "backbone": backbone, "paradigm": paradigm, "seed": seed, **options}
     spec = resolved(RunSpec, {k: v for k, v in given.items() if v is not None}, "transferlab.run")  # None: the default
     return execute_run(spec, out, reuse=not force, resume=resume)
+
+
+def lr_find(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None,
+            paradigm: str | dict[str, Any] = "finetune", *, seed: int | None = None,
+            out: str | Path = DEFAULT_RUN_DIR, **options: Any) -> dict[str, Any]:
+    """The learning-rate range test of one cell (fastai's / Lightning's lr_find, train/lr_find.py): returns the
+    lrs, smoothed losses, the suggested lr and its rule, and writes them with the loss-vs-lr plot to
+    `out/lr_find/<run id>.json` / `.png`. Trains nothing.
+
+    >>> transferlab.lr_find("flowers/", "tf_efficientnet_lite0", {"name": "finetune", "optimizer": "adamw"})
+    ... # doctest: +SKIP
+    """
+    from .config import RunSpec
+    from .core.paths import atomic_write
+    from .report.plots import lr_find_curve
+    from .resolve import resolved
+    from .runner import find_learning_rate
+
+    given = {"data": data, "backbone": backbone, "paradigm": paradigm, "seed": seed, **options}
+    spec = resolved(RunSpec, {k: v for k, v in given.items() if v is not None}, "transferlab.lr_find")
+    found = find_learning_rate(spec, out)
+    folder = Path(out) / "lr_find"
+    folder.mkdir(parents=True, exist_ok=True)
+    plot, data_file = folder / f"{spec.run_id}.png", folder / f"{spec.run_id}.json"
+    found["run_id"] = spec.run_id  # the cell's, as given (the test itself ran it with lr: find)
+    atomic_write(plot, lambda tmp: tmp.write_bytes(lr_find_curve(found, spec.run_id)))
+    atomic_write(data_file, lambda tmp: tmp.write_text(json.dumps(found, indent=1)))
+    return {**found, "plot_path": str(plot), "json_path": str(data_file)}
 
 
 def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None = None, *,

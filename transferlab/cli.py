@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,17 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
     from .core.progress import results
     from .runner import headline
 
+    cell = _cell_specs(data, test, val, backbone, weights, image_size, paradigm, param, train_size, data_option,
+                       skip_bad)
+    options = _given({"engine": engine, "device": device, "threshold": threshold, "final": final})
+    record = run_one(*cell, seed=seed, out=out, force=force, resume=resume, **options)
+    results.print(f"{record['run_id']}: {headline(record)}")
+    results.print(f"record: {Path(out) / 'runs' / (record['run_id'] + '.json')}")
+
+
+def _cell_specs(data, test, val, backbone, weights, image_size, paradigm, param, train_size, data_option,
+                skip_bad) -> tuple[dict, dict | None, dict]:
+    """`run`'s and `lr-find`'s options → the (data, backbone, paradigm) specs of one cell."""
     data_spec: dict[str, Any] = {"source": data, "test": test, "val": val, "train_size": train_size,
                                  "skip_bad": skip_bad or None, **_parse_params(data_option, "--data-option")}
     if backbone == "none":  # what --help offers for paradigms that use no backbone (pixels, simple-cnn, ...)
@@ -123,12 +136,34 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
             raise TransferlabError("--backbone none uses no backbone; drop --weights / --image-size")
         backbone = None
     backbone_spec = _given({"name": backbone, "weights": weights, "image_size": image_size}) if backbone else None
-    paradigm_spec = {"name": paradigm, **_parse_params(param)}
-    options = _given({"engine": engine, "device": device, "threshold": threshold, "final": final})
-    record = run_one(_given(data_spec), backbone_spec, paradigm_spec, seed=seed, out=out, force=force,
-                     resume=resume, **options)
-    results.print(f"{record['run_id']}: {headline(record)}")
-    results.print(f"record: {Path(out) / 'runs' / (record['run_id'] + '.json')}")
+    return _given(data_spec), backbone_spec, {"name": paradigm, **_parse_params(param)}
+
+
+def lr_find(data, test, val, backbone, weights, image_size, paradigm, param, train_size, data_option, seed, engine,
+            device, out, skip_bad) -> None:
+    """The learning-rate range test for one cell (fastai's lr_find): loss against an exponentially growing lr over
+    training batches, the suggested lr and the rule that chose it, and the plot. Trains nothing; use the
+    suggestion as the paradigm's lr, or give lr: find to run the test inside a run."""
+    from .api import lr_find as find_lr
+    from .core.progress import results
+
+    cell = _cell_specs(data, test, val, backbone, weights, image_size, paradigm, param, train_size, data_option,
+                       skip_bad)
+    found = find_lr(*cell, seed=seed, out=out, **_given({"engine": engine, "device": device}))
+    results.print(f"{found['run_id']}: suggested lr {found['suggested_lr']:.2e} ({found['rule']})")
+    results.print(f"curve: {found['plot_path']} (data: {found['json_path']})")
+
+
+# lr-find takes run's options (the same help), less those about scoring and reuse, and defaults to a paradigm that
+# has an lr: typer reads the signature.
+lr_find.__signature__ = inspect.signature(run).replace(parameters=[
+    option.replace(default=typer.Option("finetune", help="finetune | head | scratch | simple-cnn: a paradigm that "
+                                        "trains with lr")) if name == "paradigm" else option
+    for name, option in inspect.signature(run).parameters.items()
+    if name not in ("threshold", "final", "force", "resume")])
+lr_find.__annotations__ = {name: hint for name, hint in typing.get_type_hints(run).items()
+                           if name in lr_find.__signature__.parameters}
+app.command("lr-find")(lr_find)
 
 
 @app.command()

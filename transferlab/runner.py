@@ -29,8 +29,8 @@ from .features import BackboneEncoder, Encoder, FeatureStore
 from .gallery import mistakes
 from .model_file import save_run_model, trained_backbone
 from .models import Backbone, forward_cost, load_backbone
-from .paradigms import Paradigm, create_paradigm
-from .paradigms.trained import TrainingContext
+from .paradigms import Paradigm, create_paradigm, get_paradigm_class
+from .paradigms.trained import LrFound, TrainingContext
 from .record import (
     RECORD_VERSION,
     RunRecord,
@@ -135,7 +135,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
     record = RunRecord(
         **_identity(spec, run, study), **_data_facts(spec, run),
         backbone=_backbone_info(run.backbone, run.encoder),
-        params=paradigm.params.model_dump(mode="json"),  # every hyper-parameter as used (defaults, files read)
+        params=paradigm.used_params().model_dump(mode="json"),  # every hyper-parameter as used (defaults, files read)
         selected=paradigm.selected_, final=final,
         thresholds={"mode": spec.threshold, "values": thresholds} if run.multi_label else None,
         calibration=calibration, val_metrics=val_metrics, **_test_results(run, y["test"], test_proba, thresholds),
@@ -151,6 +151,25 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         write_record(record, out_dir)
     barrier()  # under torchrun nobody reads the run folder before rank 0 has written it
     return record
+
+
+def find_learning_rate(spec: RunSpec, out_dir: str | Path) -> dict[str, Any]:
+    """`transferlab lr-find`: the run's data and paradigm made ready as for a run, then only the learning-rate range
+    test on its first training phase (train/lr_find.py); returns what the test found. Nothing is recorded."""
+    if "lr" not in get_paradigm_class(spec.paradigm.name).Params.model_fields:
+        raise TransferlabError(f"lr-find: paradigm {spec.paradigm.name} has no learning rate to find; use one that "
+                               "trains weights with lr (finetune, head, scratch, simple-cnn)")
+    spec = spec.model_copy(update={"paradigm": spec.paradigm.model_copy(
+        update={"params": {**spec.paradigm.params, "lr": "find"}})})
+    run = prepare(spec, out_dir, None, resolve_device(spec.device))
+    inputs, _, _ = _inputs(spec, run, FeatureStore())
+    run.paradigm.stop_after_lr_find = True
+    y = {name: split.labels for name, split in run.splits.items()}
+    try:
+        run.paradigm.fit(inputs["train"], y["train"], inputs["val"], y["val"])
+    except LrFound as found:
+        return {"run_id": spec.run_id, "spec": spec.model_dump(mode="json"), **found.found}
+    raise TransferlabError(f"lr-find: {spec.paradigm.name} finished without a training phase to test")
 
 
 def _temperature(spec: RunSpec, run: Prepared, val_proba, y_val) -> float | None:

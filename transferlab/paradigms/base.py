@@ -71,6 +71,11 @@ class Paradigm(ABC):
         """The preprocessing its inputs had, as data: timm's eval transform for the backbone's config."""
         return {"timm": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}}
 
+    def used_params(self):
+        """The params as the fit used them (what the record keeps): `params`, unless fitting resolved one of them
+        (a training paradigm's lr: find)."""
+        return self.params
+
     def final_params(self) -> dict[str, Any]:
         """Hyper-parameters for the `final` retraining on train + val, every choice made on validation fixed.
 

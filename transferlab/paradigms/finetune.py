@@ -24,7 +24,7 @@ from ..core.seeding import torch_seeded
 from ..models.backbones import Normalized, create_model
 from ..models.heads import WithHead
 from ..train.freeze import Unfreeze, UnfreezePlan, classifier_names, layer_groups, set_trainable, trainable_by_plan
-from ..train.params import FromScratchParams, Optimizer, TrainParams
+from ..train.params import LR_HELP, FromScratchParams, LearningRate, Optimizer, TrainParams
 from ..train.partial import activations, split_at_frozen_prefix
 from .base import register
 from .trained import TrainedParadigm
@@ -44,7 +44,7 @@ class FinetuneParams(TrainParams, WithHead):
     # examples/defaults.yaml: AdamW at 3e-4 had the best mean validation rank of the recipes tried (2.0, SGD at
     # 0.01 4.2) and beat the frozen linear probe on every dataset there (docs/concepts.md).
     optimizer: Optimizer = "adamw"
-    lr: float = Field(3e-4, gt=0)
+    lr: LearningRate = Field(3e-4, description=LR_HELP)
 
     @field_validator("unfreeze", mode="before")
     @classmethod
@@ -110,7 +110,7 @@ class Finetune(TrainedParadigm):
         rates = list(zip(groups, [lr * (decay or 1.0) ** (len(groups) - 1 - i) for i in range(len(groups))],
                          strict=True))
         phase = "finetune" if p.head_epochs else ""
-        self.selected_["stage_lrs"] = [lr_ for _, lr_ in rates]  # input → output
+        self.selected_["stage_lrs"] = [lr_ * (self.lr_scale_ or 1.0) for _, lr_ in rates]  # input → output
         # Exact only when the bottom sees the same input every epoch: no augmentation, MixUp, CutMix or copies.
         cacheable = p.fixed_inputs and p.cache_activations
         split = split_at_frozen_prefix(net, tuple(X.shape[-2:])) if cacheable else None

@@ -21,7 +21,7 @@ from ..features import BackboneEncoder
 from ..models.heads import ClassifierHead, HeadSpec, WithHead, check_one_head_form, shorthand_head
 from ..models.modules import SpecHead
 from ..train.loop import Images, offline_training_set
-from ..train.params import Optimizer, TrainParams
+from ..train.params import LR_HELP, LearningRate, Optimizer, TrainParams
 from .base import register
 from .trained import TrainedParadigm
 
@@ -32,7 +32,7 @@ class HeadParams(TrainParams, WithHead):
     l1: float = Field(0.0, ge=0, description="shorthand for head: {l1: λ}, the L1 penalty on the head's weights")
     views: int = Field(0, ge=0, description="0: augment online every epoch; K: K augmented views encoded once")
     optimizer: Optimizer = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    lr: LearningRate = Field(1e-3, description=LR_HELP)
     epochs: int = Field(15, gt=0)
 
     @property

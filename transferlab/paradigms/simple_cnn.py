@@ -20,7 +20,7 @@ from ..data.views import make_view
 from ..models.backbones import Normalized
 from ..models.modules import SimpleCnnModel
 from ..models.small_cnn import MEAN, STD, architecture, dense_weights, simple_cnn
-from ..train.params import FromScratchParams, Optimizer
+from ..train.params import LR_HELP, FromScratchParams, LearningRate, Optimizer
 from .base import register
 from .trained import TrainedParadigm
 
@@ -44,7 +44,7 @@ class SimpleCnnParams(FromScratchParams):
                       "(Keras's kernel_regularizer; weight_decay acts on every weight instead)")
     residual: bool = Field(False, description="a skip connection around each block's convolutions")
     optimizer: Optimizer = "adamw"
-    lr: float = Field(3e-3, gt=0)
+    lr: LearningRate = Field(3e-3, description=LR_HELP)
 
     @model_validator(mode="after")
     def _fits_the_image(self):

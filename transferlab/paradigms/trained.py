@@ -19,12 +19,22 @@ import torch
 from torch import nn
 
 from ..core.errors import TransferlabError
+from ..data.augment import make_augment
 from ..models.backbones import Backbone
 from ..models.heads import ClassifierHead, head_penalty, with_head
 from ..models.modules import TimmModel
 from ..train.loop import Images, TrainResult, fit, predict_logits
+from ..train.lr_find import find_lr
 from ..train.optim import param_groups
 from .base import Paradigm
+
+
+class LrFound(Exception):  # noqa: N818 - not an error: it carries the result out of `fit`
+    """Stops `fit` right after the range test when only the test was asked for (`transferlab lr-find`)."""
+
+    def __init__(self, found: dict[str, Any]):
+        super().__init__("lr found")
+        self.found = found
 
 
 @dataclass
@@ -42,12 +52,19 @@ class TrainingContext:
 class TrainedParadigm(Paradigm):
     input = "images"
     epoch_fields: ClassVar[tuple[str, ...]] = ("epochs",)  # the params that count training epochs (a cap caps these)
+    stop_after_lr_find = False  # transferlab lr-find: the range test only (LrFound carries its result out of fit)
 
     def bind(self, context: TrainingContext) -> TrainedParadigm:
         if self.multi_label:  # before any decoding or encoding: refuse what needs one label per image
             self.params.check_multi_label(self.name)
         self.context = context
         self.passes_ = {"train": 0, "val": 0}  # images through the backbone's input layers while fitting
+        # lr: find — the paradigm computes its group lrs from lr = 1 (ratios); the first training phase runs the
+        # range test and every phase's lrs are then multiplied by its suggestion (`lr_scale_`)
+        self.lr_scale_ = None
+        self.finding_lr_ = getattr(self.params, "lr", None) == "find"
+        if self.finding_lr_:
+            self.params = self.params.model_copy(update={"lr": 1.0})
         return self
 
     def count_passes(self, split: str, images: torch.Tensor, times: int = 1) -> None:
@@ -96,6 +113,11 @@ class TrainedParadigm(Paradigm):
             form = "an N × C 0/1 matrix" if np.ndim(y) == 2 else "one per image"
             raise TransferlabError(f"{self.name}: the labels are {form}, but the paradigm was created with "
                                    f"multi_label={self.multi_label}; create it with the data's multi_label")
+        if self.finding_lr_:
+            self._find_lr(model, groups, X, y, p, augment)
+        if self.lr_scale_ is not None:  # lr: find — lrs were computed from lr = 1
+            groups = [(params, lr * self.lr_scale_) for params, lr in groups]
+            p = p.model_copy(update={"lr": p.lr * self.lr_scale_})
         folder = self.context.checkpoints / phase if self.context.checkpoints and phase else self.context.checkpoints
         result = fit(model, param_groups(groups, p.weight_decay), Images(X, torch.as_tensor(y)),
                    Images(X_val, torch.as_tensor(y_val)), p, n_classes=self.n_classes, seed=self.seed,
@@ -106,6 +128,23 @@ class TrainedParadigm(Paradigm):
         self.count_passes("train", X, epochs_run)
         self.count_passes("val", X_val, epochs_run)
         return result
+
+    def _find_lr(self, model, groups, X, y, p, augment) -> None:
+        """The range test (train/lr_find.py) on this phase's model and data: its suggestion scales every phase."""
+        if augment is None and X.ndim == 4 and not p.augment_copies:  # what the loop's epochs would apply
+            augment = make_augment(p.augment, tuple(X.shape[-2:]))
+        found = find_lr(model, groups, X, torch.as_tensor(y), p, n_classes=self.n_classes, seed=self.seed,
+                        device=self.context.device, augment=augment, label=self.name)
+        self.finding_lr_, self.lr_scale_ = False, found["suggested_lr"]
+        self.selected_["lr_find"] = found
+        if self.stop_after_lr_find:
+            raise LrFound(found)
+
+    def used_params(self):
+        """The params the run trained with: with lr: find, the suggested lr in place of the placeholder."""
+        if self.lr_scale_ is None:
+            return self.params
+        return self.params.model_copy(update={"lr": self.lr_scale_ * self.params.lr})
 
     def record_history(self, phase: str, result: TrainResult) -> None:
         self.history_: list[dict[str, Any]] = getattr(self, "history_", [])
@@ -132,7 +171,8 @@ class TrainedParadigm(Paradigm):
     def final_params(self) -> dict[str, Any]:
         """What validation chose was the best epoch: train that many epochs, no early stopping, and keep the
         last epoch's weights (nothing in train + val is held out to pick another)."""
-        return {**super().final_params(), **self.chosen_epochs(), "patience": None, "restore_best": False}
+        found = {"lr": self.used_params().lr} if self.lr_scale_ is not None else {}  # lr: find's suggestion, fixed
+        return {**super().final_params(), **self.chosen_epochs(), **found, "patience": None, "restore_best": False}
 
     def chosen_epochs(self) -> dict[str, int]:
         """The epoch counts validation chose, as params (`epochs`; finetune's two phases: both)."""

@@ -124,6 +124,24 @@ def reliability(bins: dict[str, list], title: str, before: dict[str, list] | Non
     return _png(fig)
 
 
+def lr_find_curve(found: dict[str, Any], title: str) -> bytes:
+    """The range test: smoothed training loss against the learning rate (log scale), the suggestion marked."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(found["lrs"], found["losses"], color="tab:blue", lw=1.4)
+    lr = found["suggested_lr"]
+    at = int(np.argmin(np.abs(np.log(np.asarray(found["lrs"])) - np.log(lr))))
+    ax.scatter([lr], [found["losses"][at]], color="tab:red", zorder=3, s=40, label=f"suggested lr {lr:.1e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (grows exponentially, one training batch per step)")
+    ax.set_ylabel("training loss (smoothed)")
+    top = min(max(found["losses"]), 3 * min(found["losses"]))  # the divergence at the end would flatten the rest
+    ax.set_ylim(min(found["losses"]) * 0.95, top * 1.02)
+    ax.set_title(f"{title}\n{found['rule']}", fontsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return _png(fig)
+
+
 def per_class_bars(per_class: list[dict[str, Any]], title: str) -> bytes:
     """F1 per class as bars (value at the end), precision and recall as markers on them; support in the tick."""
     names = [f"{c['class']} (n={c.get('support', '?')})" for c in per_class]

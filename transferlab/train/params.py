@@ -6,7 +6,7 @@ so a new one there is a valid choice here and in the parameter docs.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -44,11 +44,17 @@ APPLIES_TO = {
 }
 
 
+# a number, or `find`: the range test's suggestion (train/lr_find.py)
+LearningRate = Annotated[float, Field(gt=0)] | Literal["find"]
+LR_HELP = ("the learning rate; find: the suggestion of a learning-rate range test (fastai's lr_find) on the training "
+           "batches, recorded in the run's selected.lr_find")
+
+
 class TrainParams(Spec):
     epochs: int = Field(8, gt=0)
     batch_size: int = Field(32, gt=0)
     optimizer: Optimizer = "sgd"
-    lr: float = Field(0.01, gt=0)
+    lr: LearningRate = Field(0.01, description=LR_HELP)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD / RMSprop momentum (onecycle and cyclic cycle it "
                             "over momentum_range instead)")
     nesterov: bool = Field(False, description="SGD: Nesterov momentum")
