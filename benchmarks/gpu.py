@@ -6,9 +6,10 @@ own code paths:
                  vs the same encoder on this machine's CPU (baseline, engine torch), img/s on images decoded
                  once to uint8; max |feature difference| CPU vs CUDA (also with TF32 off, to tell TF32
                  rounding from a bug); `FeatureStore.get` on CUDA end to end (decoding thread included).
-  2. training:   the `finetune` paradigm (every layer, augment none) on CUDA with `amp: true` (bf16 autocast)
-                 vs `amp: false` (fp32): img/s per epoch, final validation accuracy, peak GPU memory; which
-                 dtypes the convolutions ran in under AMP; the CPU figure on a small sample; the cached-
+  2. training:   the `finetune` paradigm (every layer, augment none) on CUDA with `precision: bf16` (autocast),
+                 `precision: fp16` (autocast + GradScaler) and `precision: fp32`: img/s per epoch, final
+                 validation accuracy, peak GPU memory; which dtypes the convolutions ran in under bf16;
+                 the CPU figure on a small sample; the cached-
                  activation path (`from_stage: -1`) and the `light` augmentation preset on CUDA.
   3. end to end: `transferlab.run` (linear, then finetune for 1 epoch) with `device: cuda`: the run record
                  names the GPU in its environment and the trained model file is written.
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 BACKBONE = "tf_efficientnet_lite0"
+PRECISIONS = ("bf16", "fp16", "fp32")  # finetune's precision: settings the training section compares
 LEARNED = 0.5  # validation accuracy that proves a run learned (chance is 0.1 on Fashion-MNIST's 10 classes)
 
 FULL = {"feat_images": 2048, "feat_cpu_images": 512, "feat_batches": (32, 256), "store_images": 2048,
@@ -161,7 +163,7 @@ def train_once(backbone, device: torch.device, data: dict, params: dict, label: 
 
 
 def autocast_dtypes(backbone, device: torch.device, data: dict) -> dict[str, list[str]]:
-    """The dtypes convolution and linear layers produced while training with amp: true (a separate short fit,
+    """The dtypes convolution and linear layers produced while training with precision: bf16 (a separate short fit,
     since a global forward hook slows every layer)."""
     from torch import nn
 
@@ -176,8 +178,8 @@ def autocast_dtypes(backbone, device: torch.device, data: dict) -> dict[str, lis
         n = min(64, len(data["train"][0]))
         small = {"train": (data["train"][0][:n], data["train"][1][:n]),
                  "val": (data["val"][0][:32], data["val"][1][:32])}
-        train_once(backbone, device, small, {"epochs": 1, "batch_size": 32, "augment": "none", "amp": True},
-                   "amp: true (dtype probe)")
+        train_once(backbone, device, small, {"epochs": 1, "batch_size": 32, "augment": "none", "precision": "bf16"},
+                   "precision: bf16 (dtype probe)")
     finally:
         handle.remove()
     return {k: sorted(v) for k, v in seen.items()}
@@ -197,26 +199,26 @@ def training_section(c: dict, device: torch.device, backbone, pools, results: di
           flush=True)
     out = results["training"] = {}
     base = {"epochs": c["epochs"], "batch_size": c["batch_size"], "augment": "none"}
-    for amp in (True, False):
-        key = "amp" if amp else "fp32"
+    for key in PRECISIONS:
         try:
-            out[key] = train_once(backbone, device, data, {**base, "amp": amp},
-                                  f"{device.type} finetune amp: {str(amp).lower()}")
+            out[key] = train_once(backbone, device, data, {**base, "precision": key},
+                                  f"{device.type} finetune precision: {key}")
         except Exception:  # noqa: BLE001 - a crash is a finding; the other configurations still run
             out[key] = {"error": traceback.format_exc()}
             traceback.print_exc()
         save()
-    if "img_s" in out.get("amp", {}) and "img_s" in out.get("fp32", {}):
-        out["ratio_amp_over_fp32"] = round(out["amp"]["img_s"] / out["fp32"]["img_s"], 2)
+    for key in ("bf16", "fp16"):
+        if "img_s" in out.get(key, {}) and "img_s" in out.get("fp32", {}):
+            out[f"ratio_{key}_over_fp32"] = round(out[key]["img_s"] / out["fp32"]["img_s"], 2)
     side = {"train": (data["train"][0][:c["side_train"]], data["train"][1][:c["side_train"]]), "val": data["val"]}
     extras = {
         "dtypes": lambda: autocast_dtypes(backbone, device, data),
         "cached_activations": lambda: train_once(backbone, device, side, {
-            "epochs": 2, "batch_size": c["batch_size"], "augment": "none", "from_stage": -1, "amp": True},
-            f"{device.type} from_stage -1, cached, amp"),
+            "epochs": 2, "batch_size": c["batch_size"], "augment": "none", "from_stage": -1, "precision": "bf16"},
+            f"{device.type} from_stage -1, cached, bf16"),
         "augment_light": lambda: train_once(backbone, device, side, {
-            "epochs": 1, "batch_size": c["batch_size"], "augment": "light", "amp": True},
-            f"{device.type} augment light, amp"),
+            "epochs": 1, "batch_size": c["batch_size"], "augment": "light", "precision": "bf16"},
+            f"{device.type} augment light, bf16"),
     }
     if device.type == "cuda":
         cpu_data = {"train": (data["train"][0][:c["cpu_train"]], data["train"][1][:c["cpu_train"]]),
@@ -231,7 +233,7 @@ def training_section(c: dict, device: torch.device, backbone, pools, results: di
             traceback.print_exc()
         save()
     if "dtypes" in out and "error" not in out["dtypes"]:
-        print(f"[train] under amp: true, conv/linear outputs were {out['dtypes']['train']} in training, "
+        print(f"[train] under precision: bf16, conv/linear outputs were {out['dtypes']['train']} in training, "
               f"{out['dtypes']['eval']} in evaluation", flush=True)
 
 
@@ -288,6 +290,10 @@ def main() -> None:
     parser.add_argument("--sections", default="features,training,run")
     args = parser.parse_args()
     c = QUICK if args.quick else FULL
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA GPU on this machine: nothing to measure (run this where one is, or --device cpu to walk the "
+              "same code paths here)")
+        return
     from transferlab.engines import resolve_device
 
     device = resolve_device(args.device)
@@ -337,13 +343,14 @@ def main() -> None:
     save()
     print(f"\ntotal {results['total_s']} s; sections with a crash: {', '.join(errors) or 'none'}")
     training = results.get("training", {})
-    for key in ("amp", "fp32"):
+    for key in PRECISIONS:
         t = training.get(key, {})
         if "img_s" in t:
             print(f"training {key:>4}: {t['img_s']:8.1f} img/s, final val accuracy {t['final_val_accuracy']:.4f}"
                   + (f", peak GPU memory {t['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in t else ""))
-    if "ratio_amp_over_fp32" in training:
-        print(f"training ratio (amp bf16 / fp32 img/s): {training['ratio_amp_over_fp32']:.2f}x")
+    for key in ("bf16", "fp16"):
+        if f"ratio_{key}_over_fp32" in training:
+            print(f"training ratio ({key} / fp32 img/s): {training[f'ratio_{key}_over_fp32']:.2f}x")
     features = results.get("features", {})
     if "ratio_device_over_cpu" in features:
         print(f"features max |Δ| CPU vs {device.type}: {features['max_abs_diff']:.2e}")

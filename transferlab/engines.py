@@ -39,11 +39,21 @@ MEASURE_BATCH = 16  # images per timed call when `auto` measures the engines
 
 
 def resolve_device(device: str) -> torch.device:
+    """`device:` → the torch device, refused in one line when this machine does not have it."""
     if device == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TransferlabError("device: cuda was asked for but no CUDA GPU is visible; use device: cpu or auto")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not visible:
+            raise TransferlabError(f"device: {device} was asked for but no CUDA GPU is visible; use device: cpu or "
+                                   "auto")
+        if resolved.index is not None and resolved.index >= visible:
+            raise TransferlabError(f"device: {device}, but {visible} CUDA GPU(s) are visible (cuda:0 to "
+                                   f"cuda:{visible - 1}); pick one of them")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise TransferlabError("device: mps (Apple silicon) is not available here; use device: cpu or auto")
+    return resolved
 
 
 def select_engine(requested: str, device: torch.device) -> str:

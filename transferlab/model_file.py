@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from .core.errors import TransferlabError
 from .core.paths import atomic_write
 from .models.backbones import Backbone, WeightsInfo, file_sha256
-from .models.modules import Pipeline, Temperature, build, describe
+from .models.modules import TTA_VIEWS, Pipeline, Temperature, TimmModel, TtaMean, TtaViews, build, describe
 from .paradigms.base import NotDeployable
 
 MODEL_FORMAT = 1
@@ -30,6 +30,9 @@ def save_run_model(paradigm, backbone, run_id: str, out_dir: str | Path,
     except NotDeployable:
         return None
     scores = paradigm.scores
+    tta = getattr(paradigm.params, "tta", "none")
+    if tta != "none":  # the views around the whole network, as predict_proba scored (frozen_features: refused)
+        steps = [TtaViews(tta), *steps, TtaMean(TTA_VIEWS[tta])]
     if temperature_beta is not None:
         steps, scores = [*steps, Temperature(temperature_beta, scores)], "logits"
     pipeline = Pipeline(steps, frozen_features=frozen_features)
@@ -66,7 +69,8 @@ def trained_backbone(record: dict[str, Any], record_file: Path) -> Backbone:
     from the run's model file, which its hash names (so it is part of every feature cache key), and the
     preprocessing the run trained with."""
     pipeline = load_pipeline(record, record_file)
-    net = pipeline.steps[0].net.model  # TimmModel → Normalized → the network
+    network = next(step for step in pipeline.steps if isinstance(step, TimmModel))  # tta's views around it: not used
+    net = network.net.model  # TimmModel → Normalized → the network
     info = record["backbone"]
     data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in info["data_config"].items()}
     weights = WeightsInfo("trained", f"run {record['run_id']}", record["model"]["sha256"])

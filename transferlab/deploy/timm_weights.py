@@ -30,7 +30,7 @@ from torch import nn
 from ..core.errors import TransferlabError
 from ..models.backbones import Normalized
 from ..models.heads import ClassifierHead, classifier_path
-from ..models.modules import SpecHead, TimmModel
+from ..models.modules import SpecHead, Temperature, TimmModel, TtaViews
 from .artifact import RunModel
 
 FOLDER = "timm"
@@ -40,6 +40,9 @@ WEIGHTS = "model.safetensors"  # timm's HF_SAFE_WEIGHTS_NAME: what `local-dir:` 
 def timm_network(model: RunModel) -> nn.Module:
     """The run's network as a plain `timm.create_model(name, num_classes=n)` with the trained weights in it."""
     steps = list(model.module.steps)
+    if any(isinstance(step, TtaViews | Temperature) for step in steps):
+        raise _refusal(model, "its scores average test-time views (tta) or pass a calibrating temperature, which a "
+                       "plain timm model does not do")
     first = steps[0] if isinstance(steps[0], TimmModel) else None
     if first is None or not timm.is_model(first.config["name"]) or first.config.get("feature_map"):
         raise _refusal(model, "its network is not a timm model")

@@ -182,6 +182,51 @@ class SpecHead(nn.Module):
         return self.net(x)
 
 
+TTA_VIEWS = {"flip": 2, "five-crop": 5}
+FIVE_CROP_SHARE = 0.875  # of each side: the crops timm's and torchvision's eval transforms take from a resize
+
+
+@rebuildable
+class TtaViews(nn.Module):
+    """`tta:`'s first step: N images → k·N views (view-major): flip = the image and its mirror; five-crop = the four
+    corners and the centre at 87.5 % of each side, each resized back (bilinear, antialiased). `TtaMean` after the
+    network averages their logits back to N rows."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.config = {"mode": mode}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.config["mode"] == "flip":
+            return torch.cat([images, images.flip(-1)])
+        height, width = images.shape[-2:]
+        h, w = round(height * FIVE_CROP_SHARE), round(width * FIVE_CROP_SHARE)
+        tops_lefts = [(0, 0), (0, width - w), (height - h, 0), (height - h, width - w),
+                      ((height - h) // 2, (width - w) // 2)]
+        crops = torch.cat([images[..., top:top + h, left:left + w] for top, left in tops_lefts]).float()
+        return nn.functional.interpolate(crops, size=(height, width), mode="bilinear", antialias=True,
+                                         align_corners=False)
+
+
+@rebuildable
+class TtaMean(nn.Module):
+    """k·N rows of logits (view-major, `TtaViews`'s order) → the N rows' mean over the k views."""
+
+    def __init__(self, views: int):
+        super().__init__()
+        self.config = {"views": views}
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.reshape(self.config["views"], -1, logits.shape[-1]).mean(dim=0)
+
+
+def with_tta(model: nn.Module, mode: str) -> nn.Module:
+    """`model` (uint8 images → logits) behind test-time views and their mean; `model` itself for tta: none."""
+    if mode == "none":
+        return model
+    return nn.Sequential(TtaViews(mode), model, TtaMean(TTA_VIEWS[mode]))
+
+
 @rebuildable
 class Temperature(nn.Module):
     """`calibrate: temperature`'s last step: scores → β · log(p + ε), the calibrated logits whose softmax is what the

@@ -10,6 +10,8 @@ short classes are topped up first, and the views are made of the topped-up set.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from pydantic import Field, model_validator
@@ -47,6 +49,9 @@ class HeadParams(TrainParams, WithHead):
                              "augmentation")
         if self.views and self.augment_copies:
             raise ValueError("views: K already encodes K augmented copies of every image; drop augment_copies")
+        if self.tta != "none":  # the frozen features are cached once per image: a test-time view would need its own
+            raise ValueError("tta is not available for head (its frozen features are one pass per image); use "
+                             "finetune, whose whole network sees each view")
         return self
 
 
@@ -60,6 +65,11 @@ class FrozenThenHead(nn.Module):
     def __init__(self, encode, head: nn.Module):
         super().__init__()
         self.encode, self.head = encode, head
+
+    def __deepcopy__(self, memo) -> FrozenThenHead:
+        """A copy with its own head and the same frozen encoder (an engine session: nothing in it trains or can be
+        copied): what an EMA of the weights (`ema:`) keeps."""
+        return FrozenThenHead(self.encode, copy.deepcopy(self.head, memo))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:

@@ -22,7 +22,7 @@ from ..core.errors import TransferlabError
 from ..data.augment import make_augment
 from ..models.backbones import Backbone
 from ..models.heads import ClassifierHead, head_penalty, with_head
-from ..models.modules import TimmModel
+from ..models.modules import TimmModel, with_tta
 from ..train.loop import Images, TrainResult, fit, predict_logits
 from ..train.lr_find import find_lr
 from ..train.optim import param_groups
@@ -155,7 +155,10 @@ class TrainedParadigm(Paradigm):
             self.selected_["resumed_from_epoch"] = result.resumed_from
 
     def predict_proba(self, X) -> np.ndarray:
-        logits = predict_logits(self.model_, X, self.params.batch_size, self.context.device)
+        """Probabilities from the trained network, through `tta:`'s views when it is on (the saved model does the
+        same: model_file.py)."""
+        model = with_tta(self.model_, self.params.tta) if X.ndim == 4 else self.model_
+        logits = predict_logits(model, X, self.params.batch_size, self.context.device)
         # multi-label: every class is its own yes/no (what bce and mse trained), so rows need not sum to 1
         return (logits.sigmoid() if self.multi_label else logits.softmax(dim=1)).double().numpy()
 

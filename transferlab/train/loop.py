@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
-from timm.utils import distribute_bn
+from timm.utils import ModelEmaV3, distribute_bn
 from torch import nn
 from torch.utils.data import DistributedSampler
 from torchvision.transforms import v2
@@ -35,7 +35,7 @@ from ..data.augment import augment_batch, augmented_copies, make_augment
 from ..data.balance import class_counts, epoch_length, oversample, oversample_named, sampled_order
 from .hooks import epoch_done
 from .optim import make_loss, make_optimizer, make_schedule, steps_per_epoch_only
-from .params import TrainParams
+from .params import TrainParams, autocast_dtype
 
 
 @dataclass
@@ -146,7 +146,12 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
     # uses the plain model, whose weights are the same on every rank.
     trained = model if shards == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
-    schedule = make_schedule(optimizer, p, steps, epochs)
+    # accumulate: N batches per optimizer step; the schedule counts optimizer steps
+    schedule = make_schedule(optimizer, p, math.ceil(steps / p.accumulate), epochs)
+    precision = Precision(autocast_dtype(p.precision, device), device)
+    # ema: the moving average is what evaluates, what the best epoch keeps and what the model ends as
+    ema = ModelEmaV3(model, decay=p.ema) if p.ema else None
+    evaluated = ema.module if ema else model
     loss_fn = make_loss(p, train.y.numpy(), n_classes, device)
     train_loss_fn = loss_fn if penalty is None else (lambda logits, y: loss_fn(logits, y) + penalty())
     # Offline copies replace online augmentation (augment_copies); otherwise the preset runs every epoch.
@@ -158,7 +163,7 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
 
     finished = False
     if resume and checkpoints and (checkpoints / "last.pt").is_file():
-        result, stale, finished = _restore(checkpoints, model, optimizer, schedule, run_key)
+        result, stale, finished = _restore(checkpoints, model, optimizer, schedule, run_key, ema, precision)
         best_state = _load_best(checkpoints, model) if p.restore_best else None
     result.notes = notes
     metric = score_name(train.multi_label)
@@ -168,14 +173,15 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
     with progress_bar(label, total=remaining * math.ceil(per_epoch / shards), unit="img") as bar:
         for epoch in range(result.resumed_from, result.resumed_from + remaining):
             started = time.perf_counter()
-            train_loss, train_score = _train_epoch(trained, optimizer, schedule, train_loss_fn, train, p, augment,
+            step = Step(optimizer, schedule, precision, ema, p.accumulate, p.grad_clip)
+            train_loss, train_score = _train_epoch(trained, step, train_loss_fn, train, p, augment,
                                                    seed, epoch, device, f"{label} · epoch {epoch + 1}/{epochs}", bar,
                                                    bn, batch)
             if shards > 1:  # each rank's BatchNorm buffers saw only its shard's last step: evaluate their mean
-                distribute_bn(model, shards, reduce=True)
+                distribute_bn(evaluated, shards, reduce=True)
             if recompute:
-                recompute_batchnorm(model, train.x, p.batch_size, device)
-            val_loss, val_score = _agreed(evaluate(model, val, loss_fn, p.batch_size, device), device)
+                recompute_batchnorm(evaluated, train.x, p.batch_size, device)
+            val_loss, val_score = _agreed(evaluate(evaluated, val, loss_fn, p.batch_size, device), device)
             result.history.append({"epoch": epoch + 1, "train_loss": train_loss, f"train_{metric}": train_score,
                                    "val_loss": val_loss, f"val_{metric}": val_score,
                                    "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started})
@@ -186,15 +192,15 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
             if result.best_score is None or score > result.best_score + p.min_delta:
                 result.best_score, result.best_epoch, stale = score, epoch + 1, 0
                 if p.restore_best:  # only then is the best epoch's state needed again
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state = copy.deepcopy(evaluated.state_dict())
                     if checkpoints and is_main():
                         atomic_write(checkpoints / _weights_file("best", epoch + 1),
-                                     lambda path: save_model(model, str(path)))
+                                     lambda path: save_model(evaluated, str(path)))
             else:
                 stale += 1
             finished = epoch + 1 == epochs or bool(p.patience and stale >= p.patience)
             if checkpoints and is_main():
-                _save(checkpoints, model, optimizer, schedule, result, stale, finished, run_key)
+                _save(checkpoints, model, optimizer, schedule, result, stale, finished, run_key, ema, precision)
             if finished:
                 break
     if not p.restore_best:
@@ -202,9 +208,57 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
         # tracked best: patience counts from it, and a resume must continue that count exactly.)
         result.best_epoch = len(result.history)
         result.best_score = _monitored(result.history[-1], p, metric)
+        if ema is not None:
+            model.load_state_dict(ema.module.state_dict())
     elif best_state is not None:
         model.load_state_dict(best_state)
     return result
+
+
+@dataclass
+class Precision:
+    """Autocast and, for float16, the gradient scaler that keeps small gradients from flushing to zero."""
+
+    dtype: torch.dtype | None
+    device: torch.device
+
+    def __post_init__(self):
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+
+@dataclass
+class Step:
+    """What one optimizer step needs: every `accumulate` batches the (scaled) gradients are clipped, the optimizer
+    steps, the per-step schedule advances and the EMA follows the weights."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    precision: Precision
+    ema: ModelEmaV3 | None
+    accumulate: int
+    grad_clip: float | None
+    batches: int = 0  # since the last step
+
+    def backward(self, loss: torch.Tensor, model: nn.Module, last_batch: bool) -> None:
+        self.precision.scaler.scale(loss / self.accumulate).backward()
+        self.batches += 1
+        if self.batches < self.accumulate and not last_batch:
+            return
+        scaler = self.precision.scaler
+        if self.grad_clip:
+            scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        scaler.step(self.optimizer)
+        scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.batches = 0
+        if not steps_per_epoch_only(self.schedule):
+            self.schedule.step()
+        if self.ema is not None:
+            self.ema.update(_unwrapped(model))
 
 
 def score_name(multi_label: bool) -> str:
@@ -230,39 +284,35 @@ def _batch_per_process(batch_size: int, shards: int, label: str, notes: dict) ->
     return batch_size // shards
 
 
-def _train_epoch(model, optimizer, schedule, loss_fn, data: Images, p: TrainParams, augment, seed: int, epoch: int,
+def _train_epoch(model, step: Step, loss_fn, data: Images, p: TrainParams, augment, seed: int, epoch: int,
                  device: torch.device, label: str, bar, bn: str, batch_size: int) -> tuple[float, float]:
     order = epoch_order(len(data), seed, epoch, labels=data.y, sampler=p.sampler)
     set_train_mode(model, bn)
     total_loss, counts, seen = 0.0, None, 0
     short = "f1" if data.multi_label else "acc"
-    autocast = device.type == "cuda" and p.amp
-    for step, batch in enumerate(order.split(batch_size)):
+    batches = order.split(batch_size)
+    step.optimizer.zero_grad(set_to_none=True)
+    for index, batch in enumerate(batches):
         x = data.x[batch]
         if augment is not None:
             x = augment_batch(x, augment)
         x, y = _to_device(x, device), data.y[batch].to(device, non_blocking=True)
         x, mix = _mix(x, p.mixup, p.cutmix)
         try:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            with step.precision.autocast():
                 logits = model(x)
                 loss = loss_fn(logits.float(), y)
                 if mix is not None:  # MixUp / CutMix: the loss mixes like the images did
                     lam, partner = mix
                     loss = lam * loss + (1 - lam) * loss_fn(logits.float(), y[partner])
             if not _finite_everywhere(loss, device):
-                raise TransferlabError(f"{label}, step {step + 1}: the loss became {loss.item()}; lower the "
+                raise TransferlabError(f"{label}, step {index + 1}: the loss became {loss.item()}; lower the "
                                        f"learning rate (lr={p.lr}) or set grad_clip")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if p.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-            optimizer.step()
+            step.backward(loss, model, last_batch=index == len(batches) - 1)
         except torch.cuda.OutOfMemoryError:
             raise TransferlabError(f"{label}: out of memory at batch_size={p.batch_size}; lower batch_size "
-                                   "(or the image size)") from None
-        if not steps_per_epoch_only(schedule):
-            schedule.step()
+                                   "(or the image size), or accumulate gradients over smaller batches "
+                                   "(accumulate: N)") from None
         total_loss += loss.item() * len(y)
         batch_counts = score_counts(logits, y)
         counts = batch_counts if counts is None else [a + b for a, b in zip(counts, batch_counts, strict=True)]
@@ -394,6 +444,11 @@ def recompute_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int, devi
         m.momentum = momentum
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The network inside DistributedDataParallel (what the EMA averages)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def set_train_mode(model: nn.Module, bn: str = "train") -> None:
     """train(), except BatchNorm layers that keep their pretrained statistics: every one with `bn: frozen`,
     and those whose parameters are frozen always."""
@@ -439,7 +494,7 @@ def _weights_file(kind: str, epoch: int) -> str:
 
 
 def _save(folder: Path, model, optimizer, schedule, result: TrainResult, stale: int, finished: bool,
-          run_key: str) -> None:
+          run_key: str, ema: ModelEmaV3 | None, precision: Precision) -> None:
     epoch = len(result.history)
     atomic_write(folder / _weights_file("last", epoch), lambda path: save_model(model, str(path)))
     best = _weights_file("best", result.best_epoch) if result.best_epoch else None
@@ -447,7 +502,8 @@ def _save(folder: Path, model, optimizer, schedule, result: TrainResult, stale: 
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
              "history": result.history, "best_epoch": result.best_epoch, "best_score": result.best_score,
              "stale": stale, "finished": finished, "run_key": run_key, "weights": _weights_file("last", epoch),
-             "best_weights": best if best and (folder / best).is_file() else None}
+             "best_weights": best if best and (folder / best).is_file() else None,
+             "ema": ema.module.state_dict() if ema is not None else None, "scaler": precision.scaler.state_dict()}
     atomic_write(folder / "last.pt", lambda path: torch.save(state, path))
     kept = {state["weights"], state["best_weights"]}
     for stale_file in folder.glob("*.safetensors"):  # files of earlier epochs, now that last.pt names others
@@ -455,7 +511,8 @@ def _save(folder: Path, model, optimizer, schedule, result: TrainResult, stale: 
             stale_file.unlink(missing_ok=True)
 
 
-def _restore(folder: Path, model, optimizer, schedule, run_key: str) -> tuple[TrainResult, int, bool]:
+def _restore(folder: Path, model, optimizer, schedule, run_key: str, ema: ModelEmaV3 | None,
+             precision: Precision) -> tuple[TrainResult, int, bool]:
     try:
         state = torch.load(folder / "last.pt", weights_only=True)
         load_model(model, str(folder / state["weights"]))
@@ -467,6 +524,13 @@ def _restore(folder: Path, model, optimizer, schedule, run_key: str) -> tuple[Tr
                                "data or code changed); delete the folder or run without --resume")
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
+    if ema is not None:
+        if not state.get("ema"):
+            raise TransferlabError(f"{folder}: this checkpoint has no weight average (it was written without ema); "
+                                   "delete the folder or run without --resume")
+        ema.module.load_state_dict(state["ema"])
+    if state.get("scaler"):
+        precision.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

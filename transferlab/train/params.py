@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import torch
 from pydantic import Field, field_validator, model_validator
 
 from ..config import Spec
@@ -48,6 +49,10 @@ APPLIES_TO = {
 LearningRate = Annotated[float, Field(gt=0)] | Literal["find"]
 LR_HELP = ("the learning rate; find: the suggestion of a learning-rate range test (fastai's lr_find) on the training "
            "batches, recorded in the run's selected.lr_find")
+
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Tta = Literal["none", "flip", "five-crop"]
 
 
 class TrainParams(Spec):
@@ -125,7 +130,18 @@ class TrainParams(Spec):
         "train, over the training images with the current weights (PreciseBN), instead of the running averages of "
         f"past batches; auto: when an epoch has fewer than {BN_AUTO_BATCHES} batches, where those averages lag "
         "weights that change fast (a network from random weights on a few hundred images)")
-    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    precision: Precision = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16: bfloat16 autocast (on CPU too, where "
+        "AMX / AVX512-BF16 make it fast); fp16: float16 autocast with a gradient scaler (torch.amp.GradScaler); "
+        "fp32: none")
+    accumulate: int = Field(1, ge=1, description="gradient accumulation: one optimizer step every N batches (the "
+                            "step sees batch_size × N images; schedules count steps)")
+    ema: float | None = Field(None, gt=0, lt=1, description="an exponential moving average of the weights (timm's "
+                              "ModelEmaV3, this decay, e.g. 0.999): it is what each epoch evaluates, what the best "
+                              "epoch keeps and what the run saves")
+    tta: Tta = Field("none", description="test-time augmentation at evaluation and predict: flip (the image and its "
+                     "mirror) or five-crop (four corners and the centre at 87.5 %, resized back); the logits are "
+                     "averaged. The saved model does the same, so predict, export and serve agree")
     deterministic: bool = Field(True, description="on CUDA: torch's deterministic algorithms and cuDNN's "
                                 "deterministic mode, so a rerun gives the same metrics (slower; CPU training is "
                                 "deterministic anyway)")
@@ -234,3 +250,10 @@ class FromScratchParams(TrainParams):
 
     def bn_policy(self, batches_per_epoch: int) -> tuple[str, str]:
         return "train", "a network from random weights learns its BatchNorm statistics"
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype `precision` means on `device` (None: fp32, no autocast)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
