@@ -25,8 +25,12 @@ NEAR_DUPLICATE_BITS = 16  # of a 256-bit perceptual hash (why 256 and not 64: tr
 
 def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None,
         paradigm: str | dict[str, Any] = "linear", *, seed: int | None = None, out: str | Path = DEFAULT_RUN_DIR,
-        force: bool = False, resume: bool = False, **options: Any) -> dict[str, Any]:
+        force: bool = False, resume: bool = False, track: str | None = None, tracking_uri: str | None = None,
+        **options: Any) -> dict[str, Any]:
     """One run; returns its record (also written to `out/runs/<run id>.json`).
+
+    `track`: also log the run to mlflow (experiment `transferlab-runs`) or tensorboard (`out/tensorboard/<run
+    id>`), at `tracking_uri` if given (optional extra `track`; see `transferlab.tracking`).
 
     >>> transferlab.run("digits", "tf_efficientnet_lite0", "knn")            # doctest: +SKIP
     >>> transferlab.run({"source": "flowers/", "train_size": 1000}, {"name": "resnet50", "weights": "hub"},
@@ -35,10 +39,14 @@ def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None
     from .config import RunSpec
     from .resolve import resolved
     from .runner import execute_run
+    from .tracking import open_tracking
 
     given = {"data": data, "backbone": backbone, "paradigm": paradigm, "seed": seed, **options}
     spec = resolved(RunSpec, {k: v for k, v in given.items() if v is not None}, "transferlab.run")  # None: the default
-    return execute_run(spec, out, reuse=not force, resume=resume)
+    with open_tracking(track, out, uri=tracking_uri).cell(spec, "run", fresh=not resume) as tracked:
+        record = execute_run(spec, out, reuse=not force, resume=resume)
+        tracked.result(record)
+    return record
 
 
 def lr_find(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None,
@@ -71,7 +79,8 @@ def lr_find(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = 
 
 def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None = None, *,
           skip_bad: bool = False, force: bool = False, resume: bool = False, mini: bool = False,
-          storage: str | None = None, worker: bool = False, study_name: str | None = None) -> Leaderboard:
+          storage: str | None = None, worker: bool = False, study_name: str | None = None, track: str | None = None,
+          tracking_uri: str | None = None) -> Leaderboard:
     """Run a study spec (a YAML path, a dict, or a StudySpec): its grid, then its `search:` and `prune:`
     steps if it has them; returns the run records as a `Leaderboard` (a list of them that shows itself as the
     leaderboard in Jupyter, with `.to_pandas()`, `.report_path` and `.open_report()`).
@@ -84,6 +93,10 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     runs the same call with it (`search.cells`): `worker=True` runs cells until none is left and returns;
     the call without it runs cells too, waits for the last, then writes the leaderboard and report. `out`
     and $TRANSFERLAB_CACHE must then be on a file system every worker sees.
+
+    `track` (mlflow | tensorboard | none) and `tracking_uri` override the spec's `tracking` / `tracking_uri`:
+    the study becomes a parent run with a nested run per cell (`transferlab.tracking`). With `storage`, the
+    call without `worker` logs every cell, from its record, once all have run.
 
     >>> transferlab.study("examples/studies/flowers-heads.yaml", mini=True)   # doctest: +SKIP
     """
@@ -98,6 +111,7 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     from .search import search_and_retrain
     from .search.cells import run_cells
     from .study import publish_leaderboard, run_study
+    from .tracking import Tracker
 
     if mini:
         spec, swaps = miniature(spec)
@@ -106,6 +120,9 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
     out_dir = Path(out) if out else Path("runs") / spec.name
     if skip_bad:
         spec = spec.model_copy(update={"datasets": [d.model_copy(update={"skip_bad": True}) for d in spec.datasets]})
+    spec = _tracking_chosen(spec, track, tracking_uri)
+    # opened first, so that a missing extra fails before any cell runs; cell workers leave logging to the main call
+    tracking = Tracker() if worker else _open_tracking(spec, out_dir)
     if storage:  # the cells run wherever a worker asks for them; then every record below is up to date
         ran = run_cells(spec, out_dir, storage, name=study_name, worker=worker, force=force, resume=resume)
         if worker:
@@ -113,19 +130,34 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
                      "leaderboard and report")
             return Leaderboard(ran)
         force = resume = False
-    records, summary = run_study(spec, out_dir, force=force, resume=resume)
-    if spec.search is not None:  # the searched rows join the grid's (the report finds them through search/)
-        records += search_and_retrain(spec, out_dir, storage=storage)[1]
-    if not _is_main():  # under torchrun rank 0 alone writes the study's files
-        return Leaderboard(records)
-    publish_leaderboard(spec, records, out_dir)
-    if spec.prune is not None:
-        _prune_winners(spec, records, out_dir)
-    log.info(f"{summary['computed']} runs computed, {summary['reused']} reused, "
-             f"{summary['backbone_passes']} backbone passes, {summary['seconds']:.1f}s")
-    report_path = build_report(out_dir)
+    with tracking.group(spec.name, {"kind": "study"}) as tracker:
+        records, summary = run_study(spec, out_dir, force=force, resume=resume, tracker=tracker)
+        if spec.search is not None:  # the searched rows join the grid's (the report finds them through search/)
+            with tracker.group(f"{spec.name}-search", {"kind": "search"}) as searched:
+                records += search_and_retrain(spec, out_dir, storage=storage, tracker=searched)[1]
+        if not _is_main():  # under torchrun rank 0 alone writes the study's files
+            return Leaderboard(records)
+        publish_leaderboard(spec, records, out_dir)
+        if spec.prune is not None:
+            _prune_winners(spec, records, out_dir)
+        log.info(f"{summary['computed']} runs computed, {summary['reused']} reused, "
+                 f"{summary['backbone_passes']} backbone passes, {summary['seconds']:.1f}s")
+        report_path = build_report(out_dir)
+        tracker.attach([report_path, out_dir / "leaderboard.csv", out_dir / "study.yaml"])
     log.info(f"records in {out_dir / 'runs'}, leaderboard {out_dir / 'leaderboard.csv'}, report {report_path}")
     return Leaderboard(records, report_path)
+
+
+def _tracking_chosen(spec: StudySpec, track: str | None, uri: str | None) -> StudySpec:
+    """The spec with the command's --track / --tracking-uri in place of its own (study.yaml then says what ran)."""
+    given = {k: v for k, v in {"tracking": track, "tracking_uri": uri}.items() if v is not None}
+    return spec.model_copy(update=given)  # the value is checked where it is used (tracking.open_tracking)
+
+
+def _open_tracking(spec: StudySpec, out_dir: Path):
+    from .tracking import open_tracking
+
+    return open_tracking(spec.tracking, out_dir, uri=spec.tracking_uri, experiment=spec.name)
 
 
 def _study_spec(spec, where: str) -> StudySpec:
@@ -181,12 +213,17 @@ def prune_winner(spec: StudySpec, record: dict[str, Any], out_dir: Path) -> dict
 
 def search(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None = None, *, trials: int | None = None,
            timeout: float | None = None, storage: str | None = None, study_name: str | None = None,
-           worker: bool = False, resume: bool = False) -> dict[str, Any]:
+           worker: bool = False, resume: bool = False, track: str | None = None,
+           tracking_uri: str | None = None) -> dict[str, Any]:
     """Search the spec's `search:` space with Optuna (validation only), retrain the best configuration and
     score it once on test; returns the summary written to `out/search/<name>.json`.
 
     `storage` defaults to a SQLite file under `out` (a killed search continues with the same call); give a
     PostgreSQL URL and run the same call with `worker=True` on other machines to share the budget.
+
+    `track` / `tracking_uri` (override the spec's `tracking`): the search becomes a parent run with a nested run
+    per trial (its sampled values and validation metrics) and per retrained seed; each worker logs the trials it
+    ran under a parent run of its own.
 
     >>> transferlab.search("examples/search.yaml", trials=50)                 # doctest: +SKIP
     """
@@ -196,10 +233,15 @@ def search(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None
     from .search import search_and_retrain
 
     out_dir = Path(out) if out else Path("runs") / spec.name
-    summary, _ = search_and_retrain(spec, out_dir, trials=trials, timeout=timeout, storage=storage,
-                                    study_name=study_name, worker=worker, resume=resume)
-    if not worker and _is_main():
-        log.info(f"report {build_report(out_dir)}")
+    spec = _tracking_chosen(spec, track, tracking_uri)
+    name = f"{study_name or spec.name}-search" + (" (worker)" if worker else "")
+    with _open_tracking(spec, out_dir).group(name, {"kind": "search", "worker": worker}) as tracker:
+        summary, _ = search_and_retrain(spec, out_dir, trials=trials, timeout=timeout, storage=storage,
+                                        study_name=study_name, worker=worker, resume=resume, tracker=tracker)
+        if not worker and _is_main():
+            report_path = build_report(out_dir)
+            tracker.attach([report_path])
+            log.info(f"report {report_path}")
     return summary
 
 
@@ -243,17 +285,22 @@ def inspect(data: str | dict[str, Any], *, val: str | None = None, test: str | N
 
 
 def predict(run: str | Path, images: str | Path | Sequence[str | Path], *, top_k: int = 5,
-            out: str | Path | None = None, runs: str | Path = "runs"):
+            out: str | Path | None = None, runs: str | Path = "runs", explain: bool | str | Path = False):
     """Classify image files / folders / globs with a run's model; returns `Predictions` (rows, unreadable);
-    `out` also writes them (.csv or .json).
+    `out` also writes them (.csv or .json). `explain`: also a Grad-CAM overlay per image, `<stem>.gradcam.png`, in
+    that folder (True: `explain/` beside `out`, else OUT/deploy/<run id>/explain/), its path in each row's `gradcam`
+    (needs `pip install 'transferlab[explain]'`).
 
     >>> transferlab.api.predict("runs/quickstart/runs/<id>.json", ["photos/"]).rows[0]["prediction"]  # doctest: +SKIP
     """
     from .deploy import load_run
+    from .deploy.explain import default_folder
     from .deploy.predict import predict_images, write_predictions
 
     images = [images] if isinstance(images, str | Path) else list(images)  # one path, not its characters
-    predictions = predict_images(load_run(run, runs), images, top_k=top_k)
+    model = load_run(run, runs)
+    folder = default_folder(model, out) if explain is True else (Path(explain) if explain else None)
+    predictions = predict_images(model, images, top_k=top_k, explain=folder)
     if out is not None:
         write_predictions(predictions, Path(out))
     return predictions

@@ -23,6 +23,11 @@ from .core.progress import set_verbosity
 app = typer.Typer(help="Find the pretrained backbone and adaptation paradigm that work best on your images.",
                   no_args_is_help=True, pretty_exceptions_enable=False)  # typer's --install-completion too
 
+TRACK_HELP = ("also log the runs to mlflow or tensorboard (needs pip install 'transferlab[track]'); none turns "
+              "the spec's tracking off [default: the spec's tracking]")
+TRACKING_URI_HELP = ("mlflow: tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db]; "
+                     "tensorboard: log folder [default: OUT/tensorboard]")
+
 
 def _print_version(given: bool) -> None:
     if given:
@@ -57,13 +62,15 @@ def study(spec: Path = typer.Argument(..., help="YAML study spec (datasets × ba
           worker: bool = typer.Option(False, help="with --storage: run cells until none is left, then exit; the "
                                       "command without --worker waits for the last and writes the report"),
           study_name: str | None = typer.Option(None, help="the cell queue's name in the storage [default: <spec "
-                                                "name>-cells]")):
+                                                "name>-cells]"),
+          track: str | None = typer.Option(None, help=TRACK_HELP),
+          tracking_uri: str | None = typer.Option(None, help=TRACKING_URI_HELP)):
     """Run every cell of a study, then its search: and prune: steps if any; print the leaderboard; write
     records, leaderboard.csv and report.html."""
     from .api import study as run_study
 
     run_study(spec, out, skip_bad=skip_bad, force=force, resume=resume, mini=mini, storage=storage, worker=worker,
-              study_name=study_name)
+              study_name=study_name, track=track, tracking_uri=tracking_uri)
 
 
 @app.command()
@@ -78,12 +85,14 @@ def search(spec: Path = typer.Argument(..., help="YAML study spec with a search:
            out: Path | None = typer.Option(None, help="output folder [default: runs/<spec name>]"),
            worker: bool = typer.Option(False, help="only run trials of the (existing or new) search, then exit; the "
                                        "command without --worker retrains the best and writes the report"),
-           resume: bool = typer.Option(False, help="continue a stored search even though its space differs")):
+           resume: bool = typer.Option(False, help="continue a stored search even though its space differs"),
+           track: str | None = typer.Option(None, help=TRACK_HELP),
+           tracking_uri: str | None = typer.Option(None, help=TRACKING_URI_HELP)):
     """Tune a study's options with Optuna on validation, then retrain the best and score it once on test."""
     from .api import search as run_search
 
     run_search(spec, out, trials=trials, timeout=timeout, storage=storage, study_name=study_name, worker=worker,
-               resume=resume)
+               resume=resume, track=track, tracking_uri=tracking_uri)
 
 
 @app.command()
@@ -104,7 +113,7 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
         seed: int = typer.Option(0, help="seed for the val/train draw and the paradigm"),
         # Run options default to None: the spec's schema (config.RunSpec) holds the one default of each.
         engine: str | None = typer.Option(None, help="frozen-pass engine: auto | onnx | torch [default: auto]"),
-        device: str | None = typer.Option(None, help="auto | cpu | cuda [default: auto]"),
+        device: str | None = typer.Option(None, help="auto | cpu | cuda | cuda:N | mps [default: auto]"),
         threshold: str | None = typer.Option(None, help="multi-label: global | per_class decision thresholds, "
                                              "tuned on validation [default: global]"),
         final: bool | None = typer.Option(None, "--final/--no-final", help="retrain the configuration chosen on "
@@ -112,7 +121,10 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
         out: Path = typer.Option(DEFAULT_RUN_DIR, help="output folder; the record goes to OUT/runs/<run id>.json"),
         skip_bad: bool = typer.Option(False, help="skip unreadable images and list them in the record"),
         force: bool = typer.Option(False, help="recompute even if the record is up to date"),
-        resume: bool = typer.Option(False, help="continue an interrupted training run from its last epoch")):
+        resume: bool = typer.Option(False, help="continue an interrupted training run from its last epoch"),
+        track: str | None = typer.Option(None, help="also log the run to mlflow (experiment transferlab-runs) or "
+                                         "tensorboard (needs pip install 'transferlab[track]')"),
+        tracking_uri: str | None = typer.Option(None, help=TRACKING_URI_HELP)):
     """Run one dataset × backbone × paradigm cell and write its record."""
     from .api import run as run_one
     from .core.progress import results
@@ -121,7 +133,8 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
     cell = _cell_specs(data, test, val, backbone, weights, image_size, paradigm, param, train_size, data_option,
                        skip_bad)
     options = _given({"engine": engine, "device": device, "threshold": threshold, "final": final})
-    record = run_one(*cell, seed=seed, out=out, force=force, resume=resume, **options)
+    record = run_one(*cell, seed=seed, out=out, force=force, resume=resume, track=track, tracking_uri=tracking_uri,
+                     **options)
     results.print(f"{record['run_id']}: {headline(record)}")
     results.print(f"record: {Path(out) / 'runs' / (record['run_id'] + '.json')}")
 
@@ -160,7 +173,7 @@ lr_find.__signature__ = inspect.signature(run).replace(parameters=[
     option.replace(default=typer.Option("finetune", help="finetune | head | scratch | simple-cnn: a paradigm that "
                                         "trains with lr")) if name == "paradigm" else option
     for name, option in inspect.signature(run).parameters.items()
-    if name not in ("threshold", "final", "force", "resume")])
+    if name not in ("threshold", "final", "force", "resume", "track", "tracking_uri")])
 lr_find.__annotations__ = {name: hint for name, hint in typing.get_type_hints(run).items()
                            if name in lr_find.__signature__.parameters}
 app.command("lr-find")(lr_find)
@@ -210,14 +223,19 @@ def predict(run: str = typer.Argument(..., help=RUN_HELP),
             images: list[str] = typer.Argument(..., help="image files, folders (searched recursively) or globs"),
             top_k: int = typer.Option(5, help="classes listed per image, most probable first"),
             out: Path | None = typer.Option(None, help="write the predictions to this .csv or .json file"),
-            runs: Path = typer.Option(Path("runs"), help=RUNS_HELP)):
+            runs: Path = typer.Option(Path("runs"), help=RUNS_HELP),
+            explain: bool = typer.Option(False, help="also write a Grad-CAM overlay per image, <stem>.gradcam.png, "
+                                         "to explain/ beside --out (else OUT/deploy/<run id>/explain/), its path in "
+                                         "the predictions (needs transferlab[explain])"),
+            explain_dir: Path | None = typer.Option(None, help="--explain, with the overlays in this folder")):
     """Classify new images with a run's model, preprocessed exactly as the run was."""
     from .api import predict as predict_images
     from .core.progress import results
 
     if top_k < 1:
         raise TransferlabError(f"--top-k {top_k}: give at least 1")
-    predictions = predict_images(run, images, top_k=top_k, out=out, runs=runs)
+    # typer has no option with an optional value, so the folder is its own option
+    predictions = predict_images(run, images, top_k=top_k, out=out, runs=runs, explain=explain_dir or explain)
     shown = 20
     for row in predictions.rows[:shown]:
         answer = ", ".join(row["labels"]) or "(no label)" if "labels" in row else row["prediction"]
@@ -229,6 +247,9 @@ def predict(run: str = typer.Argument(..., help=RUN_HELP),
         results.print(f"[yellow]unreadable[/] {problem}")
     results.print(f"{len(predictions.rows)} predicted, {len(predictions.unreadable)} unreadable"
                   + (f"; written to {out}" if out else ""))
+    overlays = [row["gradcam"] for row in predictions.rows if "gradcam" in row]
+    if overlays:
+        results.print(f"{len(overlays)} Grad-CAM overlays in {Path(overlays[0]).parent}")
 
 
 @app.command()

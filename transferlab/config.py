@@ -13,10 +13,10 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .core.errors import TransferlabError
 from .core.registry import did_you_mean
@@ -210,9 +210,19 @@ def _short(value: Any) -> str:
 
 
 Engine = Literal["auto", "torch", "onnx"]
-Device = Literal["auto", "cpu", "cuda"]
+
+
+def _device_name(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError(f"'{value}' is not a device: use auto, cpu, cuda, cuda:N (the N-th visible GPU) or mps")
+    return value
+
+
+# auto (CUDA when visible, else CPU), cpu, cuda, cuda:N or mps (Apple silicon); resolved in engines.resolve_device
+Device = Annotated[str, AfterValidator(_device_name)]
 Threshold = Literal["global", "per_class"]
 Calibrate = Literal["none", "temperature"]
+Tracking = Literal["none", "mlflow", "tensorboard"]  # where runs are also logged (tracking.py)
 REFERENCES = ("majority", "all-negative", "pixels", "untrained")
 Reference = Literal["majority", "all-negative", "pixels", "untrained"]
 
@@ -388,6 +398,12 @@ class StudySpec(Spec):
     calibrate: Calibrate = "none"
     references: bool | list[Reference] = Field(True, description="reference rows added to every dataset: true "
                                                "(all that apply), false, or a list of " + ", ".join(REFERENCES))
+    tracking: Tracking = Field("none", description="also log every run to mlflow (the study a parent run, each "
+                               "cell a nested run) or tensorboard (event files per run); optional extra `track`; "
+                               "`--track` on the command line wins")
+    tracking_uri: str | None = Field(None, description="mlflow: the tracking URI [default: $MLFLOW_TRACKING_URI, "
+                                     "else sqlite:///OUT/mlflow.db]; tensorboard: the log folder [default: "
+                                     "OUT/tensorboard]")
     search: SearchSpec | None = None
     prune: PruneSpec | None = None
     mini: MiniSpec | None = None

@@ -26,7 +26,7 @@ from .data.splits import split_indices
 from .engines import resolve_device
 from .evaluate import headline_metrics, image_outcomes, predicted_labels, score, tune_thresholds
 from .features import BackboneEncoder, Encoder, FeatureStore
-from .gallery import mistakes
+from .gallery import explain_mistakes, mistakes
 from .model_file import save_run_model, trained_backbone
 from .models import Backbone, forward_cost, load_backbone
 from .paradigms import Paradigm, create_paradigm, get_paradigm_class
@@ -138,7 +138,8 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         params=paradigm.used_params().model_dump(mode="json"),  # every hyper-parameter as used (defaults, files read)
         selected=paradigm.selected_, final=final,
         thresholds={"mode": spec.threshold, "values": thresholds} if run.multi_label else None,
-        calibration=calibration, val_metrics=val_metrics, **_test_results(run, y["test"], test_proba, thresholds),
+        calibration=calibration, val_metrics=val_metrics,
+        **_test_results(run, scored, y["test"], test_proba, thresholds),
         encoded=encoded,  # images encoded (features) or decoded (training) in this run; 0 = from the cache
         backbone_passes=_backbone_passes(spec, splits, encoded, paradigm, run.encoder),
         cost=forward_cost(run.backbone, _input_size(paradigm, run.backbone, inputs["train"])),
@@ -229,14 +230,16 @@ def _data_facts(spec: RunSpec, run: Prepared) -> dict[str, Any]:
             "fold": spec.seed % spec.data.folds if spec.data.folds else None}
 
 
-def _test_results(run: Prepared, y_test, test_proba, thresholds) -> dict[str, Any]:
-    """The one test score: metrics, per-image outcomes (paired comparisons) and the mistakes gallery."""
+def _test_results(run: Prepared, scored: Paradigm, y_test, test_proba, thresholds) -> dict[str, Any]:
+    """The one test score: metrics, per-image outcomes (paired comparisons) and the mistakes gallery, with Grad-CAM
+    overlays from the fitted model while it is at hand (the report reads records only)."""
     test_pred = predicted_labels(test_proba, multi_label=run.multi_label, thresholds=thresholds)
     metrics = score(y_test, test_proba, run.classes, multi_label=run.multi_label, thresholds=thresholds)
+    examples = mistakes(run.splits["test"], test_proba, test_pred, run.classes, metrics, multi_label=run.multi_label)
     return {"metrics": metrics,
             "test_outcomes": encode_outcomes(image_outcomes(y_test, test_pred, multi_label=run.multi_label)),
-            "examples": mistakes(run.splits["test"], test_proba, test_pred, run.classes, metrics,
-                                 multi_label=run.multi_label)}
+            "examples": examples,
+            "gradcam": explain_mistakes(examples, run.splits["test"], run.classes, scored, run.backbone)}
 
 
 def _rounded(timings: dict[str, float]) -> dict[str, float]:

@@ -24,15 +24,17 @@ from .features import FeatureStore
 from .leaderboard import compare_best, comparison_text, leaderboard, leaderboard_table, write_leaderboard_csv
 from .resolve import expand
 from .runner import PoolsByData, execute_run, headline
+from .tracking import Tracker
 
 
-def run_study(spec: StudySpec, out_dir: str | Path, *, force: bool = False,
-              resume: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_study(spec: StudySpec, out_dir: str | Path, *, force: bool = False, resume: bool = False,
+              tracker: Tracker | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every cell of the grid into `out_dir` (records under runs/, the spec as study.yaml, what this
     invocation cost in last_invocation.json); returns (the records, that summary).
 
     Cells whose record is up to date are reused (see `execute_run`); `force` recomputes every cell;
-    `resume` continues interrupted training runs from their last epoch checkpoint.
+    `resume` continues interrupted training runs from their last epoch checkpoint. `tracker` (tracking.py) logs
+    each cell as a run of its own, reused ones from their records.
     """
     out_dir = Path(out_dir)
     pools_of = PoolsByData()  # for the expansion (which reference rows apply) and the runs
@@ -43,10 +45,12 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, force: bool = False,
                      lambda tmp: tmp.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)))
 
     started = time.perf_counter()
-    store, records = FeatureStore(), []
+    store, records, tracker = FeatureStore(), [], tracker or Tracker()
     for number, cell in enumerate(cells, 1):
-        record = execute_run(cell, out_dir, study=spec.name, pools=pools_of(cell.data), store=store,
-                             reuse=not force, resume=resume)
+        with tracker.cell(cell, fresh=not resume) as tracked:
+            record = execute_run(cell, out_dir, study=spec.name, pools=pools_of(cell.data), store=store,
+                                 reuse=not force, resume=resume)
+            tracked.result(record)
         how = ("reused: record up to date" if record.get("reused") else
                f"fit {record['timings']['fit_s']:.1f}s, backbone passes {sum(record['backbone_passes'].values())}")
         log.info(f"[bold]run {number}/{len(cells)}[/] {cell.run_id}: {headline(record)} ({how})")

@@ -3,7 +3,8 @@
 Files, folders (searched recursively for images) and glob patterns; decoded in the decoding thread beside
 the model, batched, with a progress bar; an unreadable file is listed and the others are still predicted.
 Single-label rows give the top-k classes with probabilities; multi-label rows also give the labels above
-the run's tuned thresholds. Output: CSV or JSON by the file's suffix.
+the run's tuned thresholds. Output: CSV or JSON by the file's suffix. With `explain` (a folder), each image also
+gets a Grad-CAM overlay there (deploy/explain.py) and its row the overlay's path (`gradcam`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..data.decode import decoded_batches
 from ..data.sources import IMAGE_EXTENSIONS, FileSource
 from ..evaluate import predicted_labels
 from .artifact import RunModel
+from .explain import Explainer
 
 
 @dataclass
@@ -55,9 +57,10 @@ def image_source(paths: list[Path], classes: list[str]) -> FileSource:
     return FileSource("predict", Path("."), paths, np.zeros(len(paths), dtype=np.int64), classes)
 
 
-def predict_images(model: RunModel, patterns: list[str | Path], *, top_k: int = 5,
-                   batch_size: int = 32) -> Predictions:
+def predict_images(model: RunModel, patterns: list[str | Path], *, top_k: int = 5, batch_size: int = 32,
+                   explain: str | Path | None = None) -> Predictions:
     paths = collect_images(patterns)
+    explainer = Explainer(model, Path(explain)) if explain is not None else None  # refuses before any work
     source = image_source(paths, model.classes)
     rows: dict[int, dict[str, Any]] = {}
     unreadable: list[str] = []
@@ -66,8 +69,13 @@ def predict_images(model: RunModel, patterns: list[str | Path], *, top_k: int = 
         unreadable += [bad[i] for i in sorted(bad)]
         if batch is None:
             continue
-        for index, proba in zip(good, model.probabilities(batch), strict=True):
+        probabilities = model.probabilities(batch)
+        for index, proba in zip(good, probabilities, strict=True):
             rows[index] = {"path": str(paths[index]), **describe(model, proba, top_k)}
+        if explainer is not None:
+            overlays = explainer.write(batch, probabilities, [paths[i] for i in good])
+            for index, overlay in zip(good, overlays, strict=True):
+                rows[index]["gradcam"] = overlay
     return Predictions([rows[i] for i in sorted(rows)], unreadable)
 
 
@@ -95,10 +103,11 @@ def write_predictions(predictions: Predictions, out: Path) -> Path:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             multi = bool(predictions.rows) and "labels" in predictions.rows[0]
-            writer.writerow(["path", "labels" if multi else "prediction", "top"])
+            explained = any("gradcam" in row for row in predictions.rows)
+            writer.writerow(["path", "labels" if multi else "prediction", "top"] + (["gradcam"] if explained else []))
             for row in predictions.rows:
                 answer = ";".join(row["labels"]) if multi else row["prediction"]
-                writer.writerow([row["path"], answer, " ".join(f"{t['class']}:{t['probability']:.4f}"
-                                                               for t in row["top"])])
+                top = " ".join(f"{t['class']}:{t['probability']:.4f}" for t in row["top"])
+                writer.writerow([row["path"], answer, top] + ([row.get("gradcam", "")] if explained else []))
 
     return atomic_write(out, write)

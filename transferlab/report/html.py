@@ -225,8 +225,10 @@ def diagnostics(record: dict[str, Any]) -> dict[str, Any]:
         "has_threshold": any(c.get("threshold") is not None for c in per_class),
         "bars": data_uri(plots.per_class_bars(per_class, f"{record['run_id']}: per-class test scores"))
         if per_class else None,
-        "gallery": [{**e, "true_text": _label_text(e.get("true")), "predicted_text": _label_text(e.get("predicted"))}
+        "gallery": [{**e, "true_text": _label_text(e.get("true")), "predicted_text": _label_text(e.get("predicted")),
+                     "gradcam": e["gradcam"] if str(e.get("gradcam", "")).startswith("data:image/") else None}
                     for e in examples],
+        "gradcam": gradcam_text(record),
         "thresholds": thresholds_text(record) if multi_label else None,
         "confusion": None, "pairs": [], "reliability": None, "calibration": calibration_text(record),
     }
@@ -252,6 +254,18 @@ def calibration_text(record: dict[str, Any]) -> str | None:
             f"{test.get('ece_before', float('nan')):.4f} → {test.get('ece_after', float('nan')):.4f}, log-loss "
             f"{test.get('log_loss_before', float('nan')):.4f} → {test.get('log_loss_after', float('nan')):.4f} "
             "(the ranking of classes, hence accuracy, is unchanged).")
+
+
+def gradcam_text(record: dict[str, Any]) -> str | None:
+    """What the Grad-CAM overlays beside the mistakes show (computed at run time, gallery.py), or why there are none."""
+    entry = record.get("gradcam")
+    if not entry:
+        return None
+    if entry.get("note"):
+        return f"No Grad-CAM overlays: {entry['note']}."
+    size = "×".join(map(str, entry.get("map_size") or []))
+    return (f"Beside each, Grad-CAM: where the network found the evidence for the class it predicted (red: most), read "
+            f"at {entry.get('layer', 'its last feature map')}{f' ({size} map)' if size else ''}.")
 
 
 def thresholds_text(record: dict[str, Any]) -> str | None:

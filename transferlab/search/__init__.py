@@ -22,6 +22,7 @@ from ..core.progress import log
 from ..data import open_pools
 from ..features import FeatureStore
 from ..resolve import load_study_spec
+from ..tracking import Tracker
 from .retrain import best_configuration, importances, retrain, summarize, write_summary
 from .space import (
     MINIMIZED,
@@ -73,8 +74,10 @@ def run_search(spec: StudySpec | str | Path, out: str | Path | None = None, *, t
 
 def search_and_retrain(spec: StudySpec | str | Path, out: str | Path | None = None, *, trials: int | None = None,
                        timeout: float | None = None, storage: str | None = None, study_name: str | None = None,
-                       worker: bool = False, resume: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """`run_search`, returning the retrained best's records too (a study adds them to its leaderboard)."""
+                       worker: bool = False, resume: bool = False,
+                       tracker: Tracker | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`run_search`, returning the retrained best's records too (a study adds them to its leaderboard).
+    `tracker`: the search's parent run (tracking.py), which its trials and retrained runs join."""
     if not isinstance(spec, StudySpec):
         spec = load_study_spec(spec)
     dims = parse_space(spec)
@@ -98,7 +101,7 @@ def search_and_retrain(spec: StudySpec | str | Path, out: str | Path | None = No
             log.info(f"search {name}: counting to the budget stored in the study, {budget} trials "
                      f"(--trials {trials} applies only to a new search)")
         objective = Objective(spec, dims, pools, FeatureStore(), out_dir / "search" / "trials", budget, metric,
-                              direction)
+                              direction, tracker)
         started = time.perf_counter()
         run_trials(study, objective, budget, timeout=timeout or search.timeout, heartbeat=search.heartbeat)
         log.info(f"search {name}: {budget_status(study)[0]}/{budget} trials done, "
@@ -108,9 +111,12 @@ def search_and_retrain(spec: StudySpec | str | Path, out: str | Path | None = No
         broadcast_from_main({"kind": "stop", "best": best})  # the other ranks retrain with this one, or exit
     if worker:
         return summarize(study, spec, dims, url, budget, metric, final_records=[]), []
-    records = retrain(spec, best, out_dir, pools)
+    records = retrain(spec, best, out_dir, pools, tracker)
     summary = summarize(study, spec, dims, url, budget, metric, final_records=records)
-    log.info(f"search summary {write_summary(summary, out_dir)}")
+    path = write_summary(summary, out_dir)
+    log.info(f"search summary {path}")
+    if tracker is not None:
+        tracker.attach([path])
     return summary, records
 
 

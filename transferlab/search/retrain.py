@@ -21,6 +21,7 @@ from ..core.progress import results
 from ..features import FeatureStore
 from ..record import write_record
 from ..runner import execute_run, headline
+from ..tracking import Tracker
 from .space import Dimension, resolve_paradigm, trial_spec
 from .storage import redact
 
@@ -38,20 +39,23 @@ def best_configuration(study, metric: str) -> dict[str, Any]:
             "value": best.value}
 
 
-def retrain(spec: StudySpec, best: dict[str, Any], out_dir: Path, pools) -> list[dict[str, Any]]:
+def retrain(spec: StudySpec, best: dict[str, Any], out_dir: Path, pools,
+            tracker: Tracker | None = None) -> list[dict[str, Any]]:
     """The best configuration, retrained (train, or train + val with `final`) and scored once on test for
     every study seed; ordinary run records under out/runs, labelled `<paradigm>-searched`, with `search`
-    saying which trial they come from."""
+    saying which trial they come from (and `tracker` logs each as a run)."""
     final = spec.search.final if spec.search.final is not None else spec.final
     paradigm = resolve_paradigm(spec, best["params"].get("paradigm", spec.paradigms[0].row_label))
-    store, records = FeatureStore(), []
+    store, records, tracker = FeatureStore(), [], tracker or Tracker()
     for seed in spec.seeds:
         run = trial_spec(spec, best["params"], seed=seed, label=f"{paradigm.label or paradigm.name}-searched")
         run = run.model_copy(update={"final": final})
-        record = execute_run(run, out_dir, study=spec.name, pools=pools, store=store)
-        if record.get("search") != best and is_main():
-            record = {**record, "search": best}
-            write_record({k: v for k, v in record.items() if k != "reused"}, out_dir)
+        with tracker.cell(run, "retrained") as tracked:
+            record = execute_run(run, out_dir, study=spec.name, pools=pools, store=store)
+            if record.get("search") != best and is_main():
+                record = {**record, "search": best}
+                write_record({k: v for k, v in record.items() if k != "reused"}, out_dir)
+            tracked.result(record)
         if is_main():
             results.print(f"best trial {best['trial']} ({best['objective']} {best['value']:.4f} on validation), "
                           f"seed {seed}: {headline(record)}")

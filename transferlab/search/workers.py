@@ -27,6 +27,7 @@ from ..core.errors import TransferlabError
 from ..core.progress import log, progress_bar
 from ..features import FeatureStore
 from ..runner import execute_run
+from ..tracking import Tracker, scalars
 from ..train.hooks import listening_to_epochs
 from .retrain import retrain
 from .space import Dimension, trial_spec
@@ -53,12 +54,14 @@ def budget_status(study) -> tuple[int, int]:
 
 class Objective:
     """One trial = one run on validation only (`execute_run(validation_only=True)`), on shared pools and
-    feature store; epochs report to the pruner; failures become failed trials with their reason."""
+    feature store; epochs report to the pruner; failures become failed trials with their reason. `tracker`
+    logs each trial as a run (its sampled values, epochs and validation metrics)."""
 
     def __init__(self, spec: StudySpec, dims: list[Dimension], pools, store: FeatureStore, trial_dir: Path,
-                 budget: int, metric: str, direction: str):
+                 budget: int, metric: str, direction: str, tracker: Tracker | None = None):
         self.spec, self.dims, self.pools, self.store, self.trial_dir = spec, dims, pools, store, trial_dir
         self.budget, self.metric, self.direction = budget, metric, direction
+        self.tracker = tracker or Tracker()
 
     def __call__(self, trial) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -71,6 +74,20 @@ class Objective:
         for dim in self.dims:
             if dim.active(values):
                 values[dim.path] = dim.suggest(trial)
+        tags = {"kind": "trial", "trial": trial.number, "objective": self.metric}
+        with self.tracker.run(f"trial{trial.number}", values, tags,
+                              folder=f"search/{trial.study.study_name}/trial{trial.number}") as tracked:
+            try:
+                value = self._score(trial, values)
+            except optuna.TrialPruned:
+                tracked.state = "pruned"
+                raise
+            finally:
+                tracked.scores(scalars(trial.user_attrs.get("val_metrics"), "val/"))
+        return value
+
+    def _score(self, trial, values: dict[str, Any]) -> float:
+        """The trial's run on validation → its objective value (or a failed / pruned trial)."""
         folder = self.trial_dir / f"trial{trial.number}-{os.getpid()}"
         try:
             run = trial_spec(self.spec, values, seed=self.spec.seeds[0], label=f"trial{trial.number}")

@@ -1,8 +1,11 @@
-"""Per-epoch validation figures for whoever listens: the search's pruner stops hopeless trials with them.
+"""Per-epoch validation figures for whoever listens: the search's pruner stops hopeless trials with them, and
+experiment tracking (`tracking.py`) logs them as the run trains.
 
-A context variable, not a parameter threaded through every paradigm: the loop calls
-`epoch_done` after each epoch; outside `listening_to_epochs` it does nothing. A listener may raise (Optuna's
-`TrialPruned`) to stop training; the exception leaves the run like any other.
+A context variable, not a parameter threaded through every paradigm: the loop calls `epoch_done` after each
+epoch; outside `listening_to_epochs` it does nothing. Listeners nest (a tracked search trial has two) and are
+told in the order they started listening, outermost first, so the tracker has logged an epoch before the pruner
+stops on it. A listener may raise (Optuna's `TrialPruned`) to stop training; the exception leaves the run like
+any other.
 """
 
 from __future__ import annotations
@@ -13,20 +16,19 @@ from contextvars import ContextVar
 from typing import Any
 
 EpochListener = Callable[[dict[str, Any]], None]
-_listener: ContextVar[EpochListener | None] = ContextVar("epoch_listener", default=None)
+_listeners: ContextVar[tuple[EpochListener, ...]] = ContextVar("epoch_listeners", default=())
 
 
 @contextmanager
 def listening_to_epochs(listener: EpochListener) -> Iterator[None]:
-    token = _listener.set(listener)
+    token = _listeners.set((*_listeners.get(), listener))
     try:
         yield
     finally:
-        _listener.reset(token)
+        _listeners.reset(token)
 
 
 def epoch_done(figures: dict[str, Any]) -> None:
-    """Tell the listener, if any, one epoch's figures (val_loss, and val_accuracy or val_micro_f1)."""
-    listener = _listener.get()
-    if listener is not None:
+    """Tell each listener one epoch's figures (epoch, train_loss, val_loss, val_accuracy or val_micro_f1, lr, ...)."""
+    for listener in _listeners.get():
         listener(figures)
