@@ -122,3 +122,17 @@ def finished_search(image_folder, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("search")
     return out, transferlab.search(search_spec(image_folder), out)
+
+
+@pytest.fixture(scope="session")
+def digits16():
+    """scikit-learn's 8×8 digits as 16 px uint8 images (real data), the first 450, with their labels: small enough
+    for training tests that run a whole loop in seconds."""
+    from transferlab.config import DataSpec
+    from transferlab.data.decode import decode_images
+    from transferlab.data.views import make_view
+
+    source = open_pools(DataSpec(source="digits")).train
+    view, _ = make_view({"steps": [["resize", 16], ["center_crop", 16]]})
+    x, _, _ = decode_images(source, np.arange(450), view, cache=False)
+    return x, source.labels[:450]

@@ -10,23 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab.config import DataSpec
 from transferlab.core.errors import TransferlabError
-from transferlab.data import open_pools
-from transferlab.data.decode import decode_images
-from transferlab.data.views import make_view
 from transferlab.paradigms import create_paradigm
 from transferlab.paradigms.trained import TrainingContext
 from transferlab.train.lr_find import END_LR, START_LR, STEPS, find_lr, suggested_lr
 
 
 @pytest.fixture(scope="module")
-def digits():
-    """scikit-learn's 8×8 digits as 16 px uint8 images (real data): 300 for training, 150 for validation."""
-    source = open_pools(DataSpec(source="digits")).train
-    view, _ = make_view({"steps": [["resize", 16], ["center_crop", 16]]})
-    x, _, _ = decode_images(source, np.arange(450), view, cache=False)
-    return x, source.labels[:450]
+def digits(digits16):
+    """300 digits for training, 150 for validation."""
+    return digits16
 
 
 def cnn(**params):

@@ -9,11 +9,8 @@ import torch
 from torch import nn
 
 import transferlab
-from transferlab.config import DataSpec, RunSpec, validated
+from transferlab.config import RunSpec, validated
 from transferlab.core.errors import TransferlabError
-from transferlab.data import open_pools
-from transferlab.data.decode import decode_images
-from transferlab.data.views import make_view
 from transferlab.deploy import load_run
 from transferlab.deploy.artifact import decoded_split
 from transferlab.deploy.export import export_model
@@ -27,12 +24,10 @@ PLAIN = {"image_size": 16, "widths": [8, 16], "augment": "none", "dropout": 0.0,
 
 
 @pytest.fixture(scope="module")
-def digits():
-    """scikit-learn's 8×8 digits as 16 px uint8 images (real data): 256 for training, 128 for validation."""
-    source = open_pools(DataSpec(source="digits")).train
-    view, _ = make_view({"steps": [["resize", 16], ["center_crop", 16]]})
-    x, _, _ = decode_images(source, np.arange(384), view, cache=False)
-    return x, source.labels[:384]
+def digits(digits16):
+    """256 digits for training, 128 for validation."""
+    x, y = digits16
+    return x[:384], y[:384]
 
 
 def fitted(digits, checkpoints=None, **params):

@@ -19,11 +19,10 @@ import torch
 from torch import nn
 
 from ..core.errors import TransferlabError
-from ..data.augment import make_augment
 from ..models.backbones import Backbone
 from ..models.heads import ClassifierHead, head_penalty, with_head
 from ..models.modules import TimmModel, with_tta
-from ..train.loop import Images, TrainResult, fit, predict_logits
+from ..train.loop import Images, TrainResult, fit, online_augment, predict_logits
 from ..train.lr_find import find_lr
 from ..train.optim import param_groups
 from .base import Paradigm
@@ -131,10 +130,8 @@ class TrainedParadigm(Paradigm):
 
     def _find_lr(self, model, groups, X, y, p, augment) -> None:
         """The range test (train/lr_find.py) on this phase's model and data: its suggestion scales every phase."""
-        if augment is None and X.ndim == 4 and not p.augment_copies:  # what the loop's epochs would apply
-            augment = make_augment(p.augment, tuple(X.shape[-2:]))
         found = find_lr(model, groups, X, torch.as_tensor(y), p, n_classes=self.n_classes, seed=self.seed,
-                        device=self.context.device, augment=augment, label=self.name)
+                        device=self.context.device, augment=online_augment(p, X, augment), label=self.name)
         self.finding_lr_, self.lr_scale_ = False, found["suggested_lr"]
         self.selected_["lr_find"] = found
         if self.stop_after_lr_find:

@@ -154,11 +154,7 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
     evaluated = ema.module if ema else model
     loss_fn = make_loss(p, train.y.numpy(), n_classes, device)
     train_loss_fn = loss_fn if penalty is None else (lambda logits, y: loss_fn(logits, y) + penalty())
-    # Offline copies replace online augmentation (augment_copies); otherwise the preset runs every epoch.
-    if p.augment_copies:
-        augment = None
-    elif augment is None and train.x.ndim == 4:
-        augment = make_augment(p.augment, tuple(train.x.shape[-2:]))
+    augment = online_augment(p, train.x, augment)
     result, best_state, stale = TrainResult(), None, 0
 
     finished = False
@@ -213,6 +209,16 @@ def _fit(model, groups, train: Images, val: Images, p: TrainParams, *, n_classes
     elif best_state is not None:
         model.load_state_dict(best_state)
     return result
+
+
+def online_augment(p: TrainParams, x: torch.Tensor, augment=None):
+    """The augmentation each training batch gets: `augment` when the paradigm brings its own, else `p.augment`'s
+    on images (not on features or activations); none with augment_copies, whose offline copies replace it."""
+    if p.augment_copies:
+        return None
+    if augment is None and x.ndim == 4:
+        return make_augment(p.augment, tuple(x.shape[-2:]))
+    return augment
 
 
 @dataclass
