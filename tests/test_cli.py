@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from transferlab.core.errors import TransferlabError
 
 from .conftest import SMALL_SIZE
 
@@ -120,13 +123,13 @@ def test_search_with_a_misspelt_parameter_or_an_unreachable_storage_is_one_line(
 HEAVY = ("torch", "timm", "sklearn", "optuna", "onnxruntime")
 
 
-def modules_loaded_by(*args) -> tuple[list[str], subprocess.CompletedProcess]:
+def modules_loaded_by(*args, env=None) -> tuple[list[str], subprocess.CompletedProcess]:
     """The heavy libraries a CLI call imported, read in the same process after the command returned."""
     code = ("import sys\nfrom transferlab.cli import main\n"
             f"sys.argv = ['transferlab', *{[str(a) for a in args]!r}]\n"
             "code = 0\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code or 0\n"
             f"print('LOADED', [m for m in {HEAVY!r} if m in sys.modules])\nsys.exit(code)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     loaded = next(line for line in result.stdout.splitlines() if line.startswith("LOADED"))
     return eval(loaded.removeprefix("LOADED "), {}), result  # a list literal printed by the child above
 
@@ -141,6 +144,41 @@ def test_help_version_and_spec_errors_answer_without_importing_torch(tmp_path, s
     loaded, result = modules_loaded_by("study", tmp_path / f"{spec}.yaml")
     assert loaded == [], loaded
     assert one_error_line(result).count(f"{spec}.yaml") == 1
+
+
+def test_an_unknown_paradigm_or_backbone_answers_without_torch_once_a_process_has_seen_the_registries(tmp_path):
+    env = {**os.environ, "TRANSFERLAB_CACHE": str(tmp_path / "cache")}  # no names remembered yet
+    spec = tmp_path / "names.yaml"
+    spec.write_text("name: x\ndatasets: [digits]\nbackbones: [tf_efficientnet_lite0]\nparadigms: [linaer]\n")
+    loaded, first = modules_loaded_by("study", spec, env=env)
+    assert "torch" in loaded  # the first process asks the registries themselves, and leaves their names
+    assert list((tmp_path / "cache" / "names").glob("*.json"))
+    loaded, second = modules_loaded_by("study", spec, env=env)
+    assert loaded == [], loaded
+    assert one_error_line(second) == one_error_line(first)
+    assert "paradigms.0: unknown paradigm 'linaer' (did you mean 'linear'?)" in one_error_line(second)
+    spec.write_text(spec.read_text().replace("linaer", "linear").replace("lite0", "lit0"))
+    loaded, result = modules_loaded_by("study", spec, env=env)
+    assert loaded == [], loaded
+    assert "backbones.0.name: unknown timm model 'tf_efficientnet_lit0'; did you mean tf_efficientnet_lite0" in \
+        one_error_line(result)
+    loaded, result = modules_loaded_by("run", "--data", "digits", "--backbone", "torchvision/resnet5",
+                                       "--paradigm", "knn", env=env)
+    assert loaded == [], loaded
+    assert "unknown torchvision model 'torchvision/resnet5'; did you mean torchvision/resnet50" in \
+        one_error_line(result)
+
+
+def test_remembered_names_are_not_trusted_once_torch_is_imported(tmp_path, monkeypatch):
+    from transferlab.core import names
+
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path))
+    names.remember(["linear"], ["resnet50"], [])  # a stale list: code in this process may register more
+    names.refuse_unknown([("paradigms.0", "paradigm", "knn")], "spec.yaml")  # torch is imported here: no answer
+    monkeypatch.delitem(sys.modules, "torch")
+    with pytest.raises(TransferlabError, match="spec.yaml: paradigms.0: unknown paradigm 'knn'"):
+        names.refuse_unknown([("paradigms.0", "paradigm", "knn")], "spec.yaml")
+    names.refuse_unknown([("backbones.0.name", "backbone", "resnet50.a1_in1k")], "spec.yaml")  # timm's tag rule
 
 
 def test_version_prints_the_package_version():

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import DataSpec, StudySpec, load_yaml, validated
+from .config import DataSpec, RunSpec, StudySpec, load_yaml, named_entries, validated
 from .core.errors import TransferlabError
+from .core.names import refuse_unknown
 
 if TYPE_CHECKING:  # the annotation only: leaderboard imports numpy, which `import transferlab` does not need
     from .leaderboard import Leaderboard
@@ -36,13 +37,11 @@ def run(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = None
     >>> transferlab.run({"source": "flowers/", "train_size": 1000}, {"name": "resnet50", "weights": "hub"},
     ...                 {"name": "rff", "C": [1, 10]}, seed=1)                   # doctest: +SKIP
     """
-    from .config import RunSpec
-    from .resolve import resolved
+    given = {"data": data, "backbone": backbone, "paradigm": paradigm, "seed": seed, **options}
+    spec = _run_spec(given, "transferlab.run")  # first: a bad spec answers before torch is imported
     from .runner import execute_run
     from .tracking import open_tracking
 
-    given = {"data": data, "backbone": backbone, "paradigm": paradigm, "seed": seed, **options}
-    spec = resolved(RunSpec, {k: v for k, v in given.items() if v is not None}, "transferlab.run")  # None: the default
     with open_tracking(track, out, uri=tracking_uri).cell(spec, "run", fresh=not resume) as tracked:
         record = execute_run(spec, out, reuse=not force, resume=resume)
         tracked.result(record)
@@ -59,14 +58,12 @@ def lr_find(data: str | dict[str, Any], backbone: str | dict[str, Any] | None = 
     >>> transferlab.lr_find("flowers/", "tf_efficientnet_lite0", {"name": "finetune", "optimizer": "adamw"})
     ... # doctest: +SKIP
     """
-    from .config import RunSpec
+    given = {"data": data, "backbone": backbone, "paradigm": paradigm, "seed": seed, **options}
+    spec = _run_spec(given, "transferlab.lr_find")
     from .core.paths import atomic_write
     from .report.plots import lr_find_curve
-    from .resolve import resolved
     from .runner import find_learning_rate
 
-    given = {"data": data, "backbone": backbone, "paradigm": paradigm, "seed": seed, **options}
-    spec = resolved(RunSpec, {k: v for k, v in given.items() if v is not None}, "transferlab.lr_find")
     found = find_learning_rate(spec, out)
     folder = Path(out) / "lr_find"
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,11 +161,24 @@ def _study_spec(spec, where: str) -> StudySpec:
     """A StudySpec from a YAML path, a dict, or a StudySpec (checked against the registries either way).
     The file, its YAML and its structure (unknown keys, types) are checked first with `config` alone, so a
     missing file or a misspelt key answers without importing torch; the registry checks (paradigm and
-    backbone names, a paradigm's params) need the models and come second."""
+    backbone names, a paradigm's params) come second (`_checked`)."""
     if isinstance(spec, str | Path):
         spec, where = load_yaml(spec), str(spec)
     if isinstance(spec, dict):
         spec = validated(StudySpec, spec, where)
+    return _checked(spec, where)
+
+
+def _run_spec(given: dict[str, Any], where: str) -> RunSpec:
+    """A RunSpec from `run`'s arguments (None: the default), checked like a study's spec (`_study_spec`)."""
+    return _checked(validated(RunSpec, {k: v for k, v in given.items() if v is not None}, where), where)
+
+
+def _checked(spec: Any, where: str) -> Any:
+    """`spec` after the registry checks: first against the names the last process that imported the
+    registries left on disk (core.names; a misspelt name answers at once, torch not imported), then the
+    registries themselves (resolve.checked)."""
+    refuse_unknown(named_entries(spec), where)
     from .resolve import checked
 
     return checked(spec, where)

@@ -128,13 +128,14 @@ def run(data: str = typer.Option(..., help="image folder (root/<class>/<image>) 
     """Run one dataset × backbone × paradigm cell and write its record."""
     from .api import run as run_one
     from .core.progress import results
-    from .runner import headline
 
     cell = _cell_specs(data, test, val, backbone, weights, image_size, paradigm, param, train_size, data_option,
                        skip_bad)
     options = _given({"engine": engine, "device": device, "threshold": threshold, "final": final})
     record = run_one(*cell, seed=seed, out=out, force=force, resume=resume, track=track, tracking_uri=tracking_uri,
                      **options)
+    from .runner import headline  # after the run: a bad spec answers before torch is imported
+
     results.print(f"{record['run_id']}: {headline(record)}")
     results.print(f"record: {Path(out) / 'runs' / (record['run_id'] + '.json')}")
 

@@ -409,6 +409,24 @@ class StudySpec(Spec):
     mini: MiniSpec | None = None
 
 
+def named_entries(spec: Spec) -> list[tuple[str, str, str]]:
+    """(field, kind, name) for every paradigm and backbone name `spec` gives, kind "paradigm" or "backbone":
+    what resolve.py checks against the registries (and core.names against their remembered names)."""
+    if isinstance(spec, StudySpec):
+        mini = spec.mini.backbones.items() if spec.mini is not None else []
+        return [*((f"backbones.{i}.name", "backbone", b.name) for i, b in enumerate(spec.backbones)),
+                *((f"paradigms.{i}", "paradigm", p.name) for i, p in enumerate(spec.paradigms)),
+                *((f"mini.backbones.{wanted}.name", "backbone", b.name) for wanted, b in mini)]
+    if isinstance(spec, RunSpec):
+        backbone = [("backbone.name", "backbone", spec.backbone.name)] if spec.backbone is not None else []
+        return [*backbone, ("paradigm", "paradigm", spec.paradigm.name)]
+    if isinstance(spec, BackboneSpec):
+        return [("name", "backbone", spec.name)]
+    if isinstance(spec, ParadigmSpec):
+        return [("", "paradigm", spec.name)]
+    return []
+
+
 def validated(model: type[Spec], data: Any, where: str) -> Any:
     """`model.model_validate(data)`, with pydantic's report turned into one line naming `where` and the field."""
     try:

@@ -9,7 +9,6 @@ decides whether a record is up to date, and the environment and library versions
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .config import RunSpec
 from .core.distributed import world_size
+from .core.names import code_digest
 from .core.paths import atomic_write
 from .data import Pools
 
@@ -88,21 +88,9 @@ def is_multi_label(record: dict[str, Any]) -> bool:
 
 def cell_key(spec: RunSpec, pools: Pools, input_key: str) -> str:
     """Everything a run's result depends on: its spec, the data's content, its inputs, the record format."""
-    parts = [spec.model_dump_json(), input_key, str(RECORD_VERSION), source_digest(), str(world_size()),
+    parts = [spec.model_dump_json(), input_key, str(RECORD_VERSION), code_digest(), str(world_size()),
              *(pool.fingerprint for pool in (pools.train, pools.val, pools.test) if pool is not None)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
-
-
-@functools.cache
-def source_digest() -> str:
-    """A hash of transferlab's own code: a change to a paradigm or the loop makes old records stale.
-
-    (The version number would not: it stays 0.1.0 across every edit of an editable install.)
-    """
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def record_path(out_dir: str | Path, run_id: str) -> Path:

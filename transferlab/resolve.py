@@ -20,11 +20,13 @@ from .config import (
     StudySpec,
     deep_merge,
     load_yaml,
+    named_entries,
     validated,
 )
+from .core import names
 from .core.errors import TransferlabError
-from .models.backbones import check_model_name
-from .paradigms import get_paradigm_class, validate_params
+from .models.backbones import check_model_name, model_names
+from .paradigms import PARADIGMS, get_paradigm_class, validate_params
 
 
 def resolved(model: type[Spec], data: Any, where: str) -> Any:
@@ -46,18 +48,16 @@ def load_study_spec(path: str | Path) -> StudySpec:
 
 
 def check_registered(spec: Spec) -> None:
-    """Raise `field: problem` for the first name no registry knows (paradigm, its params, timm model)."""
+    """Raise `field: problem` for the first name no registry knows (paradigm, timm or torchvision model), then
+    for a paradigm's params; leave the registries' names for the next process (core.names)."""
+    if not names.remembered():
+        names.remember(PARADIGMS, *model_names())
+    for field, kind, name in named_entries(spec):
+        _at(field, check_model_name if kind == "backbone" else get_paradigm_class, name)
     if isinstance(spec, StudySpec):
-        for i, backbone in enumerate(spec.backbones):
-            _at(f"backbones.{i}.name", check_model_name, backbone.name)
         for i, paradigm in enumerate(spec.paradigms):
             _at(f"paradigms.{i}", validate_params, paradigm.name, paradigm.params)
-        if spec.mini is not None:
-            for wanted, backbone in spec.mini.backbones.items():
-                _at(f"mini.backbones.{wanted}.name", check_model_name, backbone.name)
     elif isinstance(spec, RunSpec):
-        if spec.backbone is not None:
-            _at("backbone.name", check_model_name, spec.backbone.name)
         _at("paradigm", validate_params, spec.paradigm.name, spec.paradigm.params)
         needs = get_paradigm_class(spec.paradigm.name).needs_backbone
         if needs and spec.backbone is None:
@@ -65,8 +65,6 @@ def check_registered(spec: Spec) -> None:
                                    "tf_efficientnet_lite0)")
         if not needs and spec.backbone is not None:
             raise TransferlabError(f"paradigm '{spec.paradigm.name}' uses no backbone; leave backbone empty")
-    elif isinstance(spec, BackboneSpec):
-        _at("name", check_model_name, spec.name)
     elif isinstance(spec, ParadigmSpec):
         _at("", validate_params, spec.name, spec.params)
 

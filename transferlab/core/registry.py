@@ -32,6 +32,15 @@ def did_you_mean(name: object, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def unknown_name_message(kind: str, name: object, names: Iterable[str]) -> str | None:
+    """The one line for a `name` that is not among `names` ("unknown paradigm 'linaer' (did you mean 'linear'?);
+    available: ..."), else None."""
+    names = list(names)
+    if name in names:
+        return None
+    return f"unknown {kind} '{name}'{did_you_mean(name, names)}; available: {', '.join(sorted(names))}"
+
+
 class Registry(Mapping[str, T]):
     """Named entries of one kind ("paradigm", "optimizer", ...), in registration order."""
 
@@ -62,8 +71,7 @@ class Registry(Mapping[str, T]):
             return self._entries[name]
         if default is not _MISSING:
             return default
-        raise TransferlabError(f"unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; "
-                               f"available: {', '.join(sorted(self._entries))}")
+        raise TransferlabError(unknown_name_message(self.kind, name, self._entries))
 
     def create(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """`get(name)(*args, **kwargs)`: build what the entry called `name` makes."""

@@ -12,7 +12,6 @@ config read from their torchvision weights' transforms; their hub is torchvision
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import os
 import socket
@@ -31,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import BackboneSpec
 from ..core.errors import TransferlabError
+from ..core.names import unknown_model_message
 from ..core.registry import Registry
 from ..core.seeding import torch_seeded
 from . import torchvision_nets
@@ -39,16 +39,17 @@ from .weights import OFFLINE_WEIGHTS, load_offline_state_dict, offline_models
 
 def check_model_name(name: str) -> None:
     """Unknown timm (or `torchvision/<model>`) model → one line with the closest names."""
+    if torchvision_nets.is_torchvision(name) or not timm.is_model(name):
+        problem = unknown_model_message(name, *model_names())
+        if problem:
+            raise TransferlabError(problem)
     if torchvision_nets.is_torchvision(name):
-        torchvision_nets.check_name(name)
-        return
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-    if name in torchvision_nets.model_names():  # timm lacks it (alexnet, vgg16_bn, ...), torchvision has it
-        close = [torchvision_nets.PREFIX + name, *close]
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-    raise TransferlabError(f"unknown timm model '{name}'{hint}")
+        torchvision_nets.check_weights_tag(name)
+
+
+def model_names() -> tuple[list[str], list[str]]:
+    """Every architecture timm has, and every classification model torchvision has."""
+    return timm.list_models(), torchvision_nets.model_names()
 
 
 def create_model(name: str, num_classes: int | None = None) -> torch.nn.Module:

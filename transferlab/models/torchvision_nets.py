@@ -18,7 +18,6 @@ VGG each max-pool-delimited conv block, then fc6, fc7; ResNets the stem, layer1.
 from __future__ import annotations
 
 import bisect
-import difflib
 import functools
 import os
 import warnings
@@ -59,18 +58,12 @@ def model_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
-def check_name(name: str) -> None:
-    """Unknown `torchvision/<model>` → one line with the closest names."""
-    names = model_names()
-    if architecture(name) in names:
-        if weights_tag(name) and default_weights(name) is None:  # an unknown tag is refused by default_weights
-            raise TransferlabError(f"{name}: torchvision has no pretrained weights for {architecture(name)}; drop "
-                                   f".{weights_tag(name)}")
-        return
-    close = difflib.get_close_matches(architecture(name), names, n=3, cutoff=0.6)
-    hint = (f"; did you mean {', '.join(PREFIX + c for c in close)}?" if close
-            else "; see torchvision.models.list_models(module=torchvision.models)")
-    raise TransferlabError(f"unknown torchvision model '{name}'{hint}")
+def check_weights_tag(name: str) -> None:
+    """`torchvision/<model>.<TAG>` of a model without pretrained weights → one line (an unknown tag of one
+    with weights is refused by `default_weights`)."""
+    if weights_tag(name) and default_weights(name) is None:
+        raise TransferlabError(f"{name}: torchvision has no pretrained weights for {architecture(name)}; drop "
+                               f".{weights_tag(name)}")
 
 
 def default_weights(name: str):
