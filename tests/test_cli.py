@@ -167,18 +167,25 @@ def test_an_unknown_paradigm_or_backbone_answers_without_torch_once_a_process_ha
     assert loaded == [], loaded
     assert "unknown torchvision model 'torchvision/resnet5'; did you mean torchvision/resnet50" in \
         one_error_line(result)
+    loaded, result = modules_loaded_by("run", "--data", "fashon-mnist", "--paradigm", "pixels", env=env)
+    assert loaded == [], loaded
+    assert "data.source: fashon-mnist: no such dataset folder or manifest, and not a builtin dataset " \
+           "(fashion-mnist," in one_error_line(result)
 
 
 def test_remembered_names_are_not_trusted_once_torch_is_imported(tmp_path, monkeypatch):
     from transferlab.core import names
 
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path))
-    names.remember(["linear"], ["resnet50"], [])  # a stale list: code in this process may register more
+    names.remember(["linear"], ["resnet50"], [], ["digits"])  # a stale list: code in this process may register more
     names.refuse_unknown([("paradigms.0", "paradigm", "knn")], "spec.yaml")  # torch is imported here: no answer
     monkeypatch.delitem(sys.modules, "torch")
     with pytest.raises(TransferlabError, match="spec.yaml: paradigms.0: unknown paradigm 'knn'"):
         names.refuse_unknown([("paradigms.0", "paradigm", "knn")], "spec.yaml")
     names.refuse_unknown([("backbones.0.name", "backbone", "resnet50.a1_in1k")], "spec.yaml")  # timm's tag rule
+    names.refuse_unknown([("datasets.0.source", "dataset", str(tmp_path))], "spec.yaml")  # a folder that exists
+    with pytest.raises(TransferlabError, match="datasets.0.source: flowers: no such dataset folder"):
+        names.refuse_unknown([("datasets.0.source", "dataset", "flowers")], "spec.yaml")
 
 
 def test_version_prints_the_package_version():

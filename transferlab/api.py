@@ -97,7 +97,7 @@ def study(spec: str | Path | dict[str, Any] | StudySpec, out: str | Path | None 
 
     >>> transferlab.study("examples/studies/flowers-heads.yaml", mini=True)   # doctest: +SKIP
     """
-    spec = _study_spec(spec, "transferlab.study")  # first: a bad spec answers before torch is imported
+    spec = _study_spec(spec, "transferlab.study", datasets=not mini)  # first: a bad spec answers before torch
     if (worker or study_name) and not storage:
         raise TransferlabError(f"{'worker' if worker else 'study_name'} needs storage: the URL of the database "
                                "the workers share (e.g. postgresql://user@host/db)")
@@ -157,7 +157,7 @@ def _open_tracking(spec: StudySpec, out_dir: Path):
     return open_tracking(spec.tracking, out_dir, uri=spec.tracking_uri, experiment=spec.name)
 
 
-def _study_spec(spec, where: str) -> StudySpec:
+def _study_spec(spec, where: str, *, datasets: bool = True) -> StudySpec:
     """A StudySpec from a YAML path, a dict, or a StudySpec (checked against the registries either way).
     The file, its YAML and its structure (unknown keys, types) are checked first with `config` alone, so a
     missing file or a misspelt key answers without importing torch; the registry checks (paradigm and
@@ -166,7 +166,7 @@ def _study_spec(spec, where: str) -> StudySpec:
         spec, where = load_yaml(spec), str(spec)
     if isinstance(spec, dict):
         spec = validated(StudySpec, spec, where)
-    return _checked(spec, where)
+    return _checked(spec, where, datasets=datasets)
 
 
 def _run_spec(given: dict[str, Any], where: str) -> RunSpec:
@@ -174,11 +174,12 @@ def _run_spec(given: dict[str, Any], where: str) -> RunSpec:
     return _checked(validated(RunSpec, {k: v for k, v in given.items() if v is not None}, where), where)
 
 
-def _checked(spec: Any, where: str) -> Any:
+def _checked(spec: Any, where: str, *, datasets: bool = True) -> Any:
     """`spec` after the registry checks: first against the names the last process that imported the
     registries left on disk (core.names; a misspelt name answers at once, torch not imported), then the
-    registries themselves (resolve.checked)."""
-    refuse_unknown(named_entries(spec), where)
+    registries themselves (resolve.checked). `datasets`: the dataset sources too (not for a miniature, whose
+    full-size data may be absent)."""
+    refuse_unknown(named_entries(spec, datasets=datasets), where)
     from .resolve import checked
 
     return checked(spec, where)

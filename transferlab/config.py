@@ -409,22 +409,31 @@ class StudySpec(Spec):
     mini: MiniSpec | None = None
 
 
-def named_entries(spec: Spec) -> list[tuple[str, str, str]]:
-    """(field, kind, name) for every paradigm and backbone name `spec` gives, kind "paradigm" or "backbone":
-    what resolve.py checks against the registries (and core.names against their remembered names)."""
+def named_entries(spec: Spec, *, datasets: bool = True) -> list[tuple[str, str, str]]:
+    """(field, kind, name) for every paradigm and backbone name `spec` gives (kind "paradigm" or "backbone") and,
+    with `datasets`, every dataset source that must be a builtin name or an existing path (kind "dataset"): what
+    resolve.py checks against the registries and core.names against their remembered names. (`datasets=False`
+    for a study run `--mini`: its full-size data may be absent where the miniature runs.)"""
     if isinstance(spec, StudySpec):
         mini = spec.mini.backbones.items() if spec.mini is not None else []
-        return [*((f"backbones.{i}.name", "backbone", b.name) for i, b in enumerate(spec.backbones)),
+        return [*(_dataset_entries(spec.datasets, "datasets.{}.source") if datasets else []),
+                *((f"backbones.{i}.name", "backbone", b.name) for i, b in enumerate(spec.backbones)),
                 *((f"paradigms.{i}", "paradigm", p.name) for i, p in enumerate(spec.paradigms)),
                 *((f"mini.backbones.{wanted}.name", "backbone", b.name) for wanted, b in mini)]
     if isinstance(spec, RunSpec):
         backbone = [("backbone.name", "backbone", spec.backbone.name)] if spec.backbone is not None else []
-        return [*backbone, ("paradigm", "paradigm", spec.paradigm.name)]
+        data = _dataset_entries([spec.data], "data.source") if datasets else []
+        return [*data, *backbone, ("paradigm", "paradigm", spec.paradigm.name)]
     if isinstance(spec, BackboneSpec):
         return [("name", "backbone", spec.name)]
     if isinstance(spec, ParadigmSpec):
         return [("", "paradigm", spec.name)]
     return []
+
+
+def _dataset_entries(datasets: list[DataSpec], field: str) -> list[tuple[str, str, str]]:
+    """The sources that name a builtin dataset or a path (not those under a tag_files folder)."""
+    return [(field.format(i), "dataset", d.source) for i, d in enumerate(datasets) if d.tag_files is None]
 
 
 def validated(model: type[Spec], data: Any, where: str) -> Any:

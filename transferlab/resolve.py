@@ -25,6 +25,7 @@ from .config import (
 )
 from .core import names
 from .core.errors import TransferlabError
+from .data.builtins import BUILTINS
 from .models.backbones import check_model_name, model_names
 from .paradigms import PARADIGMS, get_paradigm_class, validate_params
 
@@ -51,8 +52,8 @@ def check_registered(spec: Spec) -> None:
     """Raise `field: problem` for the first name no registry knows (paradigm, timm or torchvision model), then
     for a paradigm's params; leave the registries' names for the next process (core.names)."""
     if not names.remembered():
-        names.remember(PARADIGMS, *model_names())
-    for field, kind, name in named_entries(spec):
+        names.remember(PARADIGMS, *model_names(), BUILTINS)
+    for field, kind, name in named_entries(spec, datasets=False):  # a source is opened, and checked, when read
         _at(field, check_model_name if kind == "backbone" else get_paradigm_class, name)
     if isinstance(spec, StudySpec):
         for i, paradigm in enumerate(spec.paradigms):

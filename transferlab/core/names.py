@@ -1,8 +1,8 @@
-"""Which paradigm and model names exist, answered before torch is imported.
+"""Which paradigm, model and builtin dataset names exist, answered before torch is imported.
 
-The paradigm registry and timm's / torchvision's model lists live in modules that import torch (about 2 s on
-2 cores), so a misspelt name in a spec used to cost that wait before its one-line error (issue 21). Every
-process that has imported them leaves their names in `$TRANSFERLAB_CACHE/names/<key>.json` (`remember`), the
+The paradigm and dataset registries and timm's / torchvision's model lists live in modules that import torch
+(about 2 s on 2 cores), so a misspelt name in a spec used to cost that wait before its one-line error (issue
+21). Every process that has imported them leaves their names in `$TRANSFERLAB_CACHE/names/<key>.json` (`remember`), the
 key a hash of transferlab's code and timm's and torchvision's versions; a later process that has not imported
 torch yet refuses an unknown name from that file (`refuse_unknown`) and never imports it.
 
@@ -26,7 +26,9 @@ from .errors import TransferlabError
 from .paths import atomic_write_text, cache_root
 from .registry import unknown_name_message
 
-TORCHVISION_PREFIX = "torchvision/"  # models/torchvision_nets.py's, repeated: core may not import models
+TORCHVISION_PREFIX = "torchvision/"  # a backbone name of torchvision's (models/torchvision_nets.py)
+HUB_DATASET_PREFIX = "hf:"  # a dataset source on the Hugging Face Hub (data/hf.py)
+KINDS = ("paradigm", "timm", "torchvision", "dataset")  # what the file lists
 
 
 @functools.cache
@@ -57,9 +59,11 @@ def remembered() -> bool:
     return _index_path().exists()
 
 
-def remember(paradigms: Iterable[str], timm_models: Iterable[str], torchvision_models: Iterable[str]) -> None:
+def remember(paradigms: Iterable[str], timm_models: Iterable[str], torchvision_models: Iterable[str],
+             datasets: Iterable[str]) -> None:
     """Write the names this process's registries know (`remembered()` says whether that is still needed)."""
-    names = {"paradigm": sorted(paradigms), "timm": sorted(timm_models), "torchvision": sorted(torchvision_models)}
+    names = {"paradigm": sorted(paradigms), "timm": sorted(timm_models), "torchvision": sorted(torchvision_models),
+             "dataset": list(datasets)}  # in registration order, as the error lists them
     atomic_write_text(_index_path(), json.dumps(names))
 
 
@@ -68,22 +72,30 @@ def _known() -> dict[str, list[str]] | None:
     if "torch" in sys.modules:
         return None
     try:
-        return json.loads(_index_path().read_text())
+        known = json.loads(_index_path().read_text())
     except (OSError, ValueError):
         return None
+    return known if isinstance(known, dict) and set(known) == set(KINDS) else None
 
 
 def refuse_unknown(entries: Iterable[tuple[str, str, str]], where: str) -> None:
-    """For (field, kind, name) entries (kind: "paradigm" or "backbone"), raise the registries' one line
+    """For (field, kind, name) entries (kind: paradigm, backbone or dataset), raise the registries' one line
     `where: field: unknown ...` for the first name the remembered names lack; do nothing without them."""
     known = _known()
     if known is None:
         return
     for field, kind, name in entries:
-        problem = (unknown_name_message("paradigm", name, known["paradigm"]) if kind == "paradigm"
-                   else unknown_model_message(name, known["timm"], known["torchvision"]))
+        problem = _problem(kind, name, known)
         if problem:
             raise TransferlabError(": ".join(part for part in (where, field, problem) if part))
+
+
+def _problem(kind: str, name: str, known: dict[str, list[str]]) -> str | None:
+    if kind == "paradigm":
+        return unknown_name_message("paradigm", name, known["paradigm"])
+    if kind == "backbone":
+        return unknown_model_message(name, known["timm"], known["torchvision"])
+    return unknown_dataset_message(name, known["dataset"])
 
 
 def unknown_model_message(name: str, timm_models: list[str], torchvision_models: list[str]) -> str | None:
@@ -104,3 +116,12 @@ def unknown_model_message(name: str, timm_models: list[str], torchvision_models:
         close = [TORCHVISION_PREFIX + name, *close]
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
     return f"unknown timm model '{name}'{hint}"
+
+
+def unknown_dataset_message(source: str, builtins: list[str]) -> str | None:
+    """The one line for a dataset source that is no builtin dataset, no Hub dataset and no existing folder or
+    file, else None."""
+    if source in builtins or source.startswith(HUB_DATASET_PREFIX) or Path(source).exists():
+        return None
+    return f"{source}: no such dataset folder or manifest, and not a builtin dataset ({', '.join(builtins)}); " \
+           "check the path"

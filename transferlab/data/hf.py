@@ -35,6 +35,7 @@ from PIL import Image
 
 from ..config import DataSpec
 from ..core.errors import TransferlabError
+from ..core.names import HUB_DATASET_PREFIX
 from ..core.paths import name_bytes
 from .images import DEFAULT_MAX_PIXELS, UnreadableImage, open_image
 from .manifests import PATH_COLUMN
@@ -50,7 +51,7 @@ def hub_loader():
         return None
     return load_dataset
 
-HUB_PREFIX = "hf:"
+HUB_PREFIX = HUB_DATASET_PREFIX
 IMAGE_COLUMN = "image"
 LABEL_COLUMNS = ("label", "labels")  # one class per image | a list of classes per image
 # The words the Hub itself reads as split names in file and folder names (datasets' data_files patterns).

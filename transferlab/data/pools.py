@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import DataSpec
 from ..core.errors import TransferlabError
+from ..core.names import unknown_dataset_message
 from ..core.registry import did_you_mean
 from .builtins import BUILTINS
 from .hf import HUB_PREFIX, hf_pools, hf_source, hub_pools, is_hf_data
@@ -63,10 +64,10 @@ def _listed_pools(spec: DataSpec) -> Pools:
     if spec.source.startswith(HUB_PREFIX):
         _refuse_given_splits(spec, "a Hugging Face Hub dataset with its own splits")
         return hub_pools(spec)
+    problem = unknown_dataset_message(spec.source, list(BUILTINS))
+    if problem:
+        raise TransferlabError(problem)
     path = Path(spec.source)
-    if not path.exists():
-        raise TransferlabError(f"{spec.source}: no such dataset folder or manifest, and not a builtin dataset "
-                               f"({', '.join(BUILTINS)}); check the path")
     if is_hf_data(path):
         pools = hf_pools(path, spec)
         if not (spec.val or spec.test or spec.splits):

@@ -31,8 +31,9 @@ from torch import nn
 from torchvision.models import VGG, AlexNet, ResNet
 
 from ..core.errors import TransferlabError
+from ..core.names import TORCHVISION_PREFIX
 
-PREFIX = "torchvision/"
+PREFIX = TORCHVISION_PREFIX
 HEAD_ATTRIBUTES = ("fc", "classifier", "head", "heads")  # where torchvision models keep their classifier
 IMAGENET_VIEW = {"crop_size": 224, "resize_size": 256, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
                  "interpolation": "bilinear"}  # torchvision's ImageClassification defaults
