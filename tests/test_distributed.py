@@ -87,3 +87,26 @@ def test_a_search_worker_can_be_a_torchrun_job(tmp_path):
     record = json.loads(record.read_text())
     assert record["world_size"] == 2 and record["search"]["trial"] == summary["best"]["number"]
     assert len(record["history"]) == 2
+
+
+@pytest.mark.slow
+def test_a_study_worker_can_be_a_torchrun_job(tmp_path):
+    """Rank 0 takes cells from the queue and the other rank trains each one with it (DDP); the coordinator
+    started afterwards finds every cell done and writes the leaderboard and report."""
+    import yaml
+
+    spec = {"name": "ddp-cells", "datasets": ["digits"], "references": False, "seeds": [0, 1],
+            "paradigms": [{"name": "simple-cnn", "epochs": 2, "image_size": 16, "augment": "none"}]}
+    path, out, storage = tmp_path / "cells.yaml", tmp_path / "out", f"sqlite:///{tmp_path / 'queue.db'}"
+    path.write_text(yaml.safe_dump(spec))
+    study = ["-m", "transferlab", "study", str(path), "--out", str(out), "--storage", storage]
+    worker = subprocess.run([sys.executable, *TORCHRUN, *study, "--worker"], capture_output=True, text=True,
+                            timeout=600)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    assert sorted(r["spec"]["seed"] for r in records) == [0, 1]
+    assert all(r["world_size"] == 2 and len(r["history"]) == 2 for r in records)
+    coordinator = subprocess.run([sys.executable, *study], capture_output=True, text=True, timeout=600)
+    assert coordinator.returncode == 0, coordinator.stderr[-2000:]
+    summary = json.loads((out / "last_invocation.json").read_text())
+    assert summary["computed"] == 0 and (out / "report.html").is_file() and (out / "leaderboard.csv").is_file()

@@ -21,7 +21,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .config import RunSpec
-from .core.distributed import world_size
 from .core.names import code_digest
 from .core.paths import atomic_write
 from .data import Pools
@@ -87,8 +86,10 @@ def is_multi_label(record: dict[str, Any]) -> bool:
 
 
 def cell_key(spec: RunSpec, pools: Pools, input_key: str) -> str:
-    """Everything a run's result depends on: its spec, the data's content, its inputs, the record format."""
-    parts = [spec.model_dump_json(), input_key, str(RECORD_VERSION), code_digest(), str(world_size()),
+    """Everything a run's result depends on: its spec, the data's content, its inputs, the record format, the
+    code. Not the number of torchrun processes: `batch_size` is the global batch, so they give the one-process
+    result (the record says how many made it), and a study's coordinator reuses what torchrun workers ran."""
+    parts = [spec.model_dump_json(), input_key, str(RECORD_VERSION), code_digest(),
              *(pool.fingerprint for pool in (pools.train, pools.val, pools.test) if pool is not None)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 

@@ -197,7 +197,8 @@ def prepare(spec: RunSpec, out_dir: str | Path, pools: Pools | None, device: tor
     encoder, input_key = _encoder(spec, paradigm, backbone, pools, splits, device, out_dir, resume)
     key = cell_key(spec, pools, f"{input_key}|{paradigm.params.model_dump_json()}")  # resolved: YAML files read
     if paradigm.input == "images":
-        paradigm.context.run_key = key  # a checkpoint resumes only the run that wrote it
+        # a checkpoint resumes only the run that wrote it, with as many processes (their data shards and RNGs)
+        paradigm.context.run_key = f"{key}|{world_size()}"
     return Prepared(pools, splits, classes, multi_label, paradigm, backbone, encoder, key)
 
 
