@@ -183,6 +183,21 @@ def test_remembered_names_are_not_trusted_once_torch_is_imported(tmp_path, monke
     with pytest.raises(TransferlabError, match="spec.yaml: paradigms.0: unknown paradigm 'knn'"):
         names.refuse_unknown([("paradigms.0", "paradigm", "knn")], "spec.yaml")
     names.refuse_unknown([("backbones.0.name", "backbone", "resnet50.a1_in1k")], "spec.yaml")  # timm's tag rule
+
+
+def test_remembered_names_accept_every_name_timm_accepts(tmp_path, monkeypatch):
+    import timm
+
+    from transferlab.config import BackboneSpec
+    from transferlab.core import names
+    from transferlab.resolve import checked
+
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path))
+    deprecated = "tf_efficientnet_b0_ns"  # renamed by timm, still created under this name
+    assert timm.is_model(deprecated) and deprecated not in timm.list_models()
+    checked(BackboneSpec(name=deprecated), "spec.yaml")  # the registries accept it, and leave their names
+    monkeypatch.delitem(sys.modules, "torch")
+    names.refuse_unknown([("backbones.0.name", "backbone", deprecated)], "spec.yaml")
     names.refuse_unknown([("datasets.0.source", "dataset", str(tmp_path))], "spec.yaml")  # a folder that exists
     with pytest.raises(TransferlabError, match="datasets.0.source: flowers: no such dataset folder"):
         names.refuse_unknown([("datasets.0.source", "dataset", "flowers")], "spec.yaml")

@@ -102,17 +102,18 @@ def _data_uri(image: Image.Image, side: int = THUMBNAIL) -> str:
 
 
 def explain_mistakes(examples: list[dict[str, Any]], test: Split, classes: list[str], paradigm,
-                     backbone) -> dict[str, Any] | None:
-    """Add a Grad-CAM overlay (`gradcam`, a PNG data URI; `gradcam_class`, the class it shows) to each example;
-    return the record's `gradcam` entry: the layer read, or a `note` saying why there are no overlays. None where
-    there is nothing to explain (no mistakes, a reference row without a model)."""
+                     backbone, device: torch.device | None = None) -> dict[str, Any] | None:
+    """Add a Grad-CAM overlay (`gradcam`, a PNG data URI; `gradcam_class`, the class it shows) to each example,
+    computed on the run's `device` (default: CUDA when there is one); return the record's `gradcam` entry: the layer
+    read, or a `note` saying why there are no overlays. None where there is nothing to explain (no mistakes, a
+    reference row without a model)."""
     if not examples:
         return None
     try:
         network, view = run_network(paradigm, backbone)
         if not gradcam.available():
             return {"note": f"not computed: the grad-cam package is missing ({gradcam.INSTALL})"}
-        cam = gradcam.GradCam(network)
+        cam = gradcam.GradCam(network, device)
         images = torch.stack([view(test.source.load(e["index"]).convert("RGB")) for e in examples])
         shown = [_explained_class(e, classes) for e in examples]
         heatmaps = cam.heatmaps(images, [classes.index(c) for c in shown])

@@ -87,8 +87,9 @@ def is_multi_label(record: dict[str, Any]) -> bool:
 
 def cell_key(spec: RunSpec, pools: Pools, input_key: str) -> str:
     """Everything a run's result depends on: its spec, the data's content, its inputs, the record format, the
-    code. Not the number of torchrun processes: `batch_size` is the global batch, so they give the one-process
-    result (the record says how many made it), and a study's coordinator reuses what torchrun workers ran."""
+    code. Not the number of torchrun processes: `batch_size` is the global batch, so they give an equivalent
+    result (not bit-identical: another data order, BatchNorm per rank; the record says how many made it), and a
+    study's coordinator reuses what torchrun workers ran."""
     parts = [spec.model_dump_json(), input_key, str(RECORD_VERSION), code_digest(),
              *(pool.fingerprint for pool in (pools.train, pools.val, pools.test) if pool is not None)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]

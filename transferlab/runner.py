@@ -139,7 +139,7 @@ def execute_run(spec: RunSpec, out_dir: str | Path, *, study: str | None = None,
         selected=paradigm.selected_, final=final,
         thresholds={"mode": spec.threshold, "values": thresholds} if run.multi_label else None,
         calibration=calibration, val_metrics=val_metrics,
-        **_test_results(run, scored, y["test"], test_proba, thresholds),
+        **_test_results(run, scored, y["test"], test_proba, thresholds, device),
         encoded=encoded,  # images encoded (features) or decoded (training) in this run; 0 = from the cache
         backbone_passes=_backbone_passes(spec, splits, encoded, paradigm, run.encoder),
         cost=forward_cost(run.backbone, _input_size(paradigm, run.backbone, inputs["train"])),
@@ -231,7 +231,8 @@ def _data_facts(spec: RunSpec, run: Prepared) -> dict[str, Any]:
             "fold": spec.seed % spec.data.folds if spec.data.folds else None}
 
 
-def _test_results(run: Prepared, scored: Paradigm, y_test, test_proba, thresholds) -> dict[str, Any]:
+def _test_results(run: Prepared, scored: Paradigm, y_test, test_proba, thresholds,
+                  device: torch.device) -> dict[str, Any]:
     """The one test score: metrics, per-image outcomes (paired comparisons) and the mistakes gallery, with Grad-CAM
     overlays from the fitted model while it is at hand (the report reads records only)."""
     test_pred = predicted_labels(test_proba, multi_label=run.multi_label, thresholds=thresholds)
@@ -240,7 +241,8 @@ def _test_results(run: Prepared, scored: Paradigm, y_test, test_proba, threshold
     return {"metrics": metrics,
             "test_outcomes": encode_outcomes(image_outcomes(y_test, test_pred, multi_label=run.multi_label)),
             "examples": examples,
-            "gradcam": explain_mistakes(examples, run.splits["test"], run.classes, scored, run.backbone)}
+            "gradcam": explain_mistakes(examples, run.splits["test"], run.classes, scored, run.backbone,
+                                        device)}
 
 
 def _rounded(timings: dict[str, float]) -> dict[str, float]:

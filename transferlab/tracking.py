@@ -28,19 +28,20 @@ import logging
 import math
 import os
 import time
+import typing
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .config import RunSpec
+from .config import RunSpec, Tracking
 from .core.distributed import is_main
 from .core.errors import TransferlabError
 from .core.registry import did_you_mean
 from .record import record_path
 from .train.hooks import listening_to_epochs
 
-KINDS = ("none", "mlflow", "tensorboard")
+KINDS = typing.get_args(Tracking)  # none | mlflow | tensorboard: the spec's choices
 EXTRA = "pip install 'transferlab[track]'"
 RUNS_EXPERIMENT = "transferlab-runs"  # the MLflow experiment of single runs (`transferlab run`)
 TAG = "transferlab."  # prefix of the tags transferlab sets

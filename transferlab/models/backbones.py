@@ -48,8 +48,9 @@ def check_model_name(name: str) -> None:
 
 
 def model_names() -> tuple[list[str], list[str]]:
-    """Every architecture timm has, and every classification model torchvision has."""
-    return timm.list_models(), torchvision_nets.model_names()
+    """Every architecture timm accepts (its deprecated names too, which `timm.is_model` and `create_model` still
+    take but `list_models` leaves out), and every classification model torchvision has."""
+    return [*timm.list_models(), *timm.models.get_deprecated_models()], torchvision_nets.model_names()
 
 
 def create_model(name: str, num_classes: int | None = None) -> torch.nn.Module:

@@ -65,8 +65,9 @@ def find_lr(model: nn.Module, groups: list[tuple[list[nn.Parameter], float]], x:
     finder = LRFinder(model, optimizer, lambda logits, target: loss_fn(logits.float(), target), device=device)
     try:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):  # its bar, notes
+            # accumulation_steps: a step of the test sums as many batches as a training step does (accumulate)
             finder.range_test(_AugmentedBatches(batches, augment), end_lr=END_LR, num_iter=steps,
-                              smooth_f=SMOOTHING, diverge_th=DIVERGE)
+                              smooth_f=SMOOTHING, diverge_th=DIVERGE, accumulation_steps=p.accumulate)
     finally:
         finder.reset()  # the weights and optimizer state from before the test
     lrs, losses = finder.history["lr"], finder.history["loss"]
